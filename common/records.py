@@ -1,0 +1,145 @@
+"""Typed data records shared by actors, the replay service and the learner.
+
+Time alignment (the one convention every component follows)
+-----------------------------------------------------------
+A rollout of T actions is stored as N = T + 1 *timesteps*. At timestep t:
+
+    obs[k][t]       o_t        the observation the agent sees at step t
+    prev_action[t]  a_{t-1}    the action taken at the previous step (zeros at t = 0)
+    prev_reward[t]  r_{t-1}    the reward that followed a_{t-1} (0 at t = 0)
+    time_idx[t]     t          step index within the episode (or meta-RL trial)
+    terminated[t]   o_t is terminal: the episode ended by reaching it (no bootstrap past t)
+    truncated[t]    o_t ends the rollout for another reason (time limit, cut): bootstrap from it
+
+The agent's input at step t is (o_t, a_{t-1}, r_{t-1}, t) and it outputs a_t, which is stored as
+``prev_action[t + 1]`` together with its reward ``prev_reward[t + 1]``. The transition used by
+the learner at t is therefore ``(o_t, a_t = prev_action[t+1], r_t = prev_reward[t+1],
+done_t = terminated[t+1], o_{t+1})``. The last timestep of a rollout outputs no action.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Version of the in-memory layout and of the wire format (see ``common.codec``).
+FORMAT_VERSION = 1
+
+#: Core per-timestep arrays every trajectory holds (besides ``obs`` and ``extras``).
+CORE_KEYS = ("prev_action", "prev_reward", "time_idx", "terminated", "truncated")
+
+
+@dataclass
+class TrajectoryMeta:
+    """Who produced a trajectory, and where its episodes begin.
+
+    ``episode_starts`` lists the timestep index at which each episode of the rollout begins
+    (``[0]`` for a single episode; several for a meta-RL trial of k episodes). ``info`` holds
+    small free-form scalars/strings (e.g. the goal task's reward-function name).
+    """
+
+    env_id: str = ""
+    actor_id: int = 0
+    policy_version: int = 0
+    episode_starts: list[int] = field(default_factory=lambda: [0])
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Trajectory:
+    """A whole rollout of N timesteps; every array has leading dimension N (see module doc).
+
+    Attributes:
+        obs: observation arrays by key, each ``(N, ...)``; what the policy sees.
+        prev_action: ``(N, A)`` float32; a_{t-1} (one-hot for discrete actions), zeros at t=0.
+        prev_reward: ``(N,)`` float32; r_{t-1}, 0 at t=0.
+        time_idx: ``(N,)`` int32; step within the episode/trial.
+        terminated: ``(N,)`` bool; o_t is a terminal state.
+        truncated: ``(N,)`` bool; o_t ends the rollout without being terminal.
+        extras: arrays ``(N, ...)`` stored with the rollout but hidden from the policy
+            (e.g. goals achieved at each step, used by hindsight relabeling).
+        meta: producer and episode-boundary metadata.
+    """
+
+    obs: dict[str, np.ndarray]
+    prev_action: np.ndarray
+    prev_reward: np.ndarray
+    time_idx: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: TrajectoryMeta = field(default_factory=TrajectoryMeta)
+
+    def __len__(self) -> int:
+        return int(self.prev_reward.shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """All arrays under flat names: ``obs/<k>``, the core keys, ``extras/<k>``."""
+        out = {f"obs/{k}": v for k, v in self.obs.items()}
+        out.update({k: getattr(self, k) for k in CORE_KEYS})
+        out.update({f"extras/{k}": v for k, v in self.extras.items()})
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: TrajectoryMeta) -> Trajectory:
+        """Inverse of :meth:`arrays`."""
+        obs = {k[4:]: v for k, v in arrays.items() if k.startswith("obs/")}
+        extras = {k[7:]: v for k, v in arrays.items() if k.startswith("extras/")}
+        return cls(obs=obs, extras=extras, meta=meta, **{k: arrays[k] for k in CORE_KEYS})
+
+    def window(self, start: int, stop: int) -> Trajectory:
+        """Timesteps ``[start, stop)`` as a new trajectory (array views, no copy)."""
+        starts = [s - start for s in self.meta.episode_starts if start <= s < stop]
+        meta = TrajectoryMeta(
+            env_id=self.meta.env_id,
+            actor_id=self.meta.actor_id,
+            policy_version=self.meta.policy_version,
+            episode_starts=starts or [0],
+            info=dict(self.meta.info),
+        )
+        return Trajectory.from_arrays({k: v[start:stop] for k, v in self.arrays().items()}, meta)
+
+    @property
+    def total_return(self) -> float:
+        """Sum of rewards over the rollout (the first timestep's prev_reward is 0)."""
+        return float(self.prev_reward[1:].sum())
+
+
+@dataclass
+class Batch:
+    """Right-padded training windows; every array has leading shape ``(B, L)``.
+
+    Same time alignment as :class:`Trajectory` along the L axis. ``mask[b, t]`` is True
+    where timestep t of row b is real data and False on padding (padding values are zeros
+    and carry no meaning: always use the mask). ``policy_version[b]`` is the version of the
+    policy that produced row b (for the policy-lag metric).
+    """
+
+    obs: dict[str, np.ndarray]
+    prev_action: np.ndarray  # (B, L, A)
+    prev_reward: np.ndarray  # (B, L)
+    time_idx: np.ndarray  # (B, L)
+    terminated: np.ndarray  # (B, L)
+    truncated: np.ndarray  # (B, L)
+    mask: np.ndarray  # (B, L) bool
+    policy_version: np.ndarray  # (B,) int64
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.mask.shape)  # type: ignore[return-value]
+
+
+@dataclass
+class StepInput:
+    """One timestep for each of n env slots: the agent's input at step t (see module doc).
+
+    obs[k]: (n, ...); prev_action: (n, A) float32; prev_reward: (n,) float32;
+    time_idx: (n,) int64.
+    """
+
+    obs: dict[str, np.ndarray]
+    prev_action: np.ndarray
+    prev_reward: np.ndarray
+    time_idx: np.ndarray

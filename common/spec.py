@@ -1,0 +1,55 @@
+"""What a learner and its actors need to know about an environment's spaces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Shape (without batch/time dims) and numpy dtype name of one observation key."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """Observation keys, action space and episode horizon of an environment.
+
+    ``obs`` maps each observation key to its spec (a plain Box observation is key
+    ``"observation"``). Discrete actions are ``action_dim``-way categorical, stored one-hot;
+    continuous actions are ``action_dim``-vectors in [-1, 1] (rescaled by the env wrapper).
+    ``goal_keys`` names observation keys that hold a goal instruction (goal-conditioned tasks).
+    """
+
+    obs: dict[str, ArraySpec]
+    action_dim: int
+    discrete: bool
+    max_episode_steps: int
+    goal_keys: tuple[str, ...] = field(default_factory=tuple)
+
+    @staticmethod
+    def from_spaces(
+        observation_space: gym.Space, action_space: gym.Space, max_episode_steps: int
+    ) -> EnvSpec:
+        if isinstance(observation_space, gym.spaces.Dict):
+            items = dict(observation_space.spaces.items())
+        else:
+            items = {"observation": observation_space}
+        obs = {}
+        for key, space in items.items():
+            if isinstance(space, gym.spaces.Box):
+                obs[key] = ArraySpec(tuple(int(d) for d in space.shape), np.dtype(space.dtype).name)
+            elif isinstance(space, gym.spaces.Discrete):
+                obs[key] = ArraySpec((int(space.n),), "float32")  # one-hot by the env wrapper
+            else:
+                raise TypeError(f"observation key {key!r}: unsupported space {space}")
+        if isinstance(action_space, gym.spaces.Discrete):
+            return EnvSpec(obs, int(action_space.n), True, int(max_episode_steps))
+        if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            return EnvSpec(obs, int(action_space.shape[0]), False, int(max_episode_steps))
+        raise TypeError(f"unsupported action space {action_space}")
