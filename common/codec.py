@@ -31,6 +31,9 @@ ALLOWED_DTYPES = frozenset(
      "float32", "float64"]
 )
 COMPRESSIONS = ("", "zstd")
+# dtype -> name lookups (``np.dtype.name`` is a slow property; dict lookups are not)
+_NAME_OF = {np.dtype(n): n for n in ALLOWED_DTYPES}
+_DTYPE_OF = {n: np.dtype(n) for n in ALLOWED_DTYPES}
 
 #: Stable reason codes (metric label values).
 REASONS = ("version", "schema", "dtype", "shape", "length", "nonfinite", "oversize",
@@ -74,7 +77,7 @@ def _encode_array(a: np.ndarray, compression: str, min_bytes: int) -> dict[str, 
     payload = _zstd()[0].compress(raw) if z == "zstd" else raw
     if z and len(payload) >= a.nbytes:  # incompressible: store raw
         z, payload = "", raw
-    return {"d": a.dtype.name, "s": list(a.shape), "z": z, "b": payload}
+    return {"d": _NAME_OF.get(a.dtype) or a.dtype.name, "s": list(a.shape), "z": z, "b": payload}
 
 
 def encode(traj: Trajectory, compression: str = "", compress_min_bytes: int = 4096) -> bytes:
@@ -115,7 +118,7 @@ def _decode_array(name: str, d: Any) -> np.ndarray:
             raise RecordError(name, "compression", f"zstd payload does not decode: {e}") from e
     elif z != "":
         raise RecordError(name, "compression", f"unknown compression {z!r}")
-    dt = np.dtype(dtype)
+    dt = _DTYPE_OF[dtype]
     expected = math.prod(shape) * dt.itemsize
     if len(payload) != expected:
         raise RecordError(
@@ -176,6 +179,15 @@ _EXPECTED_DTYPES = {
 }
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    # A finite sum implies finite elements (NaN/inf propagate); only an overflowing sum of
+    # finite values needs the exact elementwise check.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(a.sum(dtype=np.float64 if a.dtype != np.float64 else None)):
+            return True
+    return bool(np.isfinite(a).all())
+
+
 def validate(traj: Trajectory, limits: Limits | None = None) -> None:
     """Raise :class:`RecordError` (naming the field) unless ``traj`` is well-formed."""
     limits = limits or Limits()
@@ -186,28 +198,30 @@ def validate(traj: Trajectory, limits: Limits | None = None) -> None:
         raise RecordError("prev_reward", "length", "needs shape (N,) with N >= 1")
     if n > limits.max_steps:
         raise RecordError("record", "oversize", f"{n} timesteps > max {limits.max_steps}")
-    for name, a in traj.arrays().items():
+    arrays = traj.arrays()
+    nbytes = 0
+    for name, a in arrays.items():
         if not isinstance(a, np.ndarray):
             raise RecordError(name, "schema", f"expected a numpy array, got {type(a).__name__}")
-        if a.dtype.name not in ALLOWED_DTYPES:
+        dname = _NAME_OF.get(a.dtype)
+        if dname is None:
             raise RecordError(name, "dtype", f"dtype {a.dtype.name!r} not in the allowed set")
         if a.ndim == 0 or a.shape[0] != n:
             raise RecordError(name, "length", f"leading dim {a.shape[:1]} != N={n}")
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
+        if a.dtype.kind == "f" and not _all_finite(a):
             raise RecordError(name, "nonfinite", "contains NaN or inf")
-    for name, allowed in _EXPECTED_DTYPES.items():
-        a = getattr(traj, name)
-        if a.dtype.name not in allowed:
-            raise RecordError(name, "dtype", f"dtype {a.dtype.name} (expected {allowed})")
+        expected = _EXPECTED_DTYPES.get(name)
+        if expected is not None and dname not in expected:
+            raise RecordError(name, "dtype", f"dtype {dname} (expected {expected})")
+        nbytes += a.nbytes
     if traj.prev_action.ndim != 2:
         raise RecordError("prev_action", "shape", "expected (N, action_dim)")
     for name in ("prev_reward", "time_idx", "terminated", "truncated"):
-        if getattr(traj, name).ndim != 1:
+        if arrays[name].ndim != 1:
             raise RecordError(name, "shape", "expected shape (N,)")
     starts = traj.meta.episode_starts
     if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= n:
         raise RecordError("meta.episode_starts", "schema",
                           f"must be strictly increasing, start at 0 and lie below N={n}: {starts}")
-    nbytes = sum(a.nbytes for a in traj.arrays().values())
     if nbytes > limits.max_bytes:
         raise RecordError("record", "oversize", f"{nbytes} array bytes > max {limits.max_bytes}")

@@ -24,6 +24,8 @@ class EnvSpec:
     ``"observation"``). Discrete actions are ``action_dim``-way categorical, stored one-hot;
     continuous actions are ``action_dim``-vectors in [-1, 1] (rescaled by the env wrapper).
     ``goal_keys`` names observation keys that hold a goal instruction (goal-conditioned tasks).
+    ``extras`` gives the shape/dtype of each per-timestep array the env reports for
+    ``Trajectory.extras`` (see ``common.envs.api``); empty for most envs.
     """
 
     obs: dict[str, ArraySpec]
@@ -31,6 +33,8 @@ class EnvSpec:
     discrete: bool
     max_episode_steps: int
     goal_keys: tuple[str, ...] = field(default_factory=tuple)
+    #: per-timestep arrays the env reports in ``info["extras"]`` (stored in Trajectory.extras)
+    extras: dict[str, ArraySpec] = field(default_factory=dict)
 
     @staticmethod
     def from_spaces(

@@ -1,0 +1,14 @@
+"""The AMAGO learner: pure torch, no Ray, no Redis.
+
+Modules (import from them directly; this package imports nothing so that reading the config
+schema does not load torch):
+
+* ``learner.config``: ``ModelConfig``, ``LearnerConfig`` (Hydra structured-config schemas).
+* ``learner.model``: timestep encoder, Transformer / GRU / MLP trajectory encoders.
+* ``learner.agent``: actor and critic heads, PopArt, ``PolicyNet``, ``AmagoAgent``.
+* ``learner.losses``: pure loss pieces (TD targets, advantage filter, two-hot, masked mean).
+* ``learner.amago``: ``AmagoLearner`` (``train_step``, ``policy_weights``, ``make_policy``...).
+* ``learner.inference``: ``InferencePolicy``, the KV-cached batched policy actors run.
+* ``learner.checkpoint``: ``save_checkpoint`` / ``load_checkpoint``.
+* ``learner.synthetic``: batch collation and random batches for tests and benchmarks.
+"""

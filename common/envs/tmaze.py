@@ -34,6 +34,11 @@ class TMaze(gym.Env):
         self._t = 0
         self._goal = 1
 
+    @property
+    def max_episode_steps(self) -> int:
+        """Own time limit (read by the env factory)."""
+        return self.max_steps
+
     def _obs(self) -> np.ndarray:
         hint = float(self._goal) if self._t == 0 else 0.0
         return np.array([hint, self._x / self.H, float(self._x == self.H)], dtype=np.float32)

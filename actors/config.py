@@ -1,0 +1,60 @@
+"""Configuration of the rollout actors (Hydra group ``actors``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common.config_utils import prefixed, require
+
+
+@dataclass
+class ExplorationConfig:
+    """Per-actor exploration schedule.
+
+    Discrete actions: epsilon-greedy on top of the sampled policy action. Continuous: Gaussian
+    noise of scale epsilon added to the action (then clipped to [-1, 1]). Epsilon anneals
+    linearly from ``start`` to the actor's final value over ``anneal_steps`` of its own env
+    steps. Final values are spread geometrically across actors between ``end_min`` and
+    ``end_max`` (Ape-X style), so some actors stay greedy while others keep exploring.
+    """
+
+    start: float = 1.0  # epsilon at the actor's first step
+    end_min: float = 0.02  # final epsilon of the greediest actor
+    end_max: float = 0.2  # final epsilon of the most exploratory actor
+    anneal_steps: int = 5_000  # env steps (per actor) over which epsilon anneals
+    sample_actions: bool = True  # sample from the policy (else act greedily) before epsilon
+
+    def validate(self) -> None:
+        for f in ("start", "end_min", "end_max"):
+            v = getattr(self, f)
+            require(0.0 <= v <= 1.0, f, f"must lie in [0, 1], got {v}")
+        require(self.end_min <= self.end_max, "end_min", "must be <= end_max")
+        require(self.anneal_steps >= 0, "anneal_steps", "must be >= 0")
+
+
+@dataclass
+class ActorConfig:
+    """How many rollout actors run, what each steps, and how they run under Ray."""
+
+    num_actors: int = 2  # rollout actor processes
+    envs_per_actor: int = 8  # envs each actor steps as one batch (one inference call per step)
+    steps_per_call: int = 64  # env steps (per env) each `collect` call runs before reporting
+    context_len: int = 0  # KV-cache capacity in timesteps; 0 = the env's rollout horizon
+    weight_poll_steps: int = 16  # check for newer published weights every this many steps
+    num_cpus: float = 0.5  # Ray CPU resource each actor asks for (logical)
+    torch_threads: int = 1  # torch intra-op threads per actor process
+    max_restarts: int = -1  # Ray restarts of a dead actor (-1 = unlimited)
+    insert_retry_s: float = 120.0  # keep re-sending a rollout to an unreachable replay this long
+    seed: int = 0  # base seed; actor i seeds its envs and exploration from (seed, i)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+
+    def validate(self) -> None:
+        require(self.num_actors >= 1, "num_actors", "need at least one actor")
+        require(self.envs_per_actor >= 1, "envs_per_actor", "must be >= 1")
+        require(self.steps_per_call >= 1, "steps_per_call", "must be >= 1")
+        require(self.context_len >= 0, "context_len", "must be >= 0 (0 = env horizon)")
+        require(self.weight_poll_steps >= 1, "weight_poll_steps", "must be >= 1")
+        require(self.num_cpus >= 0, "num_cpus", "must be >= 0")
+        require(self.torch_threads >= 1, "torch_threads", "must be >= 1")
+        require(self.insert_retry_s > 0, "insert_retry_s", "must be > 0")
+        prefixed("exploration", self.exploration.validate)

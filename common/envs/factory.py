@@ -1,0 +1,100 @@
+"""Build the standardised env a rollout actor steps, and its :class:`EnvSpec`.
+
+``make_env(cfg, seed)`` stacks, from the inside out:
+
+1. ``gym.make(cfg.id, **cfg.kwargs)`` without gymnasium's env checker (no per-step overhead);
+2. :class:`common.goals.GoalConditioned` if the env implements ``GoalTask`` and is not
+   wrapped yet (``amago/GoalGrid-v0`` comes wrapped);
+3. a time limit, always: ``cfg.max_episode_steps``, else the env's registered limit, else the
+   limit it declares (``max_episode_steps``/``max_episode_length`` attribute) — an env with none
+   of these is refused (``ConfigError`` naming ``max_episode_steps``): actors need a finite
+   horizon;
+4. :class:`~common.envs.standardize.Standardize` (dict float32/uint8 observations, one-hot
+   discrete observations, 0-based discrete or [-1, 1] continuous actions, seeding);
+5. :class:`~common.envs.trial.TrialWrapper` if ``cfg.trial_episodes > 1``.
+
+The env follows the conventions of :mod:`common.envs.api`. ``env_spec(cfg)`` describes it:
+``max_episode_steps`` is the horizon of one rollout, i.e. ``trial_episodes x`` the episode
+limit for meta-RL trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gymnasium as gym
+from gymnasium.wrappers import TimeLimit
+
+from common.config_utils import ConfigError
+from common.envs.api import declared_horizon, find_wrapper
+from common.envs.config import EnvConfig
+from common.envs.standardize import Standardize
+from common.envs.trial import TrialWrapper
+from common.goals import GoalConditioned, GoalTask
+from common.spec import EnvSpec
+
+
+def _build(cfg: EnvConfig, seed: int | None) -> tuple[gym.Env, int]:
+    """The standardised env and the horizon (in steps) of one of its rollouts."""
+    cfg.validate()
+    limit = cfg.max_episode_steps or None
+    try:
+        env = gym.make(
+            cfg.id, max_episode_steps=limit, disable_env_checker=True, **dict(cfg.kwargs)
+        )
+    except (TypeError, ValueError) as e:
+        raise ConfigError("kwargs", f"{cfg.id!r} rejected its arguments: {e}") from e
+    if isinstance(env.unwrapped, GoalTask) and find_wrapper(env, GoalConditioned) is None:
+        env = GoalConditioned(env)
+    declared = declared_horizon(env)
+    time_limit = find_wrapper(env, TimeLimit)
+    if time_limit is None:
+        if declared is None:
+            env.close()
+            raise ConfigError(
+                "max_episode_steps",
+                f"{cfg.id!r} has no time limit of its own; set max_episode_steps > 0",
+            )
+        env = TimeLimit(env, declared)
+        horizon = declared
+    else:
+        horizon = int(time_limit._max_episode_steps)
+        if declared is not None:
+            horizon = min(horizon, declared)
+    try:
+        env = Standardize(env, seed=seed)
+    except TypeError as e:
+        env.close()
+        raise ConfigError("id", f"{cfg.id!r}: {e}") from e
+    if cfg.trial_episodes > 1:
+        try:
+            env = TrialWrapper(env, cfg.trial_episodes, seed=seed)
+        except TypeError as e:
+            env.close()
+            raise ConfigError("trial_episodes", str(e)) from e
+        horizon *= cfg.trial_episodes
+    return env, horizon
+
+
+def make_env(cfg: EnvConfig, seed: int | None = None) -> gym.Env:
+    """The standardised env for rollout actors (module doc). ``seed`` seeds its first reset
+    (and task sampling); pass distinct seeds to distinct env copies."""
+    return _build(cfg, seed)[0]
+
+
+def spec_of(env: gym.Env, horizon: int) -> EnvSpec:
+    """The :class:`EnvSpec` of a standardised env whose rollouts last at most ``horizon``."""
+    spec = EnvSpec.from_spaces(env.observation_space, env.action_space, horizon)
+    goal = find_wrapper(env, GoalConditioned)
+    if goal is None:
+        return spec
+    return dataclasses.replace(spec, goal_keys=goal.goal_keys, extras=dict(goal.extras_spec))
+
+
+def env_spec(cfg: EnvConfig) -> EnvSpec:
+    """Spaces and rollout horizon of ``make_env(cfg)`` (builds a throwaway copy)."""
+    env, horizon = _build(cfg, seed=0)
+    try:
+        return spec_of(env, horizon)
+    finally:
+        env.close()

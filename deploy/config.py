@@ -1,0 +1,110 @@
+"""The composed training configuration and its Hydra schema registration.
+
+Hydra groups mirror the packages: ``configs/{env,learner,actors,replay,deploy}``; each group
+maps onto the package's own config dataclass below, and ``run`` (budgets, evaluation, output)
+lives in ``configs/config.yaml``. Unknown keys and wrongly typed values are refused by
+OmegaConf when the config is composed; :meth:`TrainConfig.validate` then checks values and
+cross-field consistency, raising :class:`common.config_utils.ConfigError` with the dotted
+field name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from actors.config import ActorConfig
+from common.config_utils import prefixed, require
+from common.envs.config import EnvConfig
+from learner.config import LearnerConfig
+from replay_service.config import ReplayConfig
+
+
+@dataclass
+class DeployConfig:
+    """Where the components run (Hydra group ``deploy``: ``local`` or ``cluster``)."""
+
+    # "" = start a private local Ray on 127.0.0.1; "auto" = join the running cluster (what
+    # `ray job submit` jobs do); or "host:port" of a cluster's GCS.
+    ray_address: str = ""
+    # CPUs a local Ray may schedule (0 = all of this machine's). Ignored on a cluster.
+    num_cpus: int = 0
+    # Embedded server (used when replay.redis.url is ""): maxmemory in MiB (with noeviction:
+    # a full server is backpressure, never silent eviction) and an optional data dir that
+    # persists the store (AOF + RDB) across server restarts.
+    embedded_maxmemory_mb: int = 2048
+    embedded_data_dir: str = ""
+    # Serve each process's Prometheus metrics on this host (0.0.0.0 is refused locally).
+    metrics_host: str = "127.0.0.1"
+    serve_metrics: bool = True
+    # Write the scrape targets of every process here (Prometheus file_sd JSON); "" = don't.
+    metrics_sd_file: str = ""
+    # Spread rollout actors across nodes (Ray "SPREAD" scheduling) on a cluster.
+    spread_actors: bool = True
+
+    def validate(self) -> None:
+        require(self.num_cpus >= 0, "num_cpus", "must be >= 0")
+        require(self.embedded_maxmemory_mb >= 16, "embedded_maxmemory_mb", "must be >= 16")
+        if not self.ray_address:
+            require(self.metrics_host.startswith("127."), "metrics_host",
+                    "local runs serve metrics on loopback only")
+
+
+@dataclass
+class RunConfig:
+    """Budgets, evaluation, logging and output of one training run."""
+
+    name: str = "amago"  # run name (the run directory is out_dir/<name>/<timestamp>)
+    out_dir: str = "runs"  # parent directory of run directories
+    # Stop at the first budget reached (0 = no limit on that quantity; at least one > 0).
+    max_env_steps: int = 30_000
+    max_updates: int = 0
+    max_seconds: float = 0.0
+    # Stop early once a greedy evaluation reaches this mean return (None = never).
+    stop_at_return: float | None = None
+    eval_every_s: float = 20.0  # greedy evaluation period (wall-clock seconds; 0 = off)
+    eval_episodes: int = 20  # rollouts per periodic evaluation
+    final_eval_episodes: int = 50  # rollouts of the final evaluation
+    log_every_s: float = 5.0  # console line + metrics.jsonl row period
+    updates_per_call: int = 20  # learner updates per driver round trip
+    plot: bool = True  # write learning_curve.png at the end
+
+    def validate(self) -> None:
+        require(self.max_env_steps >= 0, "max_env_steps", "must be >= 0")
+        require(self.max_updates >= 0, "max_updates", "must be >= 0")
+        require(self.max_seconds >= 0, "max_seconds", "must be >= 0")
+        require(self.max_env_steps or self.max_updates or self.max_seconds, "max_env_steps",
+                "set at least one budget (max_env_steps, max_updates or max_seconds)")
+        require(self.eval_every_s >= 0, "eval_every_s", "must be >= 0")
+        require(self.eval_episodes >= 1, "eval_episodes", "must be >= 1")
+        require(self.final_eval_episodes >= 0, "final_eval_episodes", "must be >= 0")
+        require(self.log_every_s > 0, "log_every_s", "must be > 0")
+        require(self.updates_per_call >= 1, "updates_per_call", "must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    actors: ActorConfig = field(default_factory=ActorConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        for name in ("env", "learner", "actors", "replay", "deploy", "run"):
+            prefixed(name, getattr(self, name).validate)
+        require(self.replay.max_seq_len == self.learner.max_seq_len, "replay.max_seq_len",
+                f"must equal learner.max_seq_len ({self.learner.max_seq_len})")
+        require(self.replay.batch_size == self.learner.batch_size, "replay.batch_size",
+                f"must equal learner.batch_size ({self.learner.batch_size})")
+        horizon = self.env.horizon() if hasattr(self.env, "horizon") else None
+        if horizon is not None:
+            require(horizon + 1 <= self.replay.max_traj_steps, "replay.max_traj_steps",
+                    f"must hold a whole rollout ({horizon + 1} timesteps for {self.env.id})")
+
+
+def register_schemas() -> None:
+    """Register :class:`TrainConfig` as Hydra's ``base_config`` (the schema config.yaml extends)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=TrainConfig)

@@ -1,0 +1,317 @@
+"""Training entrypoint: builds the replay service, the learner and the rollout actors, runs
+them to a budget, evaluates greedily along the way and writes a run directory.
+
+    python -m deploy.train                                   # local: Ray + embedded Valkey
+    python -m deploy.train env=bandit run.max_env_steps=20000
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python -m deploy.train deploy=cluster replay.redis.url=redis://127.0.0.1:6379
+
+The run directory holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoints/``,
+``learning_curve.png`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from deploy.config import TrainConfig
+
+log = logging.getLogger("amago")
+
+
+@contextlib.contextmanager
+def replay_endpoint(cfg: TrainConfig) -> Iterator[TrainConfig]:
+    """Yield ``cfg`` with a reachable ``replay.redis.url``, starting an embedded server
+    (stopped on exit) when the config names none."""
+    if cfg.replay.redis.url:
+        yield cfg
+        return
+    from replay_service.server import EmbeddedServer
+
+    d = cfg.deploy
+    with EmbeddedServer(password=cfg.replay.redis.password,
+                        maxmemory_bytes=d.embedded_maxmemory_mb * 2**20,
+                        data_dir=d.embedded_data_dir or None) as server:
+        redis_cfg = dataclasses.replace(cfg.replay.redis, url=server.url)
+        yield dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, redis=redis_cfg))
+
+
+class RunLog:
+    """metrics.jsonl rows, the console line and the driver's own Prometheus metrics."""
+
+    def __init__(self, run_dir: Path, metrics):
+        self.path = run_dir / "metrics.jsonl"
+        self.file = self.path.open("a", buffering=1)
+        self.metrics = metrics
+        self.t0 = time.monotonic()
+        self._last = (self.t0, 0, 0)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def row(self, **fields) -> dict:
+        fields = {"time_s": round(self.elapsed(), 3), **fields}
+        self.file.write(json.dumps(fields) + "\n")
+        return fields
+
+    def progress(self, env_steps: int, updates: int, recent_returns: list[float],
+                 eval_return: float | None, learner_out: dict) -> None:
+        now = time.monotonic()
+        t_prev, s_prev, u_prev = self._last
+        dt = max(now - t_prev, 1e-9)
+        sps, ups = (env_steps - s_prev) / dt, (updates - u_prev) / dt
+        self._last = (now, env_steps, updates)
+        self.metrics.set("amago_driver_env_steps_per_second", sps)
+        self.metrics.set("amago_driver_updates_per_second", ups)
+        ret = float(np.mean(recent_returns)) if recent_returns else None
+        replay = learner_out.get("replay") or {}
+        self.row(env_steps=env_steps, updates=updates, return_mean=ret,
+                 env_steps_per_s=round(sps, 2), updates_per_s=round(ups, 3),
+                 replay_timesteps=replay.get("timesteps"),
+                 policy_lag=learner_out.get("policy_lag"),
+                 **{k: v for k, v in learner_out.items()
+                    if isinstance(v, float) and k not in ("policy_lag", "seconds")})
+        fmt = lambda v: "   -" if v is None else f"{v:6.3f}"  # noqa: E731
+        print(f"[{self.elapsed():7.1f}s] steps {env_steps:>9,d} ({sps:6.0f}/s) | "
+              f"updates {updates:>7,d} ({ups:5.1f}/s) | return {fmt(ret)} | "
+              f"eval {fmt(eval_return)} | replay {replay.get('timesteps', 0):>9,} steps | "
+              f"lag {learner_out.get('policy_lag', 0.0):5.1f}", flush=True)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _write_sd_file(path: str, addresses: list[str], run_name: str) -> None:
+    """Prometheus file_sd targets for every process of this run."""
+    doc = [{"targets": sorted(set(addresses)), "labels": {"job": "amago", "run": run_name}}]
+    tmp = Path(path + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+
+
+def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
+    """Train to the budget; returns (and writes) the run summary."""
+    cfg.validate()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with replay_endpoint(cfg) as cfg:
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: TrainConfig, run_dir: Path) -> dict:
+    import ray
+
+    from actors.worker import ActorSetup, RolloutActor
+    from common.envs.factory import env_spec
+    from common.metrics import Metrics
+    from common.ray_utils import init_ray
+    from common.weights import WeightBroker
+    from learner.worker import LearnerActor, LearnerSetup
+
+    started_ray = not ray.is_initialized()
+    d = cfg.deploy
+    init_ray(d.ray_address, num_cpus=(d.num_cpus or os.cpu_count()) if not d.ray_address else None)
+    spec = env_spec(cfg.env)
+    use_gpu = cfg.learner.device == "cuda" or (
+        cfg.learner.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    metrics = Metrics()
+    driver_addr = f"{d.metrics_host}:{metrics.serve(d.metrics_host)}" if d.serve_metrics else ""
+    runlog = RunLog(run_dir, metrics)
+
+    handles: list = []
+    try:
+        broker = ray.remote(WeightBroker).options(num_cpus=0).remote()
+        handles.append(broker)
+        lsetup = LearnerSetup(spec=spec, learner=cfg.learner, replay=cfg.replay,
+                              run_dir=str(run_dir), metrics_host=d.metrics_host,
+                              serve_metrics=d.serve_metrics)
+        learner = ray.remote(LearnerActor).options(
+            num_cpus=cfg.learner.worker.num_cpus, num_gpus=1 if use_gpu else 0,
+            max_restarts=0).remote(lsetup, broker)
+        handles.append(learner)
+        strategy = "SPREAD" if (d.ray_address and d.spread_actors) else "DEFAULT"
+        actor_cls = ray.remote(RolloutActor)
+
+        def make_actor(i: int, evaluation: bool = False):
+            setup = ActorSetup(actor_id=i, num_actors=cfg.actors.num_actors, env=cfg.env,
+                               actors=cfg.actors, learner=cfg.learner,
+                               replay=None if evaluation else cfg.replay,
+                               metrics_host=d.metrics_host, serve_metrics=d.serve_metrics)
+            return actor_cls.options(
+                num_cpus=0 if evaluation else cfg.actors.num_cpus,
+                max_restarts=cfg.actors.max_restarts, max_task_retries=0,
+                scheduling_strategy=strategy).remote(setup, broker)
+
+        actors = [make_actor(i) for i in range(cfg.actors.num_actors)]
+        evaluator = make_actor(cfg.actors.num_actors, evaluation=True)
+        handles += actors + [evaluator]
+        ray.get([a.ping.remote() for a in actors] + [evaluator.ping.remote()])
+        if d.metrics_sd_file and d.serve_metrics:
+            addrs = ray.get([h.metrics_address.remote() for h in [learner, *actors, evaluator]])
+            _write_sd_file(d.metrics_sd_file, [driver_addr, *addrs], cfg.run.name)
+        summary = _loop(cfg, runlog, metrics, learner, actors, evaluator)
+        summary["peak_rss_mb"] = {
+            "learner": ray.get(learner.peak_rss_mb.remote()),
+            "actors": ray.get([a.peak_rss_mb.remote() for a in actors]),
+        }
+        summary["final_checkpoint"] = ray.get(learner.close.remote())
+    finally:
+        runlog.close()
+        for h in handles:
+            with contextlib.suppress(Exception):
+                ray.kill(h)
+        if started_ray:
+            ray.shutdown()
+    summary["run_dir"] = str(run_dir)
+    if cfg.run.plot:
+        from deploy.plots import plot_learning_curve
+
+        summary["plot"] = str(plot_learning_curve(runlog.path, run_dir / "learning_curve.png",
+                                                  title=f"{cfg.run.name}: {cfg.env.id}"))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator) -> dict:
+    import ray
+    from ray.exceptions import RayActorError
+
+    r = cfg.run
+    env_steps = updates = 0
+    recent: list[float] = []
+    last_learner: dict = {}
+    evals: list[dict] = []
+    solved: dict | None = None
+    pending: dict = {}
+    restarts = 0
+
+    def collect(i: int) -> None:
+        pending[actors[i].collect.remote()] = ("actor", i)
+
+    def train() -> None:
+        pending[learner.train.remote(r.updates_per_call, 10.0)] = ("learner", 0)
+
+    def evaluate(n: int) -> None:
+        pending[evaluator.evaluate.remote(n)] = ("eval", 0)
+
+    for i in range(len(actors)):
+        collect(i)
+    train()
+    next_log = r.log_every_s
+    next_eval = r.eval_every_s if r.eval_every_s > 0 else float("inf")
+
+    def out_of_budget() -> bool:
+        return bool((r.max_env_steps and env_steps >= r.max_env_steps)
+                    or (r.max_updates and updates >= r.max_updates)
+                    or (r.max_seconds and runlog.elapsed() >= r.max_seconds)
+                    or solved is not None)
+
+    while not out_of_budget():
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+        for ref in ready:
+            kind, i = pending.pop(ref)
+            try:
+                res = ray.get(ref)
+            except RayActorError as e:
+                if kind == "actor":  # Ray restarts it; the in-flight rollouts are lost
+                    restarts += 1
+                    metrics.inc("amago_driver_actor_restarts")
+                    log.warning("rollout actor %d failed (%s); it is being restarted", i,
+                                type(e).__name__)
+                    time.sleep(0.5)
+                    collect(i)
+                    continue
+                raise
+            if kind == "actor":
+                env_steps += res["env_steps"]
+                recent += res["returns"]
+                collect(i)
+            elif kind == "learner":
+                updates += res["updates"]
+                last_learner = res
+                train()
+            else:
+                ev = float(np.mean(res["returns"])) if res["returns"] else float("nan")
+                evals.append({"time_s": runlog.elapsed(), "env_steps": env_steps,
+                              "updates": updates, "return": ev})
+                metrics.set("amago_eval_return", ev)
+                runlog.row(env_steps=env_steps, updates=updates, eval_return=ev,
+                           eval_success=float(np.mean(res["successes"])) if res["successes"] else None)
+                if r.stop_at_return is not None and ev >= r.stop_at_return:
+                    solved = evals[-1]
+        if runlog.elapsed() >= next_eval and not any(k == "eval" for k, _ in pending.values()):
+            evaluate(r.eval_episodes)
+            next_eval = runlog.elapsed() + r.eval_every_s
+        if runlog.elapsed() >= next_log:
+            metrics.set("amago_driver_actors_alive", len(actors))
+            runlog.progress(env_steps, updates, recent[-200:],
+                            evals[-1]["return"] if evals else None, last_learner)
+            recent = recent[-50:]
+            next_log = runlog.elapsed() + r.log_every_s
+    train_time = runlog.elapsed()
+    final = None
+    if r.final_eval_episodes:
+        res = ray.get(evaluator.evaluate.remote(r.final_eval_episodes))
+        final = float(np.mean(res["returns"]))
+        runlog.row(env_steps=env_steps, updates=updates, eval_return=final, final=True)
+        print(f"final greedy evaluation over {len(res['returns'])} rollouts: "
+              f"return {final:.3f}", flush=True)
+    return {
+        "env_id": cfg.env.id,
+        "env_steps": env_steps,
+        "updates": updates,
+        "train_seconds": train_time,
+        "final_eval_return": final,
+        "evals": evals,
+        "solved": solved,
+        "actor_restarts": restarts,
+        "env_steps_per_s": env_steps / max(train_time, 1e-9),
+        "updates_per_s": updates / max(train_time, 1e-9),
+    }
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from deploy.config import register_schemas
+
+    register_schemas()
+    config_dir = str(Path(__file__).resolve().parent.parent / "configs")
+
+    @hydra.main(config_path=config_dir, config_name="config", version_base="1.3")
+    def _main(dcfg) -> None:
+        from common.config_utils import ConfigError
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        OmegaConf.save(dcfg, run_dir / "config.yaml", resolve=True)
+        cfg: TrainConfig = OmegaConf.to_object(dcfg)
+        try:
+            cfg.validate()
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        summary = run_training(cfg, run_dir)
+        print(f"run directory: {summary['run_dir']}")
+        if summary.get("plot"):
+            print(f"learning curve: {summary['plot']}")
+        print(f"checkpoint: {summary['final_checkpoint']}")
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

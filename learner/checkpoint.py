@@ -1,0 +1,105 @@
+"""Learner checkpoints: one ``torch.save`` file, loaded with ``weights_only=True``.
+
+Contents: format version, the resolved learner config (a dict), the env spec, the agent's
+state (online and target networks, PopArt and observation statistics, sigma-reparam vectors),
+the optimizer state, the update counter and the learner's RNG state. Restoring continues
+training with identical counters (and, on the same device, identical numbers).
+
+A checkpoint written under another config or env spec is refused with
+:class:`CheckpointMismatchError` listing every differing field. Fields that only say where and
+how fast to run (:data:`RUNTIME_FIELDS`) may differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from common.spec import EnvSpec
+
+if TYPE_CHECKING:
+    from learner.amago import AmagoLearner
+
+CHECKPOINT_FORMAT = 1
+
+#: Config fields allowed to differ between the writer and the reader of a checkpoint.
+RUNTIME_FIELDS = frozenset({"device", "num_threads", "pin_memory", "compile", "worker", "batch_size"})
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint was written under another config/spec. ``differences`` lists
+    ``"<dotted field>: <checkpoint value> != <current value>"`` strings."""
+
+    def __init__(self, path: str, differences: list[str]):
+        self.differences = differences
+        super().__init__(
+            f"checkpoint {path!r} does not match this learner: " + "; ".join(differences)
+        )
+
+
+def _plain(x: Any) -> Any:
+    """Tuples -> lists etc., so configs and specs compare the same after a round trip."""
+    return json.loads(json.dumps(x))
+
+
+def spec_to_dict(spec: EnvSpec) -> dict[str, Any]:
+    return _plain(dataclasses.asdict(spec))
+
+
+def diff(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two nested dicts differ, with both values."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out: list[str] = []
+        for k in sorted(set(saved) | set(current), key=str):
+            name = f"{prefix}.{k}" if prefix else str(k)
+            if k not in saved:
+                out.append(f"{name}: missing in checkpoint != {current[k]!r}")
+            elif k not in current:
+                out.append(f"{name}: {saved[k]!r} != missing in this config")
+            else:
+                out += diff(saved[k], current[k], name)
+        return out
+    return (
+        [] if saved == current else [f"{prefix}: {saved!r} (checkpoint) != {current!r} (current)"]
+    )
+
+
+def save_checkpoint(learner: AmagoLearner, path: str) -> None:
+    """Write ``learner``'s full state to ``path`` atomically (temp file + rename)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": _plain(learner.cfg.to_dict()),
+        "spec": spec_to_dict(learner.spec),
+        "state": learner.state_dict(),
+    }
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(learner: AmagoLearner, path: str) -> None:
+    """Restore ``learner`` from ``path``; refuse (naming the fields) if config or spec differ."""
+    payload = torch.load(path, map_location=learner.device, weights_only=True)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatchError(
+            path, [f"format: {payload.get('format')!r} (checkpoint) != {CHECKPOINT_FORMAT}"]
+        )
+    saved_cfg = {k: v for k, v in payload["config"].items() if k not in RUNTIME_FIELDS}
+    current_cfg = {
+        k: v for k, v in _plain(learner.cfg.to_dict()).items() if k not in RUNTIME_FIELDS
+    }
+    differences = diff(saved_cfg, current_cfg, "learner")
+    differences += diff(payload["spec"], spec_to_dict(learner.spec), "spec")
+    if differences:
+        raise CheckpointMismatchError(path, differences)
+    state = payload["state"]
+    state["rng_cpu"] = state["rng_cpu"].cpu()
+    if state.get("rng_cuda") is not None:
+        state["rng_cuda"] = state["rng_cuda"].cpu()
+    learner.load_state_dict(state)

@@ -1,0 +1,242 @@
+"""Config dataclasses of the learner: the networks (:class:`ModelConfig`) and the update
+(:class:`LearnerConfig`).
+
+Plain dataclasses whose fields use only OmegaConf-friendly types (they double as Hydra
+structured-config schemas). Defaults follow the SPEC (section 5) and the original AMAGO code.
+``validate()`` raises :class:`common.config_utils.ConfigError` naming the offending field
+(relative names: the caller prefixes ``learner.``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.config_utils import prefixed, require
+from learner.worker_config import LearnerWorkerConfig
+
+ENCODERS = ("transformer", "gru", "mlp")
+TIME_EMBEDDINGS = ("sinusoidal", "learned")
+VARIANTS = ("amago", "amago2")
+DEVICES = ("cpu", "cuda", "auto")
+BF16_MODES = ("auto", "on", "off")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the timestep encoder, trajectory encoder and actor/critic heads."""
+
+    # Trajectory (sequence) encoder: "transformer" (causal, KV-cached at inference), "gru",
+    # or "mlp" (memoryless: each timestep on its own; for ablations and tests).
+    encoder: str = "transformer"
+    # Width of the trajectory encoder (its output is the RL "state" every head reads).
+    d_model: int = 256
+    # Number of Transformer blocks / GRU layers / residual MLP blocks.
+    n_layers: int = 3
+    # Attention heads (Transformer only); d_model must be divisible by it.
+    n_heads: int = 8
+    # Hidden width of the Transformer feed-forward block (and of the MLP encoder's blocks).
+    d_ff: int = 1024
+    # Dropout on the input embedding and the feed-forward outputs (training only).
+    dropout: float = 0.05
+    # How time_idx enters every token: fixed "sinusoidal" or a "learned" table.
+    time_embedding: str = "sinusoidal"
+    # Largest time index the learned table holds (larger indices are clamped to it).
+    max_time: int = 4096
+    # NormFormer extra norms (after attention and after the feed-forward activation) and
+    # per-head output scales.
+    normformer: bool = True
+    # Sigma-reparameterised linear layers (W / spectral_norm(W) * learned gain) in the
+    # Transformer blocks, for stability.
+    sigma_reparam: bool = True
+    # Timestep encoder MLP: hidden width, number of hidden layers, output width (then a
+    # LayerNorm).
+    tstep_hidden: int = 512
+    tstep_layers: int = 2
+    tstep_out: int = 256
+    # Running mean/std normalisation of vector observations (stats updated by the learner).
+    normalize_obs: bool = True
+    # Normalised observations are clipped to [-obs_clip, obs_clip].
+    obs_clip: float = 10.0
+    # CNN for image observations (uint8 H x W x C): channels, kernel sizes and strides per
+    # conv layer (the default is the Nature-DQN trunk), then a linear map to cnn_out features.
+    cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    cnn_kernels: list[int] = field(default_factory=lambda: [8, 4, 3])
+    cnn_strides: list[int] = field(default_factory=lambda: [4, 2, 1])
+    cnn_out: int = 256
+    # Actor head MLP: hidden width and number of hidden layers.
+    actor_hidden: int = 256
+    actor_layers: int = 2
+    # Critic head MLP (each ensemble member): hidden width and number of hidden layers.
+    critic_hidden: int = 256
+    critic_layers: int = 2
+    # Tanh-Gaussian actor (continuous actions): bounds of the log standard deviation.
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+
+    def validate(self) -> None:
+        require(self.encoder in ENCODERS, "encoder", f"must be one of {ENCODERS}")
+        for name in (
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "d_ff",
+            "tstep_hidden",
+            "tstep_layers",
+            "tstep_out",
+            "cnn_out",
+            "actor_hidden",
+            "actor_layers",
+            "critic_hidden",
+            "critic_layers",
+            "max_time",
+        ):
+            require(int(getattr(self, name)) >= 1, name, "must be >= 1")
+        require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        require(
+            self.time_embedding in TIME_EMBEDDINGS,
+            "time_embedding",
+            f"must be one of {TIME_EMBEDDINGS}",
+        )
+        if self.encoder == "transformer":
+            require(self.d_model % self.n_heads == 0, "n_heads", "must divide d_model")
+        if self.time_embedding == "sinusoidal":
+            require(self.d_model % 2 == 0, "d_model", "must be even for the sinusoidal embedding")
+        require(self.obs_clip > 0, "obs_clip", "must be > 0")
+        n = len(self.cnn_channels)
+        require(n >= 1, "cnn_channels", "needs at least one conv layer")
+        require(len(self.cnn_kernels) == n, "cnn_kernels", "needs one entry per cnn_channels entry")
+        require(len(self.cnn_strides) == n, "cnn_strides", "needs one entry per cnn_channels entry")
+        require(all(c >= 1 for c in self.cnn_channels), "cnn_channels", "entries must be >= 1")
+        require(all(k >= 1 for k in self.cnn_kernels), "cnn_kernels", "entries must be >= 1")
+        require(all(s >= 1 for s in self.cnn_strides), "cnn_strides", "entries must be >= 1")
+        require(self.log_std_min < self.log_std_max, "log_std_min", "must be < log_std_max")
+
+
+@dataclass
+class LearnerConfig:
+    """The AMAGO update (SPEC section 5) and where it runs."""
+
+    # Network architecture.
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # Longest training window (timesteps); also the default inference context length.
+    max_seq_len: int = 256
+    # Windows per update (the replay sampler draws this many per batch).
+    batch_size: int = 24
+    # Discount factors trained at once (multi-gamma); the LAST entry is the main discount,
+    # the only one whose actor acts.
+    gammas: list[float] = field(default_factory=lambda: [0.1, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999])
+    # Critic ensemble size C (per discount).
+    num_critics: int = 4
+    # Critics drawn at random (per target element) for the clipped TD target.
+    num_critics_td: int = 2
+    # Weight of the critic loss in the total loss.
+    critic_loss_weight: float = 10.0
+    # Weight of the online actor term -Q(s, a ~ pi(s)) (variant "amago" only).
+    online_actor_weight: float = 1.0
+    # Weight of the filtered behaviour-cloning term -1[A > 0] log pi(a|s).
+    bc_weight: float = 0.1
+    # Reward scale c_r applied inside the TD target.
+    reward_scale: float = 10.0
+    # PopArt value normalisation (variant "amago"; the two-hot critic needs none).
+    popart: bool = True
+    # PopArt statistics step size (debiased exponential moving average).
+    popart_beta: float = 5e-4
+    # PopArt initial second moment nu (a wide initial scale: sigma = sqrt(nu)).
+    popart_init_nu: float = 100.0
+    # "amago": scalar critics (squared TD error, PopArt), online + filtered-BC actor;
+    # "amago2": two-hot classification critics over symlog bins, filtered-BC actor only.
+    variant: str = "amago"
+    # Two-hot critic (amago2): number of bins and the raw (reward-scaled) return range that
+    # the bins cover, evenly spaced in symlog space.
+    num_bins: int = 128
+    twohot_min: float = -1.0e5
+    twohot_max: float = 1.0e5
+    # AdamW learning rate, weight decay, linear warm-up length (updates) and grad-norm clip.
+    lr: float = 1e-4
+    weight_decay: float = 1e-3
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    # EMA rate of the target actor/critics.
+    tau: float = 0.003
+    # Smallest probability a categorical actor may give any action.
+    prob_clip: float = 0.001
+    # "cpu", "cuda" or "auto" (cuda when available).
+    device: str = "auto"
+    # torch intra-op threads for this process (0 = leave torch's default).
+    num_threads: int = 0
+    # bf16 autocast: "auto" (on for cuda, off on cpu), "on", "off".
+    bf16: str = "auto"
+    # Copy batches through pinned host memory (cuda only).
+    pin_memory: bool = True
+    # Wrap the loss computation in torch.compile (slow to compile; off by default).
+    compile: bool = False
+    # Seed of the parameter init and of the learner's own random stream.
+    seed: int = 0
+    # Process-level settings of the Ray learner actor (learner/worker.py); unused by the
+    # pure learner and ignored when checkpoints compare configs.
+    worker: LearnerWorkerConfig = field(default_factory=LearnerWorkerConfig)
+
+    def validate(self) -> None:
+        prefixed("model", self.model.validate)
+        prefixed("worker", self.worker.validate)
+        require(self.max_seq_len >= 2, "max_seq_len", "must be >= 2 (a transition needs two)")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(len(self.gammas) >= 1, "gammas", "needs at least one discount")
+        require(
+            all(0.0 <= float(g) < 1.0 for g in self.gammas),
+            "gammas",
+            "every discount must be in [0, 1)",
+        )
+        require(self.num_critics >= 1, "num_critics", "must be >= 1")
+        require(
+            1 <= self.num_critics_td <= self.num_critics,
+            "num_critics_td",
+            "must be in [1, num_critics]",
+        )
+        for name in (
+            "critic_loss_weight",
+            "online_actor_weight",
+            "bc_weight",
+            "weight_decay",
+            "grad_clip",
+            "popart_beta",
+        ):
+            require(float(getattr(self, name)) >= 0.0, name, "must be >= 0")
+        require(self.reward_scale > 0, "reward_scale", "must be > 0")
+        require(0.0 < self.popart_beta <= 1.0, "popart_beta", "must be in (0, 1]")
+        require(self.popart_init_nu > 0, "popart_init_nu", "must be > 0")
+        require(self.variant in VARIANTS, "variant", f"must be one of {VARIANTS}")
+        require(self.num_bins >= 2, "num_bins", "must be >= 2")
+        require(self.twohot_min < self.twohot_max, "twohot_min", "must be < twohot_max")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        require(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
+        require(0.0 <= self.prob_clip < 0.5, "prob_clip", "must be in [0, 0.5)")
+        require(self.device in DEVICES, "device", f"must be one of {DEVICES}")
+        require(self.num_threads >= 0, "num_threads", "must be >= 0")
+        require(self.bf16 in BF16_MODES, "bf16", f"must be one of {BF16_MODES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (what checkpoints store and compare)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LearnerConfig:
+        """Inverse of :meth:`to_dict` (unknown keys raise ``TypeError``)."""
+        d = dict(d)
+        model = ModelConfig(**d.pop("model", {}))
+        worker = LearnerWorkerConfig(**d.pop("worker", {}))
+        return cls(model=model, worker=worker, **d)
+
+    @classmethod
+    def coerce(cls, cfg: Any) -> LearnerConfig:
+        """A ``LearnerConfig`` from itself, a plain dict, or an OmegaConf/Hydra node."""
+        if isinstance(cfg, cls):
+            return cfg
+        if not isinstance(cfg, dict):
+            from omegaconf import OmegaConf
+
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        return cls.from_dict(cfg)

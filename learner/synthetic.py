@@ -1,0 +1,88 @@
+"""Batches without a replay service: collate trajectories, or draw random data of the right
+shapes. For tests and benchmarks (the real sampler lives in ``replay_service``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.records import Batch, Trajectory
+from common.spec import EnvSpec
+
+
+def collate(trajs: list[Trajectory], length: int, starts: list[int] | None = None) -> Batch:
+    """Windows ``[start, start + length)`` of each trajectory, right-padded with zeros and
+    ``mask`` False to exactly ``length`` timesteps."""
+    b = len(trajs)
+    starts = starts or [0] * b
+    first = trajs[0]
+
+    def pad(arr_of: str | tuple[str, str], dtype: np.dtype | None = None) -> np.ndarray:
+        def get(tr: Trajectory) -> np.ndarray:
+            return tr.obs[arr_of[1]] if isinstance(arr_of, tuple) else getattr(tr, arr_of)
+
+        ref = get(first)
+        out = np.zeros((b, length, *ref.shape[1:]), dtype=dtype or ref.dtype)
+        for i, (tr, s) in enumerate(zip(trajs, starts)):
+            w = get(tr)[s : s + length]
+            out[i, : len(w)] = w
+        return out
+
+    mask = np.zeros((b, length), dtype=bool)
+    for i, (tr, s) in enumerate(zip(trajs, starts)):
+        mask[i, : max(0, min(length, len(tr) - s))] = True
+    return Batch(
+        obs={k: pad(("obs", k)) for k in first.obs},
+        prev_action=pad("prev_action", np.float32),
+        prev_reward=pad("prev_reward", np.float32),
+        time_idx=pad("time_idx", np.int64),
+        terminated=pad("terminated", bool),
+        truncated=pad("truncated", bool),
+        mask=mask,
+        policy_version=np.array([tr.meta.policy_version for tr in trajs], dtype=np.int64),
+    )
+
+
+def random_batch(
+    spec: EnvSpec,
+    batch_size: int,
+    length: int,
+    rng: np.random.Generator,
+    min_len: int | None = None,
+) -> Batch:
+    """Random data of the right shapes and dtypes; row lengths uniform in [min_len, length]
+    (default: all full), the rest padding (zeros, mask False)."""
+    lens = rng.integers(min_len if min_len is not None else length, length + 1, size=batch_size)
+    mask = np.arange(length)[None, :] < lens[:, None]  # (B, L)
+    obs = {}
+    for k, s in spec.obs.items():
+        if s.dtype == "uint8":
+            obs[k] = rng.integers(0, 256, size=(batch_size, length, *s.shape), dtype=np.uint8)
+        else:
+            obs[k] = rng.standard_normal((batch_size, length, *s.shape)).astype(s.dtype)
+    if spec.discrete:
+        idx = rng.integers(spec.action_dim, size=(batch_size, length))
+        prev_action = np.eye(spec.action_dim, dtype=np.float32)[idx]
+    else:
+        prev_action = rng.uniform(-1, 1, size=(batch_size, length, spec.action_dim)).astype(
+            np.float32
+        )
+    prev_action[:, 0] = 0.0
+    prev_reward = rng.standard_normal((batch_size, length)).astype(np.float32)
+    prev_reward[:, 0] = 0.0
+    terminated = np.zeros((batch_size, length), dtype=bool)
+    terminated[np.arange(batch_size), lens - 1] = rng.random(batch_size) < 0.5
+    m = mask.astype(np.float32)
+    batch = Batch(
+        obs={
+            k: (v * m.reshape(*m.shape, *([1] * (v.ndim - 2)))).astype(v.dtype)
+            for k, v in obs.items()
+        },
+        prev_action=prev_action * m[..., None],
+        prev_reward=prev_reward * m,
+        time_idx=(np.arange(length)[None, :] * mask).astype(np.int64),
+        terminated=terminated & mask,
+        truncated=np.zeros((batch_size, length), dtype=bool),
+        mask=mask,
+        policy_version=np.zeros(batch_size, dtype=np.int64),
+    )
+    return batch

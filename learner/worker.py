@@ -1,0 +1,245 @@
+"""The learner actor: a thin Ray actor around the pure :class:`learner.amago.AmagoLearner`.
+
+Batches are sampled from the replay service on a background thread (:class:`Prefetcher`) so
+sampling, decoding and relabeling overlap the update. Weights are published to the
+:class:`common.weights.WeightBroker` every ``publish_every`` updates with ONE ``ray.put`` per
+version; checkpoints are written every ``checkpoint_every_min`` minutes.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.metrics import Metrics
+from common.records import Batch
+from common.spec import EnvSpec
+
+log = logging.getLogger(__name__)
+
+
+class Prefetcher:
+    """Calls ``sample()`` on a daemon thread, keeping up to ``depth`` batches ready.
+
+    ``sample`` returns a batch, or None when nothing could be sampled yet (rate limiter,
+    empty store); exceptions are logged and retried after a pause, never fatal.
+    """
+
+    def __init__(self, sample: Callable[[], Batch | None], depth: int):
+        self._sample, self._q = sample, queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self.errors = 0
+        self._thread = threading.Thread(target=self._loop, name="prefetch", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = self._sample()
+            except Exception as e:  # replay outage, corrupt data...: keep the learner alive
+                self.errors += 1
+                log.warning("batch sampling failed (%s); retrying", e)
+                self._stop.wait(0.5)
+                continue
+            while batch is not None and not self._stop.is_set():
+                try:
+                    self._q.put(batch, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    def get(self, timeout: float) -> Batch | None:
+        try:
+            return self._q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@dataclass
+class LearnerSetup:
+    """Everything the learner actor needs, picklable, passed once at construction."""
+
+    spec: EnvSpec
+    learner: object  # learner.config.LearnerConfig
+    replay: object  # replay_service.config.ReplayConfig
+    run_dir: str
+    resume_from: str = ""  # checkpoint path to restore before training
+    metrics_host: str = "127.0.0.1"
+    serve_metrics: bool = True
+
+
+class LearnerActor:
+    def __init__(self, setup: LearnerSetup, broker) -> None:
+        import torch
+
+        from learner.amago import AmagoLearner
+        from replay_service import Sampler, connect, get_relabeler
+
+        cfg = setup.learner
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        self.setup, self.cfg, self.broker = setup, cfg, broker
+        self.learner = AmagoLearner(setup.spec, cfg)
+        if setup.resume_from:
+            self.learner.restore(setup.resume_from)
+        rcfg = setup.replay
+        self.sampler = Sampler(
+            connect(rcfg.redis),
+            rcfg,
+            relabel=get_relabeler(rcfg.relabel, **dict(rcfg.relabel_kwargs)),
+            seed=cfg.seed,
+        )
+        wcfg = cfg.worker
+        self.prefetcher = Prefetcher(self._sample_once, wcfg.prefetch_batches)
+        self.ckpt_dir = Path(setup.run_dir) / "checkpoints"
+        self._last_ckpt = time.monotonic()
+        self.metrics = Metrics()
+        self.metrics_port = self.metrics.serve(setup.metrics_host) if setup.serve_metrics else 0
+        self.published = -1
+        self.publish()
+
+    def _sample_once(self) -> Batch | None:
+        from replay_service import RateLimitTimeout
+
+        t0 = time.perf_counter()
+        try:
+            return self.sampler.sample(
+                self.cfg.batch_size, timeout_s=self.cfg.worker.sample_timeout_s
+            )
+        except RateLimitTimeout:
+            return None
+        finally:
+            self.metrics.inc("amago_replay_sample_wait_seconds", time.perf_counter() - t0)
+
+    # -- weights and checkpoints ---------------------------------------------------------
+    def publish(self) -> int:
+        import ray
+
+        from common.weights import to_numpy_state
+
+        v = self.learner.version
+        if v != self.published:
+            ref = ray.put(to_numpy_state(self.learner.policy_weights()))
+            ray.get(self.broker.publish.remote(v, [ref]))
+            self.published = v
+            self.metrics.set("amago_learner_policy_version", v)
+        return v
+
+    def checkpoint(self) -> str:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        path = self.ckpt_dir / f"ckpt_{self.learner.version:08d}.pt"
+        self.learner.save(str(path))
+        old = sorted(self.ckpt_dir.glob("ckpt_*.pt"))[: -self.cfg.worker.keep_checkpoints]
+        for p in old:
+            p.unlink(missing_ok=True)
+        self._last_ckpt = time.monotonic()
+        return str(path)
+
+    # -- training ------------------------------------------------------------------------
+    def train(self, n_updates: int, max_seconds: float = 60.0) -> dict:
+        """Run up to ``n_updates`` updates (fewer if no data arrives within ``max_seconds``)."""
+        t_end = time.monotonic() + max_seconds
+        sums: dict[str, float] = {}
+        done, waited, lag_sum, seq_steps = 0, 0.0, 0.0, 0
+        t_start = time.perf_counter()
+        while done < n_updates and time.monotonic() < t_end:
+            t0 = time.perf_counter()
+            batch = self.prefetcher.get(timeout=min(1.0, max(t_end - time.monotonic(), 0.01)))
+            waited += time.perf_counter() - t0
+            if batch is None:
+                continue
+            out = self.learner.train_step(batch)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            lag_sum += float(np.mean(self.learner.version - batch.policy_version))
+            seq_steps += int(batch.mask.sum())
+            done += 1
+            if self.learner.version % self.cfg.worker.publish_every == 0:
+                self.publish()
+            if time.monotonic() - self._last_ckpt > 60.0 * self.cfg.worker.checkpoint_every_min:
+                self.checkpoint()
+        means = {k: v / done for k, v in sums.items()} if done else {}
+        lag = lag_sum / done if done else 0.0
+        self._export(means, done, seq_steps, waited, lag)
+        return {
+            "updates": done,
+            "version": self.learner.version,
+            "seq_timesteps": seq_steps,
+            "seconds": time.perf_counter() - t_start,
+            "batch_wait_s": waited,
+            "policy_lag": lag,
+            "sample_errors": self.prefetcher.errors,
+            "replay": self.replay_stats(),
+            **means,
+        }
+
+    def _export(self, means: dict, done: int, seq_steps: int, waited: float, lag: float) -> None:
+        m = self.metrics
+        m.inc("amago_learner_updates", done)
+        m.inc("amago_learner_seq_timesteps", seq_steps)
+        m.inc("amago_learner_batch_wait_seconds", waited)
+        if done:
+            m.set("amago_learner_policy_lag", lag)
+        for k, v in means.items():
+            if k.endswith("_loss") or k == "loss":
+                m.set("amago_learner_loss", v, term=k)
+        if "grad_norm" in means:
+            m.set("amago_learner_grad_norm", means["grad_norm"])
+        if "q_mean" in means:
+            m.set("amago_learner_q_mean", means["q_mean"])
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                m.set("amago_learner_gpu_memory_bytes", torch.cuda.max_memory_allocated())
+        except Exception:  # metrics must never break training
+            pass
+
+    def replay_stats(self) -> dict:
+        """Replay service statistics, also exported as ``amago_replay_*`` gauges."""
+        try:
+            st = self.sampler.stats()
+        except Exception as e:
+            log.warning("replay stats unavailable: %s", e)
+            return {}
+        d = st.as_dict() if hasattr(st, "as_dict") else dict(vars(st))
+        m = self.metrics
+        for key, name in (
+            ("trajectories", "amago_replay_trajectories"),
+            ("timesteps", "amago_replay_timesteps"),
+            ("bytes", "amago_replay_bytes"),
+            ("inserted_trajectories", "amago_replay_inserted_trajectories"),
+            ("inserted_timesteps", "amago_replay_inserted_timesteps"),
+            ("sampled_timesteps", "amago_replay_sampled_timesteps"),
+        ):
+            if key in d:
+                m.set(name, float(d[key]))
+        for reason, n in (d.get("rejected") or {}).items():
+            m.set("amago_replay_rejected", float(n), reason=reason)
+        return d
+
+    def version(self) -> int:
+        return self.learner.version
+
+    def metrics_address(self) -> str:
+        return f"{self.setup.metrics_host}:{self.metrics_port}"
+
+    def peak_rss_mb(self) -> float:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+    def close(self) -> str:
+        self.prefetcher.close()
+        return self.checkpoint()

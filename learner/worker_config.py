@@ -1,0 +1,25 @@
+"""Process-level settings of the learner actor (nested as ``learner.worker``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.config_utils import require
+
+
+@dataclass
+class LearnerWorkerConfig:
+    prefetch_batches: int = 2  # batches sampled ahead on a background thread
+    publish_every: int = 20  # publish weights to actors every this many updates
+    checkpoint_every_min: float = 10.0  # write a checkpoint this often (wall-clock minutes)
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    num_cpus: float = 1.0  # Ray CPU resource the learner asks for (logical)
+    sample_timeout_s: float = 1.0  # one blocking sample attempt (the loop retries)
+
+    def validate(self) -> None:
+        require(self.prefetch_batches >= 1, "prefetch_batches", "must be >= 1")
+        require(self.publish_every >= 1, "publish_every", "must be >= 1")
+        require(self.checkpoint_every_min > 0, "checkpoint_every_min", "must be > 0")
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        require(self.num_cpus >= 0, "num_cpus", "must be >= 0")
+        require(self.sample_timeout_s > 0, "sample_timeout_s", "must be > 0")

@@ -1,0 +1,216 @@
+"""Config dataclasses of the replay service (Hydra structured-config schemas).
+
+Plain dataclasses with defaults and simple field types (int/float/str/bool/dict/nested
+dataclasses) so OmegaConf can use them as schemas. Every ``validate()`` raises
+:class:`common.config_utils.ConfigError` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.config_utils import ConfigError, prefixed, require
+
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+SAMPLING_MODES = ("uniform", "length")
+COMPRESSIONS = ("", "zstd")
+
+
+@dataclass
+class RedisConfig:
+    """Where the replay state lives and how to reach it."""
+
+    # redis://[user@]host:port[/db] or rediss:// (TLS). "" = the run starts an embedded server
+    # (replay_service.server.EmbeddedServer) and fills this in before connecting.
+    url: str = ""
+    # AUTH password ("" = none). Kept out of the URL so it can come from a secret/env override.
+    password: str = ""
+    # Use TLS even if the URL says redis:// (a rediss:// URL always uses TLS).
+    tls: bool = False
+    # PEM file of the CA that signed the server certificate ("" = the system trust store).
+    tls_ca_file: str = ""
+    # Prefix of every key this run uses, so several runs can share one server. [A-Za-z0-9_.-]
+    namespace: str = "amago"
+    # Seconds a single command may take before it fails (large blobs on slow links need more).
+    socket_timeout_s: float = 30.0
+    # Seconds to wait for a TCP connection to open.
+    connect_timeout_s: float = 5.0
+    # Reconnect attempts per command after a connection error before ReplayUnavailable.
+    retries: int = 2
+
+    def validate(self) -> None:
+        require(
+            self.url == "" or self.url.startswith(("redis://", "rediss://", "unix://")),
+            "url",
+            f"must be '' or start with redis://, rediss:// or unix://, got {self.url!r}",
+        )
+        require(
+            bool(_NAMESPACE_RE.match(self.namespace)),
+            "namespace",
+            f"must match {_NAMESPACE_RE.pattern}, got {self.namespace!r}",
+        )
+        require(self.socket_timeout_s > 0, "socket_timeout_s", "must be > 0")
+        require(self.connect_timeout_s > 0, "connect_timeout_s", "must be > 0")
+        require(self.retries >= 0, "retries", "must be >= 0")
+        require(
+            not self.tls_ca_file or self.tls or self.url.startswith("rediss://"),
+            "tls_ca_file",
+            "set, but TLS is off (set tls=true or use a rediss:// URL)",
+        )
+
+
+@dataclass
+class RateLimitConfig:
+    """Sample-to-insert ratio limiter (Reverb's ``SampleToInsertRatio``), counted in TIMESTEPS.
+
+    ``samples_per_insert`` = sampled sequence-timesteps (real, unpadded window steps) per
+    inserted timestep. Sampling waits until the store holds ``min_size_steps`` timesteps;
+    afterwards ``inserted * spi - sampled`` is kept within ``spi * min_size_steps +/-
+    error_buffer``: samples wait when they would go below, inserts when they would go above.
+    """
+
+    # Sampled sequence-timesteps per collected timestep; 0 = no ratio control (only min size).
+    samples_per_insert: float = 0.0
+    # Timesteps the store must hold before sampling starts.
+    min_size_steps: int = 1
+    # Tolerance around the target in sampled timesteps; < 0 = the smallest value that can
+    # never block inserts and samples at once (see ReplayConfig.effective_error_buffer).
+    error_buffer: float = -1.0
+
+    def validate(self) -> None:
+        require(
+            math.isfinite(self.samples_per_insert) and self.samples_per_insert >= 0,
+            "samples_per_insert",
+            "must be a finite number >= 0 (0 disables ratio control)",
+        )
+        require(self.min_size_steps >= 1, "min_size_steps", "must be >= 1")
+        require(math.isfinite(self.error_buffer), "error_buffer", "must be finite")
+
+    @property
+    def enabled(self) -> bool:
+        return self.samples_per_insert > 0
+
+
+@dataclass
+class ReplayConfig:
+    """Capacity, ingest caps, sampling and rate limiting of one replay namespace."""
+
+    # How to reach the Redis-protocol server.
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    # Capacity in timesteps: the oldest trajectories are evicted (FIFO) beyond it.
+    max_steps: int = 1_000_000
+    # Capacity in stored (encoded) bytes: the oldest trajectories are evicted beyond it.
+    max_bytes: int = 4 * 2**30
+    # Ingest cap: longer trajectories are rejected (reason "oversize").
+    max_traj_steps: int = 10_000
+    # Ingest cap on one encoded record's bytes (reason "oversize").
+    max_record_bytes: int = 256 * 2**20
+    # Window length L of sampled sequences (timesteps).
+    max_seq_len: int = 64
+    # Windows per sample() call by default; also the largest rate-limiter reservation.
+    batch_size: int = 24
+    # True: every batch is (B, max_seq_len); False: padded to the longest window in the batch.
+    pad_to_max_seq_len: bool = True
+    # How a trajectory is drawn: "uniform" or "length" (probability proportional to length).
+    sampling: str = "uniform"
+    # Compression of arrays when inserting a Trajectory: "" or "zstd".
+    compression: str = ""
+    # Arrays smaller than this many bytes are stored raw even with compression on.
+    compress_min_bytes: int = 4096
+    # Decoded trajectories each Sampler keeps for reuse (LRU, MiB of array bytes; 0 = off).
+    sample_cache_mb: int = 512
+    # Relabeling strategy applied to each whole trajectory at sample time (relabel registry).
+    relabel: str = "none"
+    # Keyword arguments of the relabeling strategy.
+    relabel_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Sample-to-insert ratio limiter.
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    # Seconds insert() waits for the rate limiter before RateLimitTimeout (0 = do not wait).
+    insert_timeout_s: float = 60.0
+    # Seconds sample() waits for data / the rate limiter before RateLimitTimeout (0 = no wait).
+    sample_timeout_s: float = 60.0
+    # Longest sleep between two retries while blocked (seconds; waits back off up to it).
+    poll_interval_s: float = 0.02
+
+    def effective_error_buffer(self) -> float:
+        """The limiter tolerance in use: the configured one, or the smallest safe one.
+
+        Both sides block at once iff ``2 * error_buffer < spi * n + k`` for an insert of n
+        timesteps and a sample reservation of k; the largest n is ``max_traj_steps`` and the
+        largest reservation ``batch_size * max_seq_len`` (bigger batches are reserved in chunks).
+        """
+        if self.rate_limit.error_buffer >= 0:
+            return float(self.rate_limit.error_buffer)
+        return min_safe_error_buffer(
+            self.rate_limit.samples_per_insert, self.max_traj_steps, self.max_sample_steps
+        )
+
+    @property
+    def max_sample_steps(self) -> int:
+        """Largest number of timesteps one rate-limiter sample reservation takes."""
+        return self.batch_size * self.max_seq_len
+
+    def validate(self) -> None:
+        prefixed("redis", self.redis.validate)
+        prefixed("rate_limit", self.rate_limit.validate)
+        require(self.max_steps >= 1, "max_steps", "must be >= 1")
+        require(self.max_bytes >= 1, "max_bytes", "must be >= 1")
+        require(self.max_traj_steps >= 1, "max_traj_steps", "must be >= 1")
+        require(
+            self.max_traj_steps <= self.max_steps,
+            "max_traj_steps",
+            f"{self.max_traj_steps} > max_steps={self.max_steps}: one trajectory must fit",
+        )
+        require(self.max_record_bytes >= 1, "max_record_bytes", "must be >= 1")
+        require(
+            self.max_record_bytes <= self.max_bytes,
+            "max_record_bytes",
+            f"{self.max_record_bytes} > max_bytes={self.max_bytes}: one record must fit",
+        )
+        require(self.max_seq_len >= 1, "max_seq_len", "must be >= 1")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.sampling in SAMPLING_MODES, "sampling", f"must be one of {SAMPLING_MODES}")
+        require(self.compression in COMPRESSIONS, "compression", f"must be one of {COMPRESSIONS}")
+        require(self.compress_min_bytes >= 0, "compress_min_bytes", "must be >= 0")
+        require(self.sample_cache_mb >= 0, "sample_cache_mb", "must be >= 0")
+        require(isinstance(self.relabel, str) and bool(self.relabel), "relabel", "must be a name")
+        require(isinstance(self.relabel_kwargs, Mapping), "relabel_kwargs", "must be a mapping")
+        require(self.insert_timeout_s >= 0, "insert_timeout_s", "must be >= 0")
+        require(self.sample_timeout_s >= 0, "sample_timeout_s", "must be >= 0")
+        require(self.poll_interval_s > 0, "poll_interval_s", "must be > 0")
+        rl = self.rate_limit
+        require(
+            rl.min_size_steps <= self.max_steps,
+            "rate_limit.min_size_steps",
+            f"{rl.min_size_steps} > max_steps={self.max_steps}: sampling could never start",
+        )
+        require(
+            rl.min_size_steps <= self.max_steps - self.max_traj_steps or not rl.enabled,
+            "rate_limit.min_size_steps",
+            f"{rl.min_size_steps} > max_steps - max_traj_steps = "
+            f"{self.max_steps - self.max_traj_steps}: FIFO eviction could take the store below "
+            "the minimum size, pausing sampling and letting inserts bypass the ratio",
+        )
+        if rl.enabled and rl.error_buffer >= 0:
+            need = min_safe_error_buffer(
+                rl.samples_per_insert, self.max_traj_steps, self.max_sample_steps
+            )
+            if rl.error_buffer < need:
+                raise ConfigError(
+                    "rate_limit.error_buffer",
+                    f"{rl.error_buffer} is too small: inserts of up to max_traj_steps="
+                    f"{self.max_traj_steps} and sample reservations of up to batch_size * "
+                    f"max_seq_len={self.max_sample_steps} timesteps could both block forever "
+                    f"at once; use >= {need} (or < 0 for that value)",
+                )
+
+
+def min_safe_error_buffer(
+    samples_per_insert: float, max_insert_steps: int, max_sample_steps: int
+) -> float:
+    """Smallest tolerance with which inserts and samples can never block at the same time."""
+    return (samples_per_insert * max_insert_steps + max_sample_steps) / 2.0

@@ -1,0 +1,99 @@
+"""Shared fixtures: Redis-protocol servers for tests (one per test module).
+
+- ``embedded_server``: a real Valkey server (replay_service.server.EmbeddedServer).
+- ``fakeredis_tcp``: a fakeredis server reachable over TCP (other processes can share it);
+  ``fakeredis.FakeRedis(server=fakeredis_tcp.fake_server)`` talks to it in-process.
+- ``redis_backend``: parametrised over both; ``.client()`` gives a redis-py client and
+  ``.url`` an address other processes can use.
+- ``make_trajectory``: a factory of small valid trajectories whose contents identify them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fakeredis
+import numpy as np
+import pytest
+import redis
+
+from common.records import Trajectory, TrajectoryMeta
+from replay_service.client import connect
+from replay_service.config import RedisConfig
+from replay_service.server import EmbeddedServer
+
+
+@pytest.fixture(scope="module")
+def embedded_server() -> Iterator[EmbeddedServer]:
+    with EmbeddedServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def fakeredis_tcp() -> Iterator[Any]:
+    server = fakeredis.TcpFakeServer(("127.0.0.1", 0), server_type="redis")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@dataclass
+class RedisBackend:
+    """One Redis-protocol server: its name, a URL for other processes, and clients."""
+
+    name: str
+    url: str
+    fake_server: Any = None  # fakeredis.FakeServer for in-process clients, else None
+
+    def client(self) -> redis.Redis:
+        if self.fake_server is not None:
+            return fakeredis.FakeRedis(server=self.fake_server)
+        return connect(RedisConfig(url=self.url, retries=1))
+
+
+@pytest.fixture(scope="module", params=["fakeredis", "valkey"])
+def redis_backend(request: pytest.FixtureRequest) -> RedisBackend:
+    if request.param == "fakeredis":
+        tcp = request.getfixturevalue("fakeredis_tcp")
+        host, port = tcp.server_address[:2]
+        return RedisBackend("fakeredis", f"redis://{host}:{port}", tcp.fake_server)
+    server = request.getfixturevalue("embedded_server")
+    return RedisBackend("valkey", server.url)
+
+
+def _make_trajectory(
+    n: int, tag: int = 0, obs_dim: int = 3, action_dim: int = 2, version: int | None = None
+) -> Trajectory:
+    """A valid ``n``-step trajectory: ``obs[t, :] == tag * 1000 + t``, ``time_idx[t] == t``,
+    ``prev_reward[t] == t``, one-hot ``prev_action`` (zeros at t = 0), terminal last step;
+    ``meta.actor_id == tag`` and ``meta.policy_version == version`` (default ``tag``)."""
+    t = np.arange(n)
+    prev_action = np.zeros((n, action_dim), np.float32)
+    prev_action[t[1:], t[1:] % action_dim] = 1.0
+    terminated = np.zeros(n, bool)
+    terminated[-1] = True
+    return Trajectory(
+        obs={"observation": np.repeat((tag * 1000 + t)[:, None], obs_dim, 1).astype(np.float32)},
+        prev_action=prev_action,
+        prev_reward=t.astype(np.float32),
+        time_idx=t.astype(np.int32),
+        terminated=terminated,
+        truncated=np.zeros(n, bool),
+        meta=TrajectoryMeta(
+            env_id="test", actor_id=tag, policy_version=tag if version is None else version
+        ),
+    )
+
+
+@pytest.fixture
+def make_trajectory():
+    """The factory ``make_trajectory(n, tag=0, obs_dim=3, action_dim=2, version=None)``."""
+    return _make_trajectory

@@ -1,0 +1,150 @@
+"""Rollout worker (no Ray): trajectory cutting, alignment, extras, env faults, exploration."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from actors.config import ExplorationConfig
+from actors.exploration import Exploration
+from actors.rollout import RolloutWorker
+from common.codec import validate
+from common.envs.config import EnvConfig
+from common.envs.factory import env_spec, make_env
+from common.records import StepInput, Trajectory
+
+
+class RandomPolicy:
+    """Implements common.core.Policy with uniform random actions; records what it saw."""
+
+    def __init__(self, spec, seed=0):
+        self.spec, self.rng, self.version = spec, np.random.default_rng(seed), 3
+        self.inputs: list[StepInput] = []
+        self.resets: list[int] = []
+
+    def act(self, step, slots, greedy=False):
+        self.inputs.append(step)
+        n = len(slots)
+        if self.spec.discrete:
+            return self.rng.integers(0, self.spec.action_dim, size=n)
+        return self.rng.uniform(-1, 1, size=(n, self.spec.action_dim)).astype(np.float32)
+
+    def reset(self, slots):
+        self.resets += [int(s) for s in slots]
+
+    def load_weights(self, version, weights):
+        self.version = version
+
+
+def run(cfg: EnvConfig, n_envs=3, steps=60, sink=None, policy=None):
+    spec = env_spec(cfg)
+    envs = [make_env(cfg, seed=i) for i in range(n_envs)]
+    policy = policy or RandomPolicy(spec)
+    out: list[Trajectory] = []
+    w = RolloutWorker(envs, spec, policy, sink or out.append, None, actor_id=5, env_id=cfg.id)
+    st = w.run(steps)
+    return st, out, policy, spec
+
+
+def test_tmaze_rollouts_are_whole_aligned_episodes():
+    st, trajs, policy, spec = run(EnvConfig(id="amago/TMaze-v0", kwargs={"corridor_length": 2}))
+    assert st.env_steps == 3 * 60 and len(trajs) == len(st.returns) > 0
+    for t in trajs:
+        validate(t)
+        assert t.meta.actor_id == 5 and t.meta.policy_version == 3
+        assert t.meta.episode_starts == [0]
+        # exactly the last timestep ends the episode; the first has no previous action
+        ends = t.terminated | t.truncated
+        assert ends[-1] and not ends[:-1].any()
+        assert not t.prev_action[0].any() and t.prev_reward[0] == 0
+        assert (t.prev_action[1:].sum(axis=1) == 1).all()  # one-hot actions
+        np.testing.assert_array_equal(t.time_idx, np.arange(len(t)))
+        assert t.obs["observation"][0, 0] in (-1.0, 1.0)  # the hint is seen at t = 0
+        assert np.isclose(t.total_return, t.prev_reward[1:].sum())
+    # every slot's context is reset at its start and after each finished rollout
+    assert len(policy.resets) == 3 + len(trajs)
+
+
+def test_slots_keep_their_own_time_index():
+    # CartPole episodes have random lengths, so the slots drift out of step
+    st, trajs, policy, _ = run(EnvConfig(id="CartPole-v1"), n_envs=4, steps=100)
+    assert any(len(set(s.time_idx.tolist())) > 1 for s in policy.inputs)
+    assert {len(t) for t in trajs} != {len(trajs[0])}
+    for t in trajs:
+        validate(t)
+        np.testing.assert_array_equal(t.time_idx, np.arange(len(t)))
+
+
+def test_meta_trial_marks_episode_starts():
+    cfg = EnvConfig(id="amago/MetaBandit-v0", trial_episodes=5)
+    st, trajs, _, _ = run(cfg, steps=12)
+    assert trajs
+    for t in trajs:
+        validate(t)
+        assert len(t) == 6  # 5 one-pull episodes: 6 timesteps
+        assert t.meta.episode_starts == [0, 1, 2, 3, 4, 5][: len(t.meta.episode_starts)]
+        assert len(t.meta.episode_starts) >= 5
+        assert t.terminated[-1]
+
+
+def test_goal_env_extras_and_info_are_stored():
+    cfg = EnvConfig(id="amago/GoalGrid-v0")
+    st, trajs, _, spec = run(cfg, n_envs=2, steps=120)
+    assert spec.extras and trajs
+    for t in trajs:
+        validate(t)
+        assert set(t.extras) == set(spec.extras)
+        for k, a in t.extras.items():
+            assert a.shape == (len(t), *spec.extras[k].shape)
+        assert "goal_reward_fn" in t.meta.info
+
+
+class FlakyEnv(gym.Wrapper):
+    """Raises on every 7th step."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.calls = 0
+
+    def step(self, action):
+        self.calls += 1
+        if self.calls % 7 == 0:
+            raise RuntimeError("simulated env crash")
+        return self.env.step(action)
+
+
+def test_env_exceptions_reset_the_env_and_are_counted():
+    cfg = EnvConfig(id="amago/TMaze-v0", kwargs={"corridor_length": 3})
+    spec = env_spec(cfg)
+    envs = [FlakyEnv(make_env(cfg, seed=i)) for i in range(2)]
+    trajs: list[Trajectory] = []
+    w = RolloutWorker(envs, spec, RandomPolicy(spec), trajs.append, None)
+    st = w.run(70)
+    assert st.env_faults == 20  # 2 envs x 70 steps / 7
+    assert st.env_steps == 140 - 20
+    for t in trajs:  # no rollout that saw a fault is ever emitted half-done
+        validate(t)
+        assert (t.terminated | t.truncated)[-1]
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_exploration_schedule(discrete):
+    cfg = ExplorationConfig(start=1.0, end_min=0.01, end_max=0.3, anneal_steps=100)
+    ex = [Exploration(cfg, i, 3, discrete, 4, np.random.default_rng(i)) for i in range(3)]
+    assert [e.end for e in ex] == pytest.approx([0.01, np.sqrt(0.01 * 0.3), 0.3])
+    e = ex[0]
+    acts = np.zeros(1000, np.int64) if discrete else np.zeros((1000, 4), np.float32)
+    assert e.epsilon == 1.0
+    e(acts[:50])  # the schedule counts env steps (50 of 100 here)
+    assert e.epsilon == pytest.approx(1.0 + 0.5 * (0.01 - 1.0))
+    e.steps = 0
+    out = e(acts)
+    if discrete:
+        assert 0.65 < (out != 0).mean() < 0.85  # eps = 1: uniform over 4 actions -> 3/4 change
+    else:
+        assert 0.65 < out.std() < 0.8 and np.abs(out).max() <= 1.0  # N(0, 1) clipped to [-1, 1]
+    assert e.epsilon == pytest.approx(0.01)  # annealed after 1000 > 100 env steps
+    out = e(acts)
+    changed = (out != 0).mean() if discrete else np.abs(out).mean()
+    assert changed < 0.05
