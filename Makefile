@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint fmt run bench cluster-up cluster-down clean
+.PHONY: install test test-fast lint fmt run bench cluster-up cluster-down cluster-status \
+	cluster-submit metrics-png clean
 
 install: $(STAMP)
 
@@ -30,6 +31,44 @@ lint: install
 fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# --- Cluster (docs/deploy.md) -------------------------------------------------------------
+# CLUSTER=local (default): Ray head + worker nodes, Valkey and Prometheus, all on 127.0.0.1,
+#   state/logs/PIDs in .state/cluster/ (flags of `python -m deploy.cluster up` in CLUSTER_ARGS).
+# CLUSTER=k8s: KubeRay manifests of deploy/k8s/ (kubectl's current context).
+# CLUSTER=<name>: the Ray cluster launcher YAML deploy/clusters/<name>.yaml (`ray up`).
+CLUSTER ?= local
+CLUSTER_ARGS ?=
+ARGS ?=
+
+cluster-up: install
+ifeq ($(CLUSTER),local)
+	$(BIN)/python -m deploy.cluster up $(CLUSTER_ARGS)
+else ifeq ($(CLUSTER),k8s)
+	bash deploy/k8s/up.sh
+else
+	$(BIN)/ray up -y deploy/clusters/$(CLUSTER).yaml
+endif
+
+cluster-down: install
+ifeq ($(CLUSTER),local)
+	$(BIN)/python -m deploy.cluster down $(CLUSTER_ARGS)
+else ifeq ($(CLUSTER),k8s)
+	kubectl delete --ignore-not-found -f deploy/k8s/rayjob.yaml -f deploy/k8s/raycluster.yaml -f deploy/k8s/redis.yaml
+else
+	$(BIN)/ray down -y deploy/clusters/$(CLUSTER).yaml
+endif
+
+cluster-status: install
+	$(BIN)/python -m deploy.cluster status $(CLUSTER_ARGS)
+
+# Train on the local cluster: make cluster-submit ARGS="run.max_env_steps=20000"
+cluster-submit: install
+	$(BIN)/python -m deploy.cluster submit $(CLUSTER_ARGS) -- $(ARGS)
+
+# Key dashboard panels of a short real run, as Prometheus recorded them (docs/metrics.png).
+metrics-png: install
+	$(BIN)/python -m deploy.metrics_png --out docs/metrics.png $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

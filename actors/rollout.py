@@ -37,6 +37,8 @@ class RolloutStats:
     env_faults: int = 0
     act_seconds: float = 0.0
     act_calls: int = 0
+    finished_slots: list[int] = field(default_factory=list)  # slot of each finished rollout
+    episode_returns: list[list[float]] = field(default_factory=list)  # per inner episode
 
     def merge(self, other: RolloutStats) -> None:
         self.env_steps += other.env_steps
@@ -46,6 +48,17 @@ class RolloutStats:
         self.env_faults += other.env_faults
         self.act_seconds += other.act_seconds
         self.act_calls += other.act_calls
+        self.finished_slots += other.finished_slots
+        self.episode_returns += other.episode_returns
+
+
+def episode_returns(traj: Trajectory) -> list[float]:
+    """Return of each (inner) episode of a rollout. The reward of an episode's last action
+    arrives with the next episode's first timestep, so episode e spans
+    ``prev_reward[start_e + 1 : start_{e+1} + 1]``."""
+    bounds = [*traj.meta.episode_starts, len(traj) - 1]
+    r = traj.prev_reward
+    return [float(r[a + 1 : b + 1].sum()) for a, b in zip(bounds, bounds[1:])]
 
 
 class _Slot:
@@ -155,23 +168,52 @@ class RolloutWorker:
         )
 
     # -- main loop -----------------------------------------------------------------------
-    def run(self, steps: int, stop_after_rollouts: int | None = None) -> RolloutStats:
-        """Step every env ``steps`` times (or until ``stop_after_rollouts`` rollouts finish)."""
+    def run(self, steps: int) -> RolloutStats:
+        """Step every env ``steps`` times."""
         st = RolloutStats()
         for _ in range(steps):
-            t0 = time.perf_counter()
-            actions = self.policy.act(self._step_input(), self.slots_idx, greedy=self.greedy)
-            st.act_seconds += time.perf_counter() - t0
-            st.act_calls += 1
-            if self.exploration is not None:
-                actions = self.exploration(actions)
-            for i, env in enumerate(self.envs):
-                self._step_env(i, env, actions[i], st)
-            if stop_after_rollouts is not None and len(st.returns) >= stop_after_rollouts:
-                break
+            self._step_all(st)
         return st
 
-    def _step_env(self, i: int, env: gym.Env, action, st: RolloutStats) -> None:
+    def run_rollouts(self, per_slot: int, max_steps: int) -> RolloutStats:
+        """Fresh rollouts until every env slot has finished ``per_slot`` of them (evaluation).
+
+        Only each slot's first ``per_slot`` rollouts are reported, so short rollouts are not
+        over-represented; stops early after ``max_steps`` batched steps.
+        """
+        self.reset_all()
+        st = RolloutStats()
+        done = np.zeros(len(self.envs), np.int64)
+        for _ in range(max_steps):
+            if (done >= per_slot).all():
+                break
+            step = RolloutStats()
+            self._step_all(step, finished=done)
+            keep = [i for i, slot in enumerate(step.finished_slots) if done[slot] <= per_slot]
+            st.env_steps += step.env_steps
+            st.env_faults += step.env_faults
+            st.act_seconds += step.act_seconds
+            st.act_calls += step.act_calls
+            st.returns += [step.returns[i] for i in keep]
+            st.lengths += [step.lengths[i] for i in keep]
+            st.successes += [step.successes[i] for i in keep]
+            st.finished_slots += [step.finished_slots[i] for i in keep]
+            st.episode_returns += [step.episode_returns[i] for i in keep]
+        return st
+
+    def _step_all(self, st: RolloutStats, finished: np.ndarray | None = None) -> None:
+        t0 = time.perf_counter()
+        actions = self.policy.act(self._step_input(), self.slots_idx, greedy=self.greedy)
+        st.act_seconds += time.perf_counter() - t0
+        st.act_calls += 1
+        if self.exploration is not None:
+            actions = self.exploration(actions)
+        for i, env in enumerate(self.envs):
+            if self._step_env(i, env, actions[i], st) and finished is not None:
+                finished[i] += 1
+
+    def _step_env(self, i: int, env: gym.Env, action, st: RolloutStats) -> bool:
+        """One env step of slot ``i``; True when it finished a rollout."""
         slot = self.slots[i]
         try:
             obs, reward, terminated, truncated, info = env.step(action)
@@ -179,17 +221,20 @@ class RolloutWorker:
             log.exception("env %d raised in step(); resetting it and dropping its rollout", i)
             st.env_faults += 1
             self.slots[i] = self._reset_slot(i)
-            return
+            return False
         st.env_steps += 1
         slot.append(obs, action_record(action, self.spec), reward, terminated, truncated, info)
         if not (terminated or truncated):
-            return
+            return False
         traj = slot.to_trajectory(TrajectoryMeta(
             env_id=self.env_id, actor_id=self.actor_id, policy_version=slot.version,
             episode_starts=slot.episode_starts, info=slot.info))
         st.returns.append(traj.total_return)
         st.lengths.append(len(traj))
         st.successes.append(slot.success)
+        st.finished_slots.append(i)
+        st.episode_returns.append(episode_returns(traj))
         if self.sink is not None:
             self.sink(traj)
         self.slots[i] = self._reset_slot(i)
+        return True

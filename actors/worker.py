@@ -1,5 +1,9 @@
 """The rollout actor: a thin Ray actor around :class:`actors.rollout.RolloutWorker`.
 
+Run it with ``max_concurrency=2``: one thread runs ``collect``/``evaluate`` (the driver
+never issues two at once), the other answers control calls (``stop``, ``memory_mb``...) that
+must not wait behind a ``collect`` held up by replay backpressure.
+
 It builds its envs and KV-cached policy, writes finished rollouts straight to the replay
 service (never through the driver), pulls weights only when the broker has a newer version,
 and reports what it did from each ``collect`` call. Run it with ``ray.remote(max_restarts=...)``:
@@ -20,7 +24,7 @@ from actors.exploration import Exploration
 from actors.rollout import RolloutStats, RolloutWorker
 from common.codec import RecordError
 from common.envs.config import EnvConfig
-from common.metrics import Metrics
+from common.metrics import Metrics, process_memory_mb
 from common.records import Trajectory
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,7 @@ class RolloutActor:
         self.metrics = Metrics()
         self.metrics_port = self.metrics.serve(setup.metrics_host) if setup.serve_metrics else 0
         self._pending_poll = None
+        self._stopping = False
         self.insert_retries = 0
         self.rejected = 0
         self._wait_for_weights()
@@ -123,7 +128,7 @@ class RolloutActor:
 
         deadline = time.monotonic() + self.setup.actors.insert_retry_s
         delay = 0.01
-        while True:
+        while not self._stopping:
             try:
                 self.store.insert(traj)
                 return
@@ -150,21 +155,20 @@ class RolloutActor:
         steps = steps or cfg.steps_per_call
         st = RolloutStats()
         done = 0
-        while done < steps:
+        while done < steps and not self._stopping:
             self._poll_weights()
             n = min(cfg.weight_poll_steps, steps - done)
             st.merge(self.worker.run(n))
             done += n
         return self._report(st)
 
-    def evaluate(self, episodes: int, max_steps: int = 100_000) -> dict:
-        """Greedy returns on ``episodes`` fresh rollouts with the newest weights."""
+    def evaluate(self, episodes: int) -> dict:
+        """Greedy returns of fresh rollouts with the newest weights: ``episodes`` rounded up
+        to a multiple of the number of envs (each env contributes the same number)."""
         self._poll_weights(block=True)
-        self.worker.reset_all()
-        st = RolloutStats()
-        while len(st.returns) < episodes and st.env_steps < max_steps:
-            st.merge(self.worker.run(1, stop_after_rollouts=episodes - len(st.returns)))
-        return self._report(st)
+        per_slot = -(-episodes // len(self.worker.envs))
+        horizon = self.worker.spec.max_episode_steps + 1
+        return self._report(self.worker.run_rollouts(per_slot, max_steps=per_slot * horizon))
 
     def _report(self, st: RolloutStats) -> dict:
         m, lab = self.metrics, self.label
@@ -184,6 +188,7 @@ class RolloutActor:
             "returns": st.returns,
             "successes": st.successes,
             "lengths": st.lengths,
+            "episode_returns": st.episode_returns,
             "env_faults": st.env_faults,
             "act_ms": 1e3 * st.act_seconds / max(st.act_calls, 1),
             "policy_version": self.policy.version,
@@ -192,13 +197,16 @@ class RolloutActor:
             "rejected": self.rejected,
         }
 
+    def stop(self) -> None:
+        """Make a running ``collect`` return soon (a blocked insert gives up its rollout).
+        The actor runs with ``max_concurrency=2`` so this call is not queued behind it."""
+        self._stopping = True
+
     def metrics_address(self) -> str:
         return f"{self.setup.metrics_host}:{self.metrics_port}"
 
-    def peak_rss_mb(self) -> float:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    def memory_mb(self) -> dict[str, float]:
+        return process_memory_mb()
 
     def ping(self) -> str:
         return self.label

@@ -75,6 +75,19 @@ METRICS: dict[str, MetricDef] = {
 }
 
 
+#: ``metrics_host`` value meaning "this process's Ray node address" (cluster runs)
+NODE_HOST = "node"
+
+
+def resolve_metrics_host(host: str) -> str:
+    """``host`` itself, or the Ray node address of this process for :data:`NODE_HOST`."""
+    if host != NODE_HOST:
+        return host
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
 class Metrics:
     """The metrics of one process. Unknown names raise ``KeyError`` (no ad-hoc names)."""
 
@@ -110,6 +123,23 @@ class Metrics:
         self._child(name, labels).observe(value)
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve ``/metrics`` on ``host:port`` (0 = any free port); returns the port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Serve ``/metrics`` on ``host:port`` (0 = any free port; ``host`` may be
+        :data:`NODE_HOST`); returns the port."""
+        server, _thread = start_http_server(port, addr=resolve_metrics_host(host),
+                                            registry=self.registry)
         return int(server.server_address[1])
+
+
+def process_memory_mb() -> dict[str, float]:
+    """This process's resident memory now and at its peak, in MiB (Linux /proc; elsewhere
+    the current value falls back to the peak)."""
+    import os
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        rss = peak
+    return {"rss_mb": rss, "peak_rss_mb": peak}

@@ -10,6 +10,9 @@ field name.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from actors.config import ActorConfig
@@ -33,13 +36,27 @@ class DeployConfig:
     # persists the store (AOF + RDB) across server restarts.
     embedded_maxmemory_mb: int = 2048
     embedded_data_dir: str = ""
-    # Serve each process's Prometheus metrics on this host (0.0.0.0 is refused locally).
+    # Serve each process's Prometheus metrics on this host (0.0.0.0 is refused locally);
+    # "node" = the Ray node address of each process (cluster runs: a Prometheus on the head
+    # can scrape processes on every node).
     metrics_host: str = "127.0.0.1"
     serve_metrics: bool = True
     # Write the scrape targets of every process here (Prometheus file_sd JSON); "" = don't.
     metrics_sd_file: str = ""
+    # Write them into this directory as <run name>-<run dir name>-<pid>.json instead (one file
+    # per run, for a Prometheus watching <dir>/*.json); removed when the run ends. "" = don't.
+    metrics_sd_dir: str = ""
+    # Scrape every process once more at the end and write <run_dir>/metrics_final.prom.
+    dump_final_metrics: bool = True
     # Spread rollout actors across nodes (Ray "SPREAD" scheduling) on a cluster.
     spread_actors: bool = True
+    # Name of an environment variable holding replay.redis.password, read at startup when the
+    # config leaves the password empty (the password never enters the saved config.yaml).
+    # "" = don't read one. `make cluster-up`, the launcher YAML and KubeRay set it on every node.
+    redis_password_env: str = ""
+    # Refuse to start an embedded Redis when replay.redis.url is empty (cluster runs: actors
+    # on other nodes must reach the cluster's own Redis).
+    require_external_redis: bool = False
 
     def validate(self) -> None:
         require(self.num_cpus >= 0, "num_cpus", "must be >= 0")
@@ -47,6 +64,9 @@ class DeployConfig:
         if not self.ray_address:
             require(self.metrics_host.startswith("127."), "metrics_host",
                     "local runs serve metrics on loopback only")
+        require(bool(self.metrics_host), "metrics_host", "must be a host, an IP or 'node'")
+        require(not (self.metrics_sd_file and self.metrics_sd_dir), "metrics_sd_dir",
+                "set metrics_sd_file or metrics_sd_dir, not both")
 
 
 @dataclass
@@ -97,10 +117,24 @@ class TrainConfig:
                 f"must equal learner.max_seq_len ({self.learner.max_seq_len})")
         require(self.replay.batch_size == self.learner.batch_size, "replay.batch_size",
                 f"must equal learner.batch_size ({self.learner.batch_size})")
+        require(self.replay.redis.url or not self.deploy.require_external_redis,
+                "replay.redis.url", "empty, but deploy.require_external_redis is set: give the "
+                "cluster's Redis (`make cluster-up` exports AMAGO_REDIS_URL to every node)")
         horizon = self.env.horizon() if hasattr(self.env, "horizon") else None
         if horizon is not None:
             require(horizon + 1 <= self.replay.max_traj_steps, "replay.max_traj_steps",
                     f"must hold a whole rollout ({horizon + 1} timesteps for {self.env.id})")
+
+
+def resolve_environment(cfg: TrainConfig, environ: Mapping[str, str] | None = None) -> TrainConfig:
+    """``cfg`` with the values the config asks to read from the environment filled in (so far:
+    the Redis password named by ``deploy.redis_password_env``, when the config has none)."""
+    environ = os.environ if environ is None else environ
+    name = cfg.deploy.redis_password_env
+    if not name or cfg.replay.redis.password or not environ.get(name):
+        return cfg
+    redis = dataclasses.replace(cfg.replay.redis, password=environ[name])
+    return dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, redis=redis))
 
 
 def register_schemas() -> None:

@@ -3,11 +3,13 @@ them to a budget, evaluates greedily along the way and writes a run directory.
 
     python -m deploy.train                                   # local: Ray + embedded Valkey
     python -m deploy.train env=bandit run.max_env_steps=20000
+    make cluster-up && source .state/cluster/env.sh     # then, see docs/deploy.md:
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
-        python -m deploy.train deploy=cluster replay.redis.url=redis://127.0.0.1:6379
+        python -m deploy.train deploy=cluster run.max_env_steps=20000
 
 The run directory holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoints/``,
-``learning_curve.png`` and ``summary.json``.
+``learning_curve.png``, ``summary.json`` and ``metrics_final.prom`` (a last scrape of every
+process's metrics endpoint, ``deploy.dump_final_metrics``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.config import TrainConfig
+from deploy.config import TrainConfig, resolve_environment
 
 log = logging.getLogger("amago")
 
@@ -91,6 +93,36 @@ class RunLog:
         self.file.close()
 
 
+def _node_address(_actor) -> str:
+    """Run inside an actor (``__ray_call__``): the address its metrics are served on."""
+    from common.metrics import NODE_HOST, resolve_metrics_host
+
+    return resolve_metrics_host(NODE_HOST)
+
+
+def _metrics_addresses(driver_addr: str, handles: list) -> list[str]:
+    """``host:port`` of every process's metrics endpoint, ``node`` hosts made concrete."""
+    import ray
+
+    from common.metrics import NODE_HOST
+
+    out = [driver_addr]
+    for h, addr in zip(handles, ray.get([h.metrics_address.remote() for h in handles])):
+        host, port = addr.rsplit(":", 1)
+        if host == NODE_HOST:
+            host = ray.get(h.__ray_call__.remote(_node_address))
+        out.append(f"{host}:{port}")
+    return out
+
+
+def _sd_path(cfg: TrainConfig, run_dir: Path) -> tuple[str, bool]:
+    """Where this run lists its scrape targets, and whether the file goes when the run ends."""
+    d = cfg.deploy
+    if d.metrics_sd_dir:
+        return str(Path(d.metrics_sd_dir) / f"{cfg.run.name}-{run_dir.name}-{os.getpid()}.json"), True
+    return d.metrics_sd_file, False
+
+
 def _write_sd_file(path: str, addresses: list[str], run_name: str) -> None:
     """Prometheus file_sd targets for every process of this run."""
     doc = [{"targets": sorted(set(addresses)), "labels": {"job": "amago", "run": run_name}}]
@@ -100,8 +132,22 @@ def _write_sd_file(path: str, addresses: list[str], run_name: str) -> None:
     tmp.replace(path)
 
 
+def _server_memory_mb(cfg: TrainConfig) -> dict[str, float]:
+    """Resident and peak memory of the Redis-protocol server (from INFO)."""
+    from replay_service import connect
+
+    try:
+        info = connect(cfg.replay.redis).info("memory")
+    except Exception as e:  # a remote server may forbid INFO; memory is informative only
+        log.warning("replay server memory unavailable: %s", e)
+        return {}
+    return {"rss_mb": info.get("used_memory_rss", 0) / 2**20,
+            "peak_mb": info.get("used_memory_peak", 0) / 2**20}
+
+
 def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
     """Train to the budget; returns (and writes) the run summary."""
+    cfg = resolve_environment(cfg)
     cfg.validate()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +160,7 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict:
 
     from actors.worker import ActorSetup, RolloutActor
     from common.envs.factory import env_spec
-    from common.metrics import Metrics
+    from common.metrics import Metrics, resolve_metrics_host
     from common.ray_utils import init_ray
     from common.weights import WeightBroker
     from learner.worker import LearnerActor, LearnerSetup
@@ -126,8 +172,12 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict:
     use_gpu = cfg.learner.device == "cuda" or (
         cfg.learner.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
     metrics = Metrics()
-    driver_addr = f"{d.metrics_host}:{metrics.serve(d.metrics_host)}" if d.serve_metrics else ""
+    metrics.inc("amago_driver_actor_restarts", 0)  # exported from the start, not at a failure
+    driver_addr = ""
+    if d.serve_metrics:
+        driver_addr = f"{resolve_metrics_host(d.metrics_host)}:{metrics.serve(d.metrics_host)}"
     runlog = RunLog(run_dir, metrics)
+    sd_path, sd_temporary = _sd_path(cfg, run_dir)
 
     handles: list = []
     try:
@@ -151,23 +201,32 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict:
             return actor_cls.options(
                 num_cpus=0 if evaluation else cfg.actors.num_cpus,
                 max_restarts=cfg.actors.max_restarts, max_task_retries=0,
-                scheduling_strategy=strategy).remote(setup, broker)
+                max_concurrency=2, scheduling_strategy=strategy).remote(setup, broker)
 
         actors = [make_actor(i) for i in range(cfg.actors.num_actors)]
         evaluator = make_actor(cfg.actors.num_actors, evaluation=True)
         handles += actors + [evaluator]
         ray.get([a.ping.remote() for a in actors] + [evaluator.ping.remote()])
-        if d.metrics_sd_file and d.serve_metrics:
-            addrs = ray.get([h.metrics_address.remote() for h in [learner, *actors, evaluator]])
-            _write_sd_file(d.metrics_sd_file, [driver_addr, *addrs], cfg.run.name)
+        addrs = _metrics_addresses(driver_addr, [learner, *actors, evaluator]) \
+            if d.serve_metrics else []
+        if sd_path and addrs:
+            _write_sd_file(sd_path, addrs, cfg.run.name)
         summary = _loop(cfg, runlog, metrics, learner, actors, evaluator)
-        summary["peak_rss_mb"] = {
-            "learner": ray.get(learner.peak_rss_mb.remote()),
-            "actors": ray.get([a.peak_rss_mb.remote() for a in actors]),
+        ray.get([a.stop.remote() for a in actors])  # unblock collects held by backpressure
+        if d.dump_final_metrics and addrs:
+            from deploy.scrape import FINAL_DUMP, scrape_all, write_dump
+
+            summary["metrics_dump"] = str(write_dump(run_dir / FINAL_DUMP, scrape_all(addrs)))
+        summary["memory_mb"] = {
+            "learner": ray.get(learner.memory_mb.remote()),
+            "actors": ray.get([a.memory_mb.remote() for a in actors]),
+            "replay_server": _server_memory_mb(cfg),
         }
         summary["final_checkpoint"] = ray.get(learner.close.remote())
     finally:
         runlog.close()
+        if sd_temporary:
+            Path(sd_path).unlink(missing_ok=True)
         for h in handles:
             with contextlib.suppress(Exception):
                 ray.kill(h)
@@ -260,10 +319,12 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
             recent = recent[-50:]
             next_log = runlog.elapsed() + r.log_every_s
     train_time = runlog.elapsed()
-    final = None
+    final, by_episode = None, None
     if r.final_eval_episodes:
         res = ray.get(evaluator.evaluate.remote(r.final_eval_episodes))
         final = float(np.mean(res["returns"]))
+        k = min(len(e) for e in res["episode_returns"])
+        by_episode = np.mean([e[:k] for e in res["episode_returns"]], axis=0).tolist()
         runlog.row(env_steps=env_steps, updates=updates, eval_return=final, final=True)
         print(f"final greedy evaluation over {len(res['returns'])} rollouts: "
               f"return {final:.3f}", flush=True)
@@ -273,6 +334,8 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
         "updates": updates,
         "train_seconds": train_time,
         "final_eval_return": final,
+        "final_eval_success": float(np.mean(res["successes"])) if final is not None else None,
+        "final_eval_by_episode": by_episode,  # mean return of the k-th episode of a rollout
         "evals": evals,
         "solved": solved,
         "actor_restarts": restarts,
@@ -298,7 +361,7 @@ def main() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         OmegaConf.save(dcfg, run_dir / "config.yaml", resolve=True)
-        cfg: TrainConfig = OmegaConf.to_object(dcfg)
+        cfg: TrainConfig = resolve_environment(OmegaConf.to_object(dcfg))
         try:
             cfg.validate()
         except ConfigError as e:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.metrics import Metrics
+from common.metrics import Metrics, process_memory_mb
 from common.records import Batch
 from common.spec import EnvSpec
 
@@ -201,8 +201,8 @@ class LearnerActor:
         try:
             import torch
 
-            if torch.cuda.is_available():
-                m.set("amago_learner_gpu_memory_bytes", torch.cuda.max_memory_allocated())
+            gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+            m.set("amago_learner_gpu_memory_bytes", gpu)  # 0 on CPU, as documented
         except Exception:  # metrics must never break training
             pass
 
@@ -235,10 +235,8 @@ class LearnerActor:
     def metrics_address(self) -> str:
         return f"{self.setup.metrics_host}:{self.metrics_port}"
 
-    def peak_rss_mb(self) -> float:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    def memory_mb(self) -> dict[str, float]:
+        return process_memory_mb()
 
     def close(self) -> str:
         self.prefetcher.close()

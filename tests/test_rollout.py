@@ -148,3 +148,22 @@ def test_exploration_schedule(discrete):
     out = e(acts)
     changed = (out != 0).mean() if discrete else np.abs(out).mean()
     assert changed < 0.05
+
+
+def test_evaluation_takes_the_same_number_of_rollouts_from_every_slot():
+    cfg = EnvConfig(id="CartPole-v1")
+    spec = env_spec(cfg)
+    envs = [make_env(cfg, seed=i) for i in range(4)]
+    w = RolloutWorker(envs, spec, RandomPolicy(spec), None, None, greedy=True)
+    st = w.run_rollouts(per_slot=3, max_steps=10_000)
+    assert len(st.returns) == len(st.lengths) == 12
+    assert [st.finished_slots.count(i) for i in range(4)] == [3, 3, 3, 3]
+    assert sum(st.lengths) - 12 < st.env_steps  # later rollouts of fast slots were not counted
+
+
+def test_episode_returns_split_a_trial_at_its_episode_starts():
+    st, trajs, _, _ = run(EnvConfig(id="amago/MetaBandit-v0", trial_episodes=5), steps=12)
+    for t, per_ep in zip(trajs, st.episode_returns):
+        assert len(per_ep) == 5
+        np.testing.assert_allclose(per_ep, t.prev_reward[1:])  # one pull per episode
+        assert sum(per_ep) == pytest.approx(t.total_return)

@@ -1,0 +1,151 @@
+"""The Grafana dashboard: well-formed Grafana JSON wired to the provisioned datasource, every
+query accepted by a real Prometheus (Debian's package, installed when missing: a failed
+install fails these tests), and every query answered with data while Prometheus scrapes a
+short real training run."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.codec import RecordError
+from deploy import dashboard
+from deploy.dashboard import DATASOURCE_UID, concrete_expr, metric_names, panels
+from deploy.local_cluster import free_port
+from deploy.metrics_png import SMOKE_OVERRIDES, recorded_run
+from deploy.prometheus import (
+    PrometheusConfig,
+    PrometheusServer,
+    PromQLError,
+    ensure_prometheus,
+    render_config,
+)
+from deploy.scrape import read_dump, series_names
+from replay_service import ReplayConfig, ReplayStore, connect
+from replay_service.server import EmbeddedServer
+
+GRAFANA = Path(dashboard.__file__).resolve().parent / "grafana"
+
+
+@pytest.fixture(scope="module")
+def board() -> dict:
+    return json.loads(dashboard.DASHBOARD_JSON.read_text())
+
+
+def test_committed_json_is_the_generated_one():
+    assert dashboard.DASHBOARD_JSON.read_text() == dashboard.render(), (
+        "deploy/grafana/dashboards/amago.json is stale: run `python -m deploy.dashboard`")
+
+
+def test_dashboard_is_well_formed_grafana(board):
+    assert board["uid"] and board["title"] and board["schemaVersion"] >= 36
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids)) and all(isinstance(i, int) for i in ids)
+    cells: set[tuple[int, int]] = set()
+    for p in board["panels"]:
+        g = p["gridPos"]
+        assert {"h", "w", "x", "y"} <= set(g) and all(isinstance(g[k], int) for k in "hwxy")
+        assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24, p["title"]
+        here = {(x, y) for x in range(g["x"], g["x"] + g["w"])
+                for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & here, f"panel {p['title']!r} overlaps another"
+        cells |= here
+        if p["type"] == "row":
+            continue
+        assert p["type"] == "timeseries" and p["title"]
+        assert p["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}
+        assert p["targets"], p["title"]
+        ref_ids = [t["refId"] for t in p["targets"]]
+        assert len(ref_ids) == len(set(ref_ids))
+        for t in p["targets"]:
+            assert t["expr"].strip() and t["datasource"]["uid"] == DATASOURCE_UID
+        assert p["fieldConfig"]["defaults"]["unit"]
+    (run_var,) = board["templating"]["list"]
+    assert run_var["name"] == "run" and run_var["datasource"]["uid"] == DATASOURCE_UID
+
+
+def test_provisioning_matches_the_dashboard():
+    (ds,) = yaml.safe_load((GRAFANA / "provisioning/datasources/amago.yaml").read_text())[
+        "datasources"]
+    assert ds["uid"] == DATASOURCE_UID and ds["type"] == "prometheus"
+    assert ds["url"].startswith("http://127.0.0.1:")
+    (prov,) = yaml.safe_load((GRAFANA / "provisioning/dashboards/amago.yaml").read_text())[
+        "providers"]
+    assert prov["type"] == "file" and prov["options"]["path"]
+    assert dashboard.DASHBOARD_JSON.parent == GRAFANA / "dashboards"
+
+
+def test_dashboard_covers_every_monitored_quantity():
+    used = set().union(*(metric_names(q.expr) for p in panels() for q in p.queries))
+    required = {
+        "amago_actor_env_steps_total", "amago_learner_updates_total",
+        "amago_learner_seq_timesteps_total", "amago_actor_episode_return", "amago_eval_return",
+        "amago_learner_loss", "amago_replay_timesteps", "amago_replay_trajectories",
+        "amago_replay_bytes", "amago_replay_inserted_timesteps",
+        "amago_replay_sampled_timesteps", "amago_replay_rejected", "amago_learner_policy_lag",
+        "amago_driver_actors_alive", "amago_driver_actor_restarts_total",
+        "amago_actor_inference_latency_seconds_bucket", "amago_learner_gpu_memory_bytes",
+    }
+    assert required <= used, required - used
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory):
+    try:
+        ensure_prometheus()
+    except RuntimeError as e:
+        pytest.fail(f"Prometheus is needed and could not be installed: {e}")
+    cfg = PrometheusConfig(listen=f"127.0.0.1:{free_port()}")
+    with PrometheusServer(tmp_path_factory.mktemp("prometheus"), {}, cfg) as server:
+        yield server
+
+
+def test_every_query_is_accepted_by_prometheus(prometheus):
+    for p in panels():
+        for q in p.queries:
+            prometheus.client.query(concrete_expr(q.expr))  # raises PromQLError if refused
+    with pytest.raises(PromQLError, match="parse error"):  # the check can fail
+        prometheus.client.query("rate(amago_learner_updates_total[1m)")
+
+
+def test_rendered_scrape_config_passes_promtool(tmp_path):
+    ensure_prometheus()
+    cfg_file = tmp_path / "prometheus.yml"
+    cfg_file.write_text(render_config(PrometheusConfig(), {
+        "ray": [str(tmp_path / "ray.json")], "amago": [str(tmp_path / "targets" / "*.json")]}))
+    res = subprocess.run(["promtool", "check", "config", str(cfg_file)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_every_query_returns_data_for_a_real_run(tmp_path):
+    """Prometheus (1 s scrapes) records a short real run; every panel query then has data
+    within the run's time range, and names only series that the run exported."""
+    namespace, password = "dashboard-test", "dashboard-test-password"
+    with EmbeddedServer(password=password) as server:
+        redis_cfg = server.redis_config(namespace=namespace)
+        rcfg = ReplayConfig(redis=redis_cfg)
+        with pytest.raises(RecordError):  # one rejected record for the "Rejected" panel
+            ReplayStore(connect(redis_cfg), rcfg).insert(b"\x00 not a record")
+        overrides = [*SMOKE_OVERRIDES, f"replay.redis.url={server.url}",
+                     f"replay.redis.password={password}", f"replay.redis.namespace={namespace}"]
+        with recorded_run(tmp_path, overrides) as run:
+            exported = set().union(*(series_names(t) for t in
+                                     read_dump(run.run_dir / "metrics_final.prom").values()))
+            empty = []
+            for p in panels():
+                for q in p.queries:
+                    assert metric_names(q.expr) <= exported, (p.title, q.expr)
+                    expr = concrete_expr(q.expr, run=run.run_name,
+                                         rate_interval=run.rate_interval())
+                    series = run.prometheus.query_range(expr, run.start, run.end + 2, 1.0)
+                    values = [float(v) for s in series for _, v in s["values"]]
+                    if not any(math.isfinite(v) for v in values):
+                        empty.append(f"{p.title}: {expr}")
+    assert not empty, "queries without data:\n" + "\n".join(empty)
