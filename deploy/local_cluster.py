@@ -41,7 +41,7 @@ class LocalRayConfig:
     # Dashboard and jobs API port (`ray job submit --address http://127.0.0.1:<port>`).
     dashboard_port: int = 8265
     # Logical CPUs of the head node (it also runs job drivers).
-    head_cpus: float = 1.0
+    head_cpus: float = 2.0
     # Worker nodes besides the head, and logical CPUs of each.
     worker_nodes: int = 1
     worker_cpus: float = 2.0
@@ -50,8 +50,11 @@ class LocalRayConfig:
 
     def validate(self) -> None:
         require(os.path.isabs(self.temp_dir), "temp_dir", "must be an absolute path")
-        require(len(self.temp_dir) <= 40, "temp_dir",
-                "too long: Ray's unix sockets under it must fit in 107 bytes")
+        require(
+            len(self.temp_dir) <= 40,
+            "temp_dir",
+            "too long: Ray's unix sockets under it must fit in 107 bytes",
+        )
         for name in ("gcs_port", "dashboard_port"):
             require(1024 <= getattr(self, name) <= 65535, name, "must be in 1024..65535")
         require(self.gcs_port != self.dashboard_port, "dashboard_port", "must differ from gcs_port")
@@ -120,8 +123,10 @@ def run(cfg: LocalRayConfig, ready_file: Path) -> int:
         for _ in range(cfg.worker_nodes):
             cluster.add_node(**_node_args(cfg, cfg.worker_cpus))
         cluster.wait_for_nodes()
-        nodes = [{"node_id": n.node_id, "address": n.node_ip_address, "head": n.head}
-                 for n in [cluster.head_node, *cluster.worker_nodes]]
+        nodes = [
+            {"node_id": n.node_id, "address": n.node_ip_address, "head": n.head}
+            for n in [cluster.head_node, *cluster.worker_nodes]
+        ]
         bad = [n["address"] for n in nodes if n["address"] != LOOPBACK]
         if bad:
             raise RuntimeError(f"Ray nodes came up on {bad}, not {LOOPBACK}")
@@ -137,8 +142,11 @@ def run(cfg: LocalRayConfig, ready_file: Path) -> int:
         tmp = ready_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=1))
         tmp.replace(ready_file)
-        print(f"ray: {len(nodes)} nodes up at {cluster.gcs_address}, dashboard "
-              f"{info['dashboard_url']}", flush=True)
+        print(
+            f"ray: {len(nodes)} nodes up at {cluster.gcs_address}, dashboard "
+            f"{info['dashboard_url']}",
+            flush=True,
+        )
         while not stop["signal"]:
             if not cluster.head_node.remaining_processes_alive():
                 print("ray: a head node process died; shutting down", flush=True)

@@ -32,10 +32,17 @@ DEFAULT_OVERRIDES = ("run.max_seconds=150", "run.eval_every_s=10", "run.log_ever
 # A run of a few seconds that still exercises every component (tests): its budget is in
 # learner updates, so the learner has reported before it ends.
 SMOKE_OVERRIDES = (
-    "run.max_env_steps=0", "run.max_updates=40", "run.max_seconds=240",
-    "run.updates_per_call=10", "run.eval_every_s=2", "run.eval_episodes=8",
-    "run.final_eval_episodes=8", "run.log_every_s=1", "run.plot=false",
-    "actors.num_actors=2", "replay.rate_limit.min_size_steps=300",
+    "run.max_env_steps=0",
+    "run.max_updates=200",
+    "run.max_seconds=240",
+    "run.updates_per_call=10",
+    "run.eval_every_s=2",
+    "run.eval_episodes=8",
+    "run.final_eval_episodes=8",
+    "run.log_every_s=1",
+    "run.plot=false",
+    "actors.num_actors=2",
+    "replay.rate_limit.min_size_steps=300",
 )
 
 
@@ -57,8 +64,12 @@ class RecordedRun:
 
 
 @contextmanager
-def recorded_run(workdir: str | Path, overrides: list[str], scrape_interval_s: float = 1.0,
-                 timeout_s: float = 900.0) -> Iterator[RecordedRun]:
+def recorded_run(
+    workdir: str | Path,
+    overrides: list[str],
+    scrape_interval_s: float = 1.0,
+    timeout_s: float = 900.0,
+) -> Iterator[RecordedRun]:
     """Run ``python -m deploy.train <overrides>`` under a Prometheus; yield the result while
     that Prometheus still serves queries (it stops when the context exits)."""
     workdir = Path(workdir)
@@ -66,13 +77,22 @@ def recorded_run(workdir: str | Path, overrides: list[str], scrape_interval_s: f
     shutil.rmtree(runs, ignore_errors=True)
     targets.mkdir(parents=True, exist_ok=True)
     cfg = PrometheusConfig(listen=f"127.0.0.1:{free_port()}", scrape_interval_s=scrape_interval_s)
-    with PrometheusServer(workdir / "prometheus", {"amago": [str(targets / "*.json")]}, cfg) as prom:
-        cmd = [sys.executable, "-m", "deploy.train", *overrides,
-               f"deploy.metrics_sd_dir={targets}", f"run.out_dir={runs}"]
+    with PrometheusServer(
+        workdir / "prometheus", {"amago": [str(targets / "*.json")]}, cfg
+    ) as prom:
+        cmd = [
+            sys.executable,
+            "-m",
+            "deploy.train",
+            *overrides,
+            f"deploy.metrics_sd_dir={targets}",
+            f"run.out_dir={runs}",
+        ]
         start = time.time()
         with (workdir / "train.log").open("w") as log:
-            res = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                 timeout=timeout_s)
+            res = subprocess.run(
+                cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s
+            )
         end = time.time()
         if res.returncode != 0:
             tail = (workdir / "train.log").read_text(errors="replace")[-4000:]
@@ -80,12 +100,14 @@ def recorded_run(workdir: str | Path, overrides: list[str], scrape_interval_s: f
         summary_file = next(runs.glob("*/*/summary.json"))
         summary = json.loads(summary_file.read_text())
         run_name = summary_file.parent.parent.name
-        yield RecordedRun(prom.client, run_name, start, end, summary_file.parent, summary,
-                          scrape_interval_s)
+        yield RecordedRun(
+            prom.client, run_name, start, end, summary_file.parent, summary, scrape_interval_s
+        )
 
 
-def panel_series(run: RecordedRun, panel: Panel, step_s: float = 2.0
-                 ) -> list[tuple[str, list[float], list[float]]]:
+def panel_series(
+    run: RecordedRun, panel: Panel, step_s: float = 2.0
+) -> list[tuple[str, list[float], list[float]]]:
     """``(legend, t since start, values)`` of every series of ``panel``'s queries."""
     out = []
     for q in panel.queries:
@@ -123,12 +145,15 @@ def render_png(run: RecordedRun, out: str | Path, only_key: bool = True) -> Path
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=6, loc="best")
-    for ax in list(axes.flat)[len(chosen):]:
+    for ax in list(axes.flat)[len(chosen) :]:
         ax.axis("off")
     s = run.summary
-    fig.suptitle(f"amago-ray, {s.get('env_id')}: {s.get('env_steps'):,} env steps, "
-                 f"{s.get('updates'):,} updates in {s.get('train_seconds', 0):.0f} s "
-                 f"(Prometheus, {run.scrape_interval_s:g} s scrapes; 2-core CPU)", fontsize=11)
+    fig.suptitle(
+        f"amago-ray, {s.get('env_id')}: {s.get('env_steps'):,} env steps, "
+        f"{s.get('updates'):,} updates in {s.get('train_seconds', 0):.0f} s "
+        f"(Prometheus, {run.scrape_interval_s:g} s scrapes; 2-core CPU)",
+        fontsize=11,
+    )
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

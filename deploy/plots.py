@@ -18,11 +18,19 @@ def plot_learning_curve(metrics_jsonl: str | Path, out_png: str | Path, title: s
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, x, label in ((axes[0], "env_steps", "env steps"), (axes[1], "time_s", "wall time (s)")):
         if train:
-            ax.plot([r[x] for r in train], [r["return_mean"] for r in train],
-                    label="rollout return (exploring)", alpha=0.6)
+            ax.plot(
+                [r[x] for r in train],
+                [r["return_mean"] for r in train],
+                label="rollout return (exploring)",
+                alpha=0.6,
+            )
         if evals:
-            ax.plot([r[x] for r in evals], [r["eval_return"] for r in evals], "o-",
-                    label="greedy evaluation return")
+            ax.plot(
+                [r[x] for r in evals],
+                [r["eval_return"] for r in evals],
+                "o-",
+                label="greedy evaluation return",
+            )
         ax.set_xlabel(label)
         ax.set_ylabel("return")
         ax.grid(alpha=0.3)

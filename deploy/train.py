@@ -41,9 +41,11 @@ def replay_endpoint(cfg: TrainConfig) -> Iterator[TrainConfig]:
     from replay_service.server import EmbeddedServer
 
     d = cfg.deploy
-    with EmbeddedServer(password=cfg.replay.redis.password,
-                        maxmemory_bytes=d.embedded_maxmemory_mb * 2**20,
-                        data_dir=d.embedded_data_dir or None) as server:
+    with EmbeddedServer(
+        password=cfg.replay.redis.password,
+        maxmemory_bytes=d.embedded_maxmemory_mb * 2**20,
+        data_dir=d.embedded_data_dir or None,
+    ) as server:
         redis_cfg = dataclasses.replace(cfg.replay.redis, url=server.url)
         yield dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, redis=redis_cfg))
 
@@ -66,8 +68,14 @@ class RunLog:
         self.file.write(json.dumps(fields) + "\n")
         return fields
 
-    def progress(self, env_steps: int, updates: int, recent_returns: list[float],
-                 eval_return: float | None, learner_out: dict) -> None:
+    def progress(
+        self,
+        env_steps: int,
+        updates: int,
+        recent_returns: list[float],
+        eval_return: float | None,
+        learner_out: dict,
+    ) -> None:
         now = time.monotonic()
         t_prev, s_prev, u_prev = self._last
         dt = max(now - t_prev, 1e-9)
@@ -77,17 +85,28 @@ class RunLog:
         self.metrics.set("amago_driver_updates_per_second", ups)
         ret = float(np.mean(recent_returns)) if recent_returns else None
         replay = learner_out.get("replay") or {}
-        self.row(env_steps=env_steps, updates=updates, return_mean=ret,
-                 env_steps_per_s=round(sps, 2), updates_per_s=round(ups, 3),
-                 replay_timesteps=replay.get("timesteps"),
-                 policy_lag=learner_out.get("policy_lag"),
-                 **{k: v for k, v in learner_out.items()
-                    if isinstance(v, float) and k not in ("policy_lag", "seconds")})
+        self.row(
+            env_steps=env_steps,
+            updates=updates,
+            return_mean=ret,
+            env_steps_per_s=round(sps, 2),
+            updates_per_s=round(ups, 3),
+            replay_timesteps=replay.get("timesteps"),
+            policy_lag=learner_out.get("policy_lag"),
+            **{
+                k: v
+                for k, v in learner_out.items()
+                if isinstance(v, float) and k not in ("policy_lag", "seconds")
+            },
+        )
         fmt = lambda v: "   -" if v is None else f"{v:6.3f}"  # noqa: E731
-        print(f"[{self.elapsed():7.1f}s] steps {env_steps:>9,d} ({sps:6.0f}/s) | "
-              f"updates {updates:>7,d} ({ups:5.1f}/s) | return {fmt(ret)} | "
-              f"eval {fmt(eval_return)} | replay {replay.get('timesteps', 0):>9,} steps | "
-              f"lag {learner_out.get('policy_lag', 0.0):5.1f}", flush=True)
+        print(
+            f"[{self.elapsed():7.1f}s] steps {env_steps:>9,d} ({sps:6.0f}/s) | "
+            f"updates {updates:>7,d} ({ups:5.1f}/s) | return {fmt(ret)} | "
+            f"eval {fmt(eval_return)} | replay {replay.get('timesteps', 0):>9,} steps | "
+            f"lag {learner_out.get('policy_lag', 0.0):5.1f}",
+            flush=True,
+        )
 
     def close(self) -> None:
         self.file.close()
@@ -119,7 +138,9 @@ def _sd_path(cfg: TrainConfig, run_dir: Path) -> tuple[str, bool]:
     """Where this run lists its scrape targets, and whether the file goes when the run ends."""
     d = cfg.deploy
     if d.metrics_sd_dir:
-        return str(Path(d.metrics_sd_dir) / f"{cfg.run.name}-{run_dir.name}-{os.getpid()}.json"), True
+        return str(
+            Path(d.metrics_sd_dir) / f"{cfg.run.name}-{run_dir.name}-{os.getpid()}.json"
+        ), True
     return d.metrics_sd_file, False
 
 
@@ -141,8 +162,10 @@ def _server_memory_mb(cfg: TrainConfig) -> dict[str, float]:
     except Exception as e:  # a remote server may forbid INFO; memory is informative only
         log.warning("replay server memory unavailable: %s", e)
         return {}
-    return {"rss_mb": info.get("used_memory_rss", 0) / 2**20,
-            "peak_mb": info.get("used_memory_peak", 0) / 2**20}
+    return {
+        "rss_mb": info.get("used_memory_rss", 0) / 2**20,
+        "peak_mb": info.get("used_memory_peak", 0) / 2**20,
+    }
 
 
 def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
@@ -170,7 +193,8 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict:
     init_ray(d.ray_address, num_cpus=(d.num_cpus or os.cpu_count()) if not d.ray_address else None)
     spec = env_spec(cfg.env)
     use_gpu = cfg.learner.device == "cuda" or (
-        cfg.learner.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+        cfg.learner.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
+    )
     metrics = Metrics()
     metrics.inc("amago_driver_actor_restarts", 0)  # exported from the start, not at a failure
     driver_addr = ""
@@ -183,32 +207,54 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict:
     try:
         broker = ray.remote(WeightBroker).options(num_cpus=0).remote()
         handles.append(broker)
-        lsetup = LearnerSetup(spec=spec, learner=cfg.learner, replay=cfg.replay,
-                              run_dir=str(run_dir), metrics_host=d.metrics_host,
-                              serve_metrics=d.serve_metrics)
-        learner = ray.remote(LearnerActor).options(
-            num_cpus=cfg.learner.worker.num_cpus, num_gpus=1 if use_gpu else 0,
-            max_restarts=0).remote(lsetup, broker)
+        lsetup = LearnerSetup(
+            spec=spec,
+            learner=cfg.learner,
+            replay=cfg.replay,
+            run_dir=str(run_dir),
+            metrics_host=d.metrics_host,
+            serve_metrics=d.serve_metrics,
+        )
+        learner = (
+            ray.remote(LearnerActor)
+            .options(
+                num_cpus=cfg.learner.worker.num_cpus, num_gpus=1 if use_gpu else 0, max_restarts=0
+            )
+            .remote(lsetup, broker)
+        )
         handles.append(learner)
+        ray.get(learner.version.remote())  # surface a failed learner start-up here, not later
         strategy = "SPREAD" if (d.ray_address and d.spread_actors) else "DEFAULT"
         actor_cls = ray.remote(RolloutActor)
 
         def make_actor(i: int, evaluation: bool = False):
-            setup = ActorSetup(actor_id=i, num_actors=cfg.actors.num_actors, env=cfg.env,
-                               actors=cfg.actors, learner=cfg.learner,
-                               replay=None if evaluation else cfg.replay,
-                               metrics_host=d.metrics_host, serve_metrics=d.serve_metrics)
+            setup = ActorSetup(
+                actor_id=i,
+                num_actors=cfg.actors.num_actors,
+                env=cfg.env,
+                actors=cfg.actors,
+                learner=cfg.learner,
+                replay=None if evaluation else cfg.replay,
+                metrics_host=d.metrics_host,
+                serve_metrics=d.serve_metrics,
+            )
             return actor_cls.options(
                 num_cpus=0 if evaluation else cfg.actors.num_cpus,
-                max_restarts=cfg.actors.max_restarts, max_task_retries=0,
-                max_concurrency=2, scheduling_strategy=strategy).remote(setup, broker)
+                max_restarts=cfg.actors.max_restarts,
+                max_task_retries=0,
+                max_concurrency=2,
+                scheduling_strategy=strategy,
+            ).remote(setup, broker)
 
         actors = [make_actor(i) for i in range(cfg.actors.num_actors)]
         evaluator = make_actor(cfg.actors.num_actors, evaluation=True)
         handles += actors + [evaluator]
         ray.get([a.ping.remote() for a in actors] + [evaluator.ping.remote()])
-        addrs = _metrics_addresses(driver_addr, [learner, *actors, evaluator]) \
-            if d.serve_metrics else []
+        addrs = (
+            _metrics_addresses(driver_addr, [learner, *actors, evaluator])
+            if d.serve_metrics
+            else []
+        )
         if sd_path and addrs:
             _write_sd_file(sd_path, addrs, cfg.run.name)
         summary = _loop(cfg, runlog, metrics, learner, actors, evaluator)
@@ -236,8 +282,11 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict:
     if cfg.run.plot:
         from deploy.plots import plot_learning_curve
 
-        summary["plot"] = str(plot_learning_curve(runlog.path, run_dir / "learning_curve.png",
-                                                  title=f"{cfg.run.name}: {cfg.env.id}"))
+        summary["plot"] = str(
+            plot_learning_curve(
+                runlog.path, run_dir / "learning_curve.png", title=f"{cfg.run.name}: {cfg.env.id}"
+            )
+        )
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -271,10 +320,12 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
     next_eval = r.eval_every_s if r.eval_every_s > 0 else float("inf")
 
     def out_of_budget() -> bool:
-        return bool((r.max_env_steps and env_steps >= r.max_env_steps)
-                    or (r.max_updates and updates >= r.max_updates)
-                    or (r.max_seconds and runlog.elapsed() >= r.max_seconds)
-                    or solved is not None)
+        return bool(
+            (r.max_env_steps and env_steps >= r.max_env_steps)
+            or (r.max_updates and updates >= r.max_updates)
+            or (r.max_seconds and runlog.elapsed() >= r.max_seconds)
+            or solved is not None
+        )
 
     while not out_of_budget():
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
@@ -286,8 +337,9 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
                 if kind == "actor":  # Ray restarts it; the in-flight rollouts are lost
                     restarts += 1
                     metrics.inc("amago_driver_actor_restarts")
-                    log.warning("rollout actor %d failed (%s); it is being restarted", i,
-                                type(e).__name__)
+                    log.warning(
+                        "rollout actor %d failed (%s); it is being restarted", i, type(e).__name__
+                    )
                     time.sleep(0.5)
                     collect(i)
                     continue
@@ -302,11 +354,21 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
                 train()
             else:
                 ev = float(np.mean(res["returns"])) if res["returns"] else float("nan")
-                evals.append({"time_s": runlog.elapsed(), "env_steps": env_steps,
-                              "updates": updates, "return": ev})
+                evals.append(
+                    {
+                        "time_s": runlog.elapsed(),
+                        "env_steps": env_steps,
+                        "updates": updates,
+                        "return": ev,
+                    }
+                )
                 metrics.set("amago_eval_return", ev)
-                runlog.row(env_steps=env_steps, updates=updates, eval_return=ev,
-                           eval_success=float(np.mean(res["successes"])) if res["successes"] else None)
+                runlog.row(
+                    env_steps=env_steps,
+                    updates=updates,
+                    eval_return=ev,
+                    eval_success=float(np.mean(res["successes"])) if res["successes"] else None,
+                )
                 if r.stop_at_return is not None and ev >= r.stop_at_return:
                     solved = evals[-1]
         if runlog.elapsed() >= next_eval and not any(k == "eval" for k, _ in pending.values()):
@@ -314,8 +376,13 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
             next_eval = runlog.elapsed() + r.eval_every_s
         if runlog.elapsed() >= next_log:
             metrics.set("amago_driver_actors_alive", len(actors))
-            runlog.progress(env_steps, updates, recent[-200:],
-                            evals[-1]["return"] if evals else None, last_learner)
+            runlog.progress(
+                env_steps,
+                updates,
+                recent[-200:],
+                evals[-1]["return"] if evals else None,
+                last_learner,
+            )
             recent = recent[-50:]
             next_log = runlog.elapsed() + r.log_every_s
     train_time = runlog.elapsed()
@@ -326,8 +393,10 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
         k = min(len(e) for e in res["episode_returns"])
         by_episode = np.mean([e[:k] for e in res["episode_returns"]], axis=0).tolist()
         runlog.row(env_steps=env_steps, updates=updates, eval_return=final, final=True)
-        print(f"final greedy evaluation over {len(res['returns'])} rollouts: "
-              f"return {final:.3f}", flush=True)
+        print(
+            f"final greedy evaluation over {len(res['returns'])} rollouts: return {final:.3f}",
+            flush=True,
+        )
     return {
         "env_id": cfg.env.id,
         "env_steps": env_steps,

@@ -136,6 +136,21 @@ class ReplayConfig:
     # Longest sleep between two retries while blocked (seconds; waits back off up to it).
     poll_interval_s: float = 0.02
 
+    def _check_relabeler(self) -> None:
+        """Build the relabeler once so a bad name or keyword fails at start-up."""
+        from replay_service.relabel import get_relabeler
+
+        try:
+            get_relabeler(self.relabel, **dict(self.relabel_kwargs))
+        except KeyError as e:
+            raise ConfigError("relabel", str(e).strip('"')) from None
+        except ConfigError as e:
+            if e.field.startswith("relabel"):
+                raise
+            raise ConfigError(f"relabel_kwargs.{e.field}", str(e).split(": ", 1)[1]) from None
+        except TypeError as e:
+            raise ConfigError("relabel_kwargs", f"not accepted by {self.relabel!r}: {e}") from None
+
     def effective_error_buffer(self) -> float:
         """The limiter tolerance in use: the configured one, or the smallest safe one.
 
@@ -179,6 +194,7 @@ class ReplayConfig:
         require(self.sample_cache_mb >= 0, "sample_cache_mb", "must be >= 0")
         require(isinstance(self.relabel, str) and bool(self.relabel), "relabel", "must be a name")
         require(isinstance(self.relabel_kwargs, Mapping), "relabel_kwargs", "must be a mapping")
+        self._check_relabeler()
         require(self.insert_timeout_s >= 0, "insert_timeout_s", "must be >= 0")
         require(self.sample_timeout_s >= 0, "sample_timeout_s", "must be >= 0")
         require(self.poll_interval_s > 0, "poll_interval_s", "must be > 0")

@@ -39,7 +39,8 @@ def board() -> dict:
 
 def test_committed_json_is_the_generated_one():
     assert dashboard.DASHBOARD_JSON.read_text() == dashboard.render(), (
-        "deploy/grafana/dashboards/amago.json is stale: run `python -m deploy.dashboard`")
+        "deploy/grafana/dashboards/amago.json is stale: run `python -m deploy.dashboard`"
+    )
 
 
 def test_dashboard_is_well_formed_grafana(board):
@@ -51,8 +52,9 @@ def test_dashboard_is_well_formed_grafana(board):
         g = p["gridPos"]
         assert {"h", "w", "x", "y"} <= set(g) and all(isinstance(g[k], int) for k in "hwxy")
         assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24, p["title"]
-        here = {(x, y) for x in range(g["x"], g["x"] + g["w"])
-                for y in range(g["y"], g["y"] + g["h"])}
+        here = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
         assert not cells & here, f"panel {p['title']!r} overlaps another"
         cells |= here
         if p["type"] == "row":
@@ -71,11 +73,13 @@ def test_dashboard_is_well_formed_grafana(board):
 
 def test_provisioning_matches_the_dashboard():
     (ds,) = yaml.safe_load((GRAFANA / "provisioning/datasources/amago.yaml").read_text())[
-        "datasources"]
+        "datasources"
+    ]
     assert ds["uid"] == DATASOURCE_UID and ds["type"] == "prometheus"
     assert ds["url"].startswith("http://127.0.0.1:")
     (prov,) = yaml.safe_load((GRAFANA / "provisioning/dashboards/amago.yaml").read_text())[
-        "providers"]
+        "providers"
+    ]
     assert prov["type"] == "file" and prov["options"]["path"]
     assert dashboard.DASHBOARD_JSON.parent == GRAFANA / "dashboards"
 
@@ -83,13 +87,23 @@ def test_provisioning_matches_the_dashboard():
 def test_dashboard_covers_every_monitored_quantity():
     used = set().union(*(metric_names(q.expr) for p in panels() for q in p.queries))
     required = {
-        "amago_actor_env_steps_total", "amago_learner_updates_total",
-        "amago_learner_seq_timesteps_total", "amago_actor_episode_return", "amago_eval_return",
-        "amago_learner_loss", "amago_replay_timesteps", "amago_replay_trajectories",
-        "amago_replay_bytes", "amago_replay_inserted_timesteps",
-        "amago_replay_sampled_timesteps", "amago_replay_rejected", "amago_learner_policy_lag",
-        "amago_driver_actors_alive", "amago_driver_actor_restarts_total",
-        "amago_actor_inference_latency_seconds_bucket", "amago_learner_gpu_memory_bytes",
+        "amago_actor_env_steps_total",
+        "amago_learner_updates_total",
+        "amago_learner_seq_timesteps_total",
+        "amago_actor_episode_return",
+        "amago_eval_return",
+        "amago_learner_loss",
+        "amago_replay_timesteps",
+        "amago_replay_trajectories",
+        "amago_replay_bytes",
+        "amago_replay_inserted_timesteps",
+        "amago_replay_sampled_timesteps",
+        "amago_replay_rejected",
+        "amago_learner_policy_lag",
+        "amago_driver_actors_alive",
+        "amago_driver_actor_restarts_total",
+        "amago_actor_inference_latency_seconds_bucket",
+        "amago_learner_gpu_memory_bytes",
     }
     assert required <= used, required - used
 
@@ -116,10 +130,15 @@ def test_every_query_is_accepted_by_prometheus(prometheus):
 def test_rendered_scrape_config_passes_promtool(tmp_path):
     ensure_prometheus()
     cfg_file = tmp_path / "prometheus.yml"
-    cfg_file.write_text(render_config(PrometheusConfig(), {
-        "ray": [str(tmp_path / "ray.json")], "amago": [str(tmp_path / "targets" / "*.json")]}))
-    res = subprocess.run(["promtool", "check", "config", str(cfg_file)],
-                         capture_output=True, text=True)
+    cfg_file.write_text(
+        render_config(
+            PrometheusConfig(),
+            {"ray": [str(tmp_path / "ray.json")], "amago": [str(tmp_path / "targets" / "*.json")]},
+        )
+    )
+    res = subprocess.run(
+        ["promtool", "check", "config", str(cfg_file)], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -133,17 +152,23 @@ def test_every_query_returns_data_for_a_real_run(tmp_path):
         rcfg = ReplayConfig(redis=redis_cfg)
         with pytest.raises(RecordError):  # one rejected record for the "Rejected" panel
             ReplayStore(connect(redis_cfg), rcfg).insert(b"\x00 not a record")
-        overrides = [*SMOKE_OVERRIDES, f"replay.redis.url={server.url}",
-                     f"replay.redis.password={password}", f"replay.redis.namespace={namespace}"]
+        overrides = [
+            *SMOKE_OVERRIDES,
+            f"replay.redis.url={server.url}",
+            f"replay.redis.password={password}",
+            f"replay.redis.namespace={namespace}",
+        ]
         with recorded_run(tmp_path, overrides) as run:
-            exported = set().union(*(series_names(t) for t in
-                                     read_dump(run.run_dir / "metrics_final.prom").values()))
+            exported = set().union(
+                *(series_names(t) for t in read_dump(run.run_dir / "metrics_final.prom").values())
+            )
             empty = []
             for p in panels():
                 for q in p.queries:
                     assert metric_names(q.expr) <= exported, (p.title, q.expr)
-                    expr = concrete_expr(q.expr, run=run.run_name,
-                                         rate_interval=run.rate_interval())
+                    expr = concrete_expr(
+                        q.expr, run=run.run_name, rate_interval=run.rate_interval()
+                    )
                     series = run.prometheus.query_range(expr, run.start, run.end + 2, 1.0)
                     values = [float(v) for s in series for _, v in s["values"]]
                     if not any(math.isfinite(v) for v in values):

@@ -373,3 +373,22 @@ def test_user_goal_env_in_trials_recomputes_exactly():
         with pytest.raises(ValueError):
             relabel_instruction(traj, instructions[0])
     assert successes > 5
+
+
+def test_goal_grid_relative_observation_points_at_the_objects():
+    from common.envs.goal_grid import MOVES, GoalGrid
+
+    env = GoalGrid(size=6, num_object_types=3, num_obstacles=3, observation="relative")
+    for seed in range(20):
+        obs, _ = env.reset(seed=seed)
+        assert env.observation_space.contains(obs)
+        rel = obs[4:].reshape(3, 2) * 5
+        np.testing.assert_allclose(env.pos + rel, env.object_cells, atol=1e-5)
+        for a, blocked in enumerate(obs[:4]):
+            before = env.pos.copy()
+            env.step(a)
+            moved = not np.array_equal(env.pos, before)
+            assert moved == (not blocked)
+            if moved:
+                np.testing.assert_array_equal(env.pos, before + MOVES[a])
+                env.pos = before  # undo the move (test only) to try the next direction

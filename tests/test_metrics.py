@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from common.codec import RecordError
 from common.config_utils import ConfigError
 from common.metrics import METRICS, Metrics, resolve_metrics_host
-from deploy.config import DeployConfig, TrainConfig, register_schemas, resolve_environment
+from deploy.config import DeployConfig, TrainConfig, compose, resolve_environment
 from deploy.dashboard import metric_names, panels
 from deploy.metrics_png import SMOKE_OVERRIDES
 from deploy.scrape import FINAL_DUMP, read_dump, series_names, write_dump
@@ -24,16 +24,6 @@ NUM_ACTORS = 2  # as in SMOKE_OVERRIDES
 # Counters that only exist once their event happened (a healthy short run has none).
 EVENT_ONLY = {"amago_actor_insert_retries"}
 PASSWORD = "metrics-test-password"
-
-
-def compose_config(overrides: list[str]) -> TrainConfig:
-    """The config ``python -m deploy.train <overrides>`` would run."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    register_schemas()
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return OmegaConf.to_object(compose("config", overrides=overrides))
 
 
 def exported_name(name: str) -> set[str]:
@@ -56,13 +46,15 @@ def real_run(tmp_path_factory):
     from deploy.train import run_training
 
     with EmbeddedServer(password=PASSWORD) as server:
-        cfg = compose_config([
-            *SMOKE_OVERRIDES,
-            f"replay.redis.url={server.url}",
-            f"replay.redis.password={PASSWORD}",
-            "replay.redis.namespace=metrics-test",
-            f"deploy.metrics_sd_dir={tmp / 'targets'}",
-        ])
+        cfg = compose(
+            [
+                *SMOKE_OVERRIDES,
+                f"replay.redis.url={server.url}",
+                f"replay.redis.password={PASSWORD}",
+                "replay.redis.namespace=metrics-test",
+                f"deploy.metrics_sd_dir={tmp / 'targets'}",
+            ]
+        )
         store = ReplayStore(connect(cfg.replay.redis), cfg.replay)
         with pytest.raises(RecordError):  # a bad writer: counted, exported as rejected
             store.insert(b"\x00 this is not a record")
@@ -111,15 +103,25 @@ def test_exported_values_match_the_run(real_run):
     summary, dump, _ = real_run
     from prometheus_client.parser import text_string_to_metric_families
 
-    samples = [s for text in dump.values()
-               for fam in text_string_to_metric_families(text) for s in fam.samples]
+    samples = [
+        s
+        for text in dump.values()
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    ]
 
     def total(name: str, **labels: str) -> float:
-        return sum(s.value for s in samples if s.name == name
-                   and all(s.labels.get(k) == v for k, v in labels.items()))
+        return sum(
+            s.value
+            for s in samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
-    steps = sum(s.value for s in samples
-                if s.name == "amago_actor_env_steps_total" and s.labels["actor"] != "eval")
+    steps = sum(
+        s.value
+        for s in samples
+        if s.name == "amago_actor_env_steps_total" and s.labels["actor"] != "eval"
+    )
     assert steps >= summary["env_steps"] > 0  # actors may finish one more chunk
     assert total("amago_learner_updates_total") >= summary["updates"] > 0
     assert total("amago_replay_inserted_trajectories") > 0
@@ -139,7 +141,8 @@ def test_dump_roundtrip_and_series_names(tmp_path):
     back = read_dump(path)
     assert back == {"127.0.0.1:1": text, "127.0.0.1:2": ""}
     assert series_names(text) == {
-        "amago_learner_updates_total", "amago_learner_loss",
+        "amago_learner_updates_total",
+        "amago_learner_loss",
         "amago_actor_inference_latency_seconds_bucket",
         "amago_actor_inference_latency_seconds_sum",
         "amago_actor_inference_latency_seconds_count",
@@ -147,10 +150,11 @@ def test_dump_roundtrip_and_series_names(tmp_path):
 
 
 def test_dashboard_metric_name_extraction():
-    expr = ('sum(rate(amago_actor_env_steps_total{run=~"$run"}[$__rate_interval])) / '
-            "clamp_min(max(amago_replay_inserted_timesteps), 1)")
-    assert metric_names(expr) == {"amago_actor_env_steps_total",
-                                  "amago_replay_inserted_timesteps"}
+    expr = (
+        'sum(rate(amago_actor_env_steps_total{run=~"$run"}[$__rate_interval])) / '
+        "clamp_min(max(amago_replay_inserted_timesteps), 1)"
+    )
+    assert metric_names(expr) == {"amago_actor_env_steps_total", "amago_replay_inserted_timesteps"}
 
 
 def test_metrics_host_resolution_keeps_explicit_hosts():
@@ -177,7 +181,7 @@ def test_deploy_config_validation():
     with pytest.raises(ConfigError) as e:
         DeployConfig(metrics_sd_file="/a.json", metrics_sd_dir="/b").validate()
     assert e.value.field == "metrics_sd_dir"
-    cfg = compose_config([])
+    cfg = compose([])
     cfg.deploy.require_external_redis = True
     with pytest.raises(ConfigError) as e:
         cfg.validate()

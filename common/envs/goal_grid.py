@@ -12,7 +12,9 @@ pays nothing); the episode terminates when all k are reached, or is truncated at
 
 Observation ``"observation"`` (float32, ``size * size * (2 + num_object_types)``): the full
 grid, cell-major (index ``(x * size + y) * C + c``) with channels ``[wall, agent, object type
-0, ..., object type T-1]``; :class:`common.goals.GoalConditioned` adds ``"goals"`` and
+0, ..., object type T-1]``; or, with ``observation="relative"``, an egocentric summary (float32,
+``4 + 2 * num_object_types``): whether each of the 4 moves is blocked, then every object
+type's displacement from the agent divided by ``size - 1`` (much faster to learn on a CPU); :class:`common.goals.GoalConditioned` adds ``"goals"`` and
 ``"goal_progress"``. Actions (Discrete 4): 0 up (y+1), 1 down (y-1), 2 left (x-1), 3 right
 (x+1); moving into a wall or the border leaves the agent in place.
 
@@ -64,6 +66,7 @@ class GoalGrid(gym.Env):
         num_object_types: int = 4,
         num_obstacles: int = 4,
         max_steps: int | None = None,
+        observation: str = "grid",
     ):
         if size < 2:
             raise ValueError(f"size must be >= 2, got {size}")
@@ -76,9 +79,17 @@ class GoalGrid(gym.Env):
         self.max_steps = int(max_steps) if max_steps is not None else 4 * self.size * self.num_goals
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        if observation not in ("grid", "relative"):
+            raise ValueError(f"observation must be 'grid' or 'relative', got {observation!r}")
+        self.observation = observation
         self.channels = 2 + self.num_types
         n_obs = self.size * self.size * self.channels
-        self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(n_obs,), dtype=np.float32)
+        if observation == "relative":
+            self.observation_space = gym.spaces.Box(
+                -1.0, 1.0, shape=(4 + 2 * self.num_types,), dtype=np.float32
+            )
+        else:
+            self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(n_obs,), dtype=np.float32)
         self.action_space = gym.spaces.Discrete(len(MOVES))
         self.goal_spec = GoalSpec(
             num_goals=self.num_goals,
@@ -125,9 +136,20 @@ class GoalGrid(gym.Env):
         self.instruction_types = rng.choice(self.num_types, size=self.num_goals, replace=False)
 
     def _obs(self) -> np.ndarray:
+        if self.observation == "relative":
+            return self._relative_obs()
         obs = self._static.copy()
         obs[(self.pos[0] * self.size + self.pos[1]) * self.channels + 1] = 1.0
         return obs
+
+    def _relative_obs(self) -> np.ndarray:
+        n = self.size
+        nxt = self.pos + MOVES  # (4, 2)
+        inside = ((nxt >= 0) & (nxt < n)).all(axis=1)
+        blocked = ~inside
+        blocked[inside] = self.walls[nxt[inside, 0], nxt[inside, 1]]
+        rel = (self.object_cells - self.pos) / (n - 1)  # (T, 2)
+        return np.concatenate([blocked.astype(np.float32), rel.reshape(-1).astype(np.float32)])
 
     # --- GoalTask --------------------------------------------------------------------------
     def instruction(self) -> np.ndarray:
