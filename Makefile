@@ -24,6 +24,19 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
+# Train the default task (T-Maze H=10) locally: private Ray on 127.0.0.1 + embedded Valkey.
+# Other tasks/overrides: make run ARGS="env=bandit"  (configs/, Hydra syntax)
+run: install
+	$(BIN)/python -m deploy.train $(ARGS)
+
+# Every benchmark script (prints the tables quoted in the README; takes ~15 minutes).
+bench: install
+	$(BIN)/python -m benchmarks.replay_throughput
+	$(BIN)/python -m benchmarks.learner_throughput --threads 1 2 --lengths 11 64 256
+	$(BIN)/python -m benchmarks.actor_throughput
+	$(BIN)/python -m benchmarks.relabel_throughput
+	$(BIN)/python -m benchmarks.time_to_solve --repeats 3
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -23,18 +23,6 @@ import numpy as np
 AMAGO_REFERENCE = {"seconds": 237.0, "env_steps": 24_000, "updates": 2_000}
 
 
-def load(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from deploy.config import register_schemas
-
-    register_schemas()
-    configs = os.path.join(os.path.dirname(__file__), "..", "configs")
-    with initialize_config_dir(config_dir=os.path.abspath(configs), version_base="1.3"):
-        return OmegaConf.to_object(compose(config_name="config", overrides=overrides))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=1)
@@ -45,6 +33,7 @@ def main() -> None:
     import ray
 
     from common.ray_utils import init_ray
+    from deploy.config import compose
     from deploy.train import run_training
 
     t0 = time.perf_counter()
@@ -52,7 +41,7 @@ def main() -> None:
     ray_start = time.perf_counter() - t0
     rows = []
     for rep in range(args.repeats):
-        cfg = load(["env=tmaze", "run.stop_at_return=1.0", "run.eval_every_s=5",
+        cfg = compose(["env=tmaze", "run.stop_at_return=1.0", "run.eval_every_s=5",
                     "run.eval_episodes=24", "run.max_env_steps=200000", "run.max_seconds=900",
                     "run.final_eval_episodes=48", "run.plot=false",
                     f"learner.seed={rep}", f"actors.seed={rep}", *args.overrides])

@@ -1,0 +1,169 @@
+"""Rollout actor throughput and KV-cached inference cost.
+
+    python -m benchmarks.actor_throughput [--actors 1 2 4] [--seconds 20]
+        [--contexts 64 256 1024 2048] [--skip-actors] [--skip-context]
+
+1. **Env steps/s vs number of actors** — real Ray rollout actors (T-Maze H=10, 8 envs each,
+   the T-Maze preset's Transformer) writing whole episodes to an embedded Valkey replay
+   service, weights from the broker; no learner competes for the cores. Also reports each
+   actor's resident memory after a warm-up and at the end (it must not grow with run length)
+   and the replay server's memory.
+2. **Per-step inference cost vs context length** — the AMAGO default Transformer (d_model 256,
+   3 layers, 8 heads), 8 env slots, cache filled to L timesteps: one KV-cached ``act`` step vs
+   re-encoding the last L timesteps (what acting costs without a cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def actor_scaling(actor_counts: list[int], seconds: float) -> list[dict]:
+    import ray
+
+    from actors.worker import ActorSetup, RolloutActor
+    from common.envs.factory import env_spec
+    from common.ray_utils import init_ray
+    from common.weights import WeightBroker, to_numpy_state
+    from deploy.config import compose
+    from learner.amago import AmagoLearner
+    from replay_service import EmbeddedServer, ReplayStore, connect
+
+    cfg = compose(["env=tmaze", "replay.rate_limit.samples_per_insert=0"])
+    spec = env_spec(cfg.env)
+    init_ray(num_cpus=max(actor_counts))
+    rows = []
+    with EmbeddedServer() as server:
+        replay = cfg.replay
+        replay.redis = server.redis_config(namespace="bench")
+        store = ReplayStore(connect(replay.redis), replay)
+        broker = ray.remote(WeightBroker).options(num_cpus=0).remote()
+        weights = AmagoLearner(spec, cfg.learner).policy_weights()
+        ray.get(broker.publish.remote(1, [ray.put(to_numpy_state(weights))]))
+        cls = ray.remote(RolloutActor)
+        for n in actor_counts:
+            store.clear()
+            actors = [
+                cls.options(num_cpus=1, max_concurrency=2).remote(
+                    ActorSetup(i, n, cfg.env, cfg.actors, cfg.learner, replay, serve_metrics=False),
+                    broker,
+                )
+                for i in range(n)
+            ]
+            ray.get([a.collect.remote(64) for a in actors])  # warm-up
+            mem_start = ray.get([a.memory_mb.remote() for a in actors])
+            t0, steps, pending = time.perf_counter(), 0, {a.collect.remote(): a for a in actors}
+            while time.perf_counter() - t0 < seconds:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    a = pending.pop(ref)
+                    steps += ray.get(ref)["env_steps"]
+                    pending[a.collect.remote()] = a
+            for ref in pending:
+                steps += ray.get(ref)["env_steps"]
+            elapsed = time.perf_counter() - t0
+            mem_end = ray.get([a.memory_mb.remote() for a in actors])
+            stats = store.stats()
+            rows.append({
+                "actors": n,
+                "env_steps_per_s": steps / elapsed,
+                "per_actor": steps / elapsed / n,
+                "actor_rss_start_mb": float(np.mean([m["rss_mb"] for m in mem_start])),
+                "actor_rss_end_mb": float(np.mean([m["rss_mb"] for m in mem_end])),
+                "trajectories": stats.inserted_trajectories,
+                "server_rss_mb": connect(replay.redis).info("memory")["used_memory_rss"] / 2**20,
+            })
+            for a in actors:
+                ray.kill(a)
+        ray.kill(broker)
+    ray.shutdown()
+    return rows
+
+
+def context_cost(contexts: list[int], slots: int = 8, steps: int = 30) -> list[dict]:
+    import torch
+
+    from common.records import StepInput
+    from common.spec import ArraySpec, EnvSpec
+    from learner.agent import PolicyNet
+    from learner.config import LearnerConfig
+    from learner.inference import InferencePolicy
+
+    torch.set_num_threads(1)
+    spec = EnvSpec({"observation": ArraySpec((16,), "float32")}, 4, True, max(contexts) * 2)
+    cfg = LearnerConfig(device="cpu", max_seq_len=max(contexts))
+    net = PolicyNet(spec, cfg).eval()
+    weights = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = np.random.default_rng(0)
+    rows = []
+    for L in contexts:
+        pol = InferencePolicy(spec, cfg, num_slots=slots, context_len=L, device="cpu")
+        pol.load_weights(1, weights)
+        idx = np.arange(slots)
+
+        def step_input(t: int) -> StepInput:
+            return StepInput(
+                obs={"observation": rng.normal(size=(slots, 16)).astype(np.float32)},
+                prev_action=np.eye(4, dtype=np.float32)[rng.integers(0, 4, slots)],
+                prev_reward=rng.normal(size=slots).astype(np.float32),
+                time_idx=np.full(slots, t, np.int64),
+            )
+
+        for t in range(L):  # fill the cache
+            pol.act(step_input(t), idx)
+        t0 = time.perf_counter()
+        for t in range(steps):
+            pol.act(step_input(L + t), idx)
+        cached = (time.perf_counter() - t0) / steps
+        # without a cache: re-encode the last L timesteps of every slot for each action
+        obs = {"observation": torch.randn(slots, L, 16)}
+        pa = torch.zeros(slots, L, 4)
+        pr = torch.zeros(slots, L)
+        ti = torch.arange(L).expand(slots, L)
+        with torch.inference_mode():
+            net.encode(obs, pa, pr, ti)
+            reps = max(2, steps // 10)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                net.actor(net.encode(obs, pa, pr, ti)[:, -1])
+            full = (time.perf_counter() - t0) / reps
+        rows.append({"context": L, "cached_ms": 1e3 * cached, "recompute_ms": 1e3 * full})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--contexts", type=int, nargs="+", default=[64, 256, 512, 1024, 2048])
+    ap.add_argument("--skip-actors", action="store_true")
+    ap.add_argument("--skip-context", action="store_true")
+    args = ap.parse_args()
+    print(f"{platform.machine()}, {os.cpu_count()} cores")
+    if not args.skip_actors:
+        rows = actor_scaling(args.actors, args.seconds)
+        base = rows[0]["env_steps_per_s"]
+        print("\nEnv steps/s vs rollout actors (T-Maze H=10, 8 envs/actor, no learner)")
+        print(f"{'actors':>6} {'steps/s':>9} {'per actor':>9} {'scaling':>7} "
+              f"{'actor RSS MiB start->end':>25} {'server RSS MiB':>14}")
+        for r in rows:
+            print(f"{r['actors']:>6} {r['env_steps_per_s']:>9.0f} {r['per_actor']:>9.0f} "
+                  f"{r['env_steps_per_s'] / base:>6.2f}x "
+                  f"{r['actor_rss_start_mb']:>12.0f} -> {r['actor_rss_end_mb']:<10.0f} "
+                  f"{r['server_rss_mb']:>14.0f}")
+    if not args.skip_context:
+        rows = context_cost(args.contexts)
+        print("\nPer-step inference vs context length (AMAGO default model, 8 slots, 1 thread)")
+        print(f"{'context':>7} {'KV-cached act ms':>16} {'re-encode ms':>12} {'speed-up':>8}")
+        for r in rows:
+            print(f"{r['context']:>7} {r['cached_ms']:>16.2f} {r['recompute_ms']:>12.1f} "
+                  f"{r['recompute_ms'] / r['cached_ms']:>7.0f}x")
+
+
+if __name__ == "__main__":
+    main()
