@@ -14,8 +14,15 @@ class Exploration:
     spread geometrically over ``[cfg.end_min, cfg.end_max]`` across actors.
     """
 
-    def __init__(self, cfg: ExplorationConfig, actor_id: int, num_actors: int, discrete: bool,
-                 action_dim: int, rng: np.random.Generator):
+    def __init__(
+        self,
+        cfg: ExplorationConfig,
+        actor_id: int,
+        num_actors: int,
+        discrete: bool,
+        action_dim: int,
+        rng: np.random.Generator,
+    ):
         self.cfg, self.discrete, self.action_dim, self.rng = cfg, discrete, action_dim, rng
         frac = actor_id / (num_actors - 1) if num_actors > 1 else 0.0
         lo, hi = max(cfg.end_min, 1e-6), max(cfg.end_max, 1e-6)

@@ -133,7 +133,11 @@ class RolloutWorker:
     ):
         self.envs, self.spec, self.policy, self.sink = envs, spec, policy, sink
         self.exploration, self.actor_id, self.env_id, self.greedy = (
-            exploration, actor_id, env_id, greedy)
+            exploration,
+            actor_id,
+            env_id,
+            greedy,
+        )
         self.slots_idx = np.arange(len(envs))
         self._seed = seed
         self._resets = 0
@@ -226,9 +230,15 @@ class RolloutWorker:
         slot.append(obs, action_record(action, self.spec), reward, terminated, truncated, info)
         if not (terminated or truncated):
             return False
-        traj = slot.to_trajectory(TrajectoryMeta(
-            env_id=self.env_id, actor_id=self.actor_id, policy_version=slot.version,
-            episode_starts=slot.episode_starts, info=slot.info))
+        traj = slot.to_trajectory(
+            TrajectoryMeta(
+                env_id=self.env_id,
+                actor_id=self.actor_id,
+                policy_version=slot.version,
+                episode_starts=slot.episode_starts,
+                info=slot.info,
+            )
+        )
         st.returns.append(traj.total_return)
         st.lengths.append(len(traj))
         st.successes.append(slot.success)

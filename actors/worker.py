@@ -60,8 +60,9 @@ class RolloutActor:
         spec = env_spec(setup.env)
         envs = [make_env(setup.env, seed=seed * 131 + i) for i in range(cfg.envs_per_actor)]
         context = cfg.context_len or spec.max_episode_steps + 1
-        self.policy = InferencePolicy(spec, setup.learner, num_slots=len(envs),
-                                      context_len=context, device="cpu")
+        self.policy = InferencePolicy(
+            spec, setup.learner, num_slots=len(envs), context_len=context, device="cpu"
+        )
         self.store = None
         if not self.evaluating:
             from replay_service import ReplayStore, connect
@@ -69,12 +70,26 @@ class RolloutActor:
             self.store = ReplayStore(connect(setup.replay.redis), setup.replay)
         explore = None
         if not self.evaluating:
-            explore = Exploration(cfg.exploration, setup.actor_id, setup.num_actors,
-                                  spec.discrete, spec.action_dim, np.random.default_rng(seed))
+            explore = Exploration(
+                cfg.exploration,
+                setup.actor_id,
+                setup.num_actors,
+                spec.discrete,
+                spec.action_dim,
+                np.random.default_rng(seed),
+            )
         sink = None if self.evaluating else self._insert
-        self.worker = RolloutWorker(envs, spec, self.policy, sink, explore,
-                                    actor_id=setup.actor_id, env_id=setup.env.id, seed=seed,
-                                    greedy=self.evaluating)
+        self.worker = RolloutWorker(
+            envs,
+            spec,
+            self.policy,
+            sink,
+            explore,
+            actor_id=setup.actor_id,
+            env_id=setup.env.id,
+            seed=seed,
+            greedy=self.evaluating,
+        )
         self.metrics = Metrics()
         self.metrics_port = self.metrics.serve(setup.metrics_host) if setup.serve_metrics else 0
         self._pending_poll = None
@@ -140,8 +155,11 @@ class RolloutActor:
                 pass
             except ReplayUnavailable as e:
                 if time.monotonic() > deadline:
-                    log.error("replay unreachable for %.0f s, dropping a rollout: %s",
-                              self.setup.actors.insert_retry_s, e)
+                    log.error(
+                        "replay unreachable for %.0f s, dropping a rollout: %s",
+                        self.setup.actors.insert_retry_s,
+                        e,
+                    )
                     return
             self.insert_retries += 1
             self.metrics.inc("amago_actor_insert_retries", actor=self.label)
@@ -178,8 +196,9 @@ class RolloutActor:
         if st.returns:
             m.set("amago_actor_episode_return", float(np.mean(st.returns)), actor=lab)
         if st.act_calls:
-            m.observe("amago_actor_inference_latency_seconds", st.act_seconds / st.act_calls,
-                      actor=lab)
+            m.observe(
+                "amago_actor_inference_latency_seconds", st.act_seconds / st.act_calls, actor=lab
+            )
         eps = self.worker.exploration.epsilon if self.worker.exploration else 0.0
         m.set("amago_actor_epsilon", eps, actor=lab)
         return {

@@ -69,15 +69,18 @@ def actor_scaling(actor_counts: list[int], seconds: float) -> list[dict]:
             elapsed = time.perf_counter() - t0
             mem_end = ray.get([a.memory_mb.remote() for a in actors])
             stats = store.stats()
-            rows.append({
-                "actors": n,
-                "env_steps_per_s": steps / elapsed,
-                "per_actor": steps / elapsed / n,
-                "actor_rss_start_mb": float(np.mean([m["rss_mb"] for m in mem_start])),
-                "actor_rss_end_mb": float(np.mean([m["rss_mb"] for m in mem_end])),
-                "trajectories": stats.inserted_trajectories,
-                "server_rss_mb": connect(replay.redis).info("memory")["used_memory_rss"] / 2**20,
-            })
+            rows.append(
+                {
+                    "actors": n,
+                    "env_steps_per_s": steps / elapsed,
+                    "per_actor": steps / elapsed / n,
+                    "actor_rss_start_mb": float(np.mean([m["rss_mb"] for m in mem_start])),
+                    "actor_rss_end_mb": float(np.mean([m["rss_mb"] for m in mem_end])),
+                    "trajectories": stats.inserted_trajectories,
+                    "server_rss_mb": connect(replay.redis).info("memory")["used_memory_rss"]
+                    / 2**20,
+                }
+            )
             for a in actors:
                 ray.kill(a)
         ray.kill(broker)
@@ -149,20 +152,26 @@ def main() -> None:
         rows = actor_scaling(args.actors, args.seconds)
         base = rows[0]["env_steps_per_s"]
         print("\nEnv steps/s vs rollout actors (T-Maze H=10, 8 envs/actor, no learner)")
-        print(f"{'actors':>6} {'steps/s':>9} {'per actor':>9} {'scaling':>7} "
-              f"{'actor RSS MiB start->end':>25} {'server RSS MiB':>14}")
+        print(
+            f"{'actors':>6} {'steps/s':>9} {'per actor':>9} {'scaling':>7} "
+            f"{'actor RSS MiB start->end':>25} {'server RSS MiB':>14}"
+        )
         for r in rows:
-            print(f"{r['actors']:>6} {r['env_steps_per_s']:>9.0f} {r['per_actor']:>9.0f} "
-                  f"{r['env_steps_per_s'] / base:>6.2f}x "
-                  f"{r['actor_rss_start_mb']:>12.0f} -> {r['actor_rss_end_mb']:<10.0f} "
-                  f"{r['server_rss_mb']:>14.0f}")
+            print(
+                f"{r['actors']:>6} {r['env_steps_per_s']:>9.0f} {r['per_actor']:>9.0f} "
+                f"{r['env_steps_per_s'] / base:>6.2f}x "
+                f"{r['actor_rss_start_mb']:>12.0f} -> {r['actor_rss_end_mb']:<10.0f} "
+                f"{r['server_rss_mb']:>14.0f}"
+            )
     if not args.skip_context:
         rows = context_cost(args.contexts)
         print("\nPer-step inference vs context length (AMAGO default model, 8 slots, 1 thread)")
         print(f"{'context':>7} {'KV-cached act ms':>16} {'re-encode ms':>12} {'speed-up':>8}")
         for r in rows:
-            print(f"{r['context']:>7} {r['cached_ms']:>16.2f} {r['recompute_ms']:>12.1f} "
-                  f"{r['recompute_ms'] / r['cached_ms']:>7.0f}x")
+            print(
+                f"{r['context']:>7} {r['cached_ms']:>16.2f} {r['recompute_ms']:>12.1f} "
+                f"{r['recompute_ms'] / r['cached_ms']:>7.0f}x"
+            )
 
 
 if __name__ == "__main__":

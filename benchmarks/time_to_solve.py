@@ -41,50 +41,75 @@ def main() -> None:
     ray_start = time.perf_counter() - t0
     rows = []
     for rep in range(args.repeats):
-        cfg = compose(["env=tmaze", "run.stop_at_return=1.0", "run.eval_every_s=5",
-                    "run.eval_episodes=24", "run.max_env_steps=200000", "run.max_seconds=900",
-                    "run.final_eval_episodes=48", "run.plot=false",
-                    f"learner.seed={rep}", f"actors.seed={rep}", *args.overrides])
+        cfg = compose(
+            [
+                "env=tmaze",
+                "run.stop_at_return=1.0",
+                "run.eval_every_s=5",
+                "run.eval_episodes=24",
+                "run.max_env_steps=200000",
+                "run.max_seconds=900",
+                "run.final_eval_episodes=48",
+                "run.plot=false",
+                f"learner.seed={rep}",
+                f"actors.seed={rep}",
+                *args.overrides,
+            ]
+        )
         with tempfile.TemporaryDirectory() as tmp:
             s = run_training(cfg, tmp)
         solved = s["solved"]
-        rows.append({
-            "seed": rep,
-            "solved": solved is not None,
-            # from the start of the run: actor/learner start-up included, Ray start added
-            "seconds_to_solve": solved["time_s"] + ray_start if solved else None,
-            "env_steps_to_solve": solved["env_steps"] if solved else None,
-            "updates_to_solve": solved["updates"] if solved else None,
-            "env_steps_per_s": s["env_steps_per_s"],
-            "updates_per_s": s["updates_per_s"],
-            "final_eval_return": s["final_eval_return"],
-            "memory_mb": s["memory_mb"],
-        })
+        rows.append(
+            {
+                "seed": rep,
+                "solved": solved is not None,
+                # from the start of the run: actor/learner start-up included, Ray start added
+                "seconds_to_solve": solved["time_s"] + ray_start if solved else None,
+                "env_steps_to_solve": solved["env_steps"] if solved else None,
+                "updates_to_solve": solved["updates"] if solved else None,
+                "env_steps_per_s": s["env_steps_per_s"],
+                "updates_per_s": s["updates_per_s"],
+                "final_eval_return": s["final_eval_return"],
+                "memory_mb": s["memory_mb"],
+            }
+        )
     ray.shutdown()
 
-    print(f"\nT-Maze H=10 time to solve (return 1.0), {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores; wall s includes Ray start ({ray_start:.1f} s) and run start-up")
-    hdr = (f"{'seed':>4} {'solved':>6} {'wall s':>7} {'env steps':>9} "
-           f"{'updates':>7} {'steps/s':>8} {'upd/s':>6} {'final':>6}")
+    print(
+        f"\nT-Maze H=10 time to solve (return 1.0), {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores; wall s includes Ray start ({ray_start:.1f} s) and run start-up"
+    )
+    hdr = (
+        f"{'seed':>4} {'solved':>6} {'wall s':>7} {'env steps':>9} "
+        f"{'updates':>7} {'steps/s':>8} {'upd/s':>6} {'final':>6}"
+    )
     print(hdr)
     for r in rows:
         f = lambda v, w, p=0: f"{v:>{w}.{p}f}" if v is not None else f"{'-':>{w}}"  # noqa: E731
-        print(f"{r['seed']:>4} {str(r['solved']):>6} {f(r['seconds_to_solve'], 7, 1)} "
-              f"{f(r['env_steps_to_solve'], 9)} "
-              f"{f(r['updates_to_solve'], 7)} {r['env_steps_per_s']:>8.0f} "
-              f"{r['updates_per_s']:>6.1f} {r['final_eval_return']:>6.3f}")
+        print(
+            f"{r['seed']:>4} {str(r['solved']):>6} {f(r['seconds_to_solve'], 7, 1)} "
+            f"{f(r['env_steps_to_solve'], 9)} "
+            f"{f(r['updates_to_solve'], 7)} {r['env_steps_per_s']:>8.0f} "
+            f"{r['updates_per_s']:>6.1f} {r['final_eval_return']:>6.3f}"
+        )
     solved = [r for r in rows if r["solved"]]
     if solved:
         med = float(np.median([r["seconds_to_solve"] for r in solved]))
         ref = AMAGO_REFERENCE
-        print(f"median wall-clock to solve (start-up included): {med:.1f} s vs original AMAGO ~"
-              f"{ref['seconds']:.0f} s ({ref['seconds'] / med:.1f}x faster; goal >= 2x); "
-              f"AMAGO needed {ref['env_steps']:,} env steps / {ref['updates']:,} updates")
+        print(
+            f"median wall-clock to solve (start-up included): {med:.1f} s vs original AMAGO ~"
+            f"{ref['seconds']:.0f} s ({ref['seconds'] / med:.1f}x faster; goal >= 2x); "
+            f"AMAGO needed {ref['env_steps']:,} env steps / {ref['updates']:,} updates"
+        )
     mem = rows[-1]["memory_mb"]
-    print("memory (MiB): learner rss {:.0f} (peak {:.0f}); actors rss {}; replay server rss {:.0f}"
-          .format(mem["learner"]["rss_mb"], mem["learner"]["peak_rss_mb"],
-                  [round(a["rss_mb"]) for a in mem["actors"]],
-                  mem["replay_server"].get("rss_mb", float("nan"))))
+    print(
+        "memory (MiB): learner rss {:.0f} (peak {:.0f}); actors rss {}; replay server rss {:.0f}".format(
+            mem["learner"]["rss_mb"],
+            mem["learner"]["peak_rss_mb"],
+            [round(a["rss_mb"]) for a in mem["actors"]],
+            mem["replay_server"].get("rss_mb", float("nan")),
+        )
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

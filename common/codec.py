@@ -27,8 +27,19 @@ from common.records import CORE_KEYS, FORMAT_VERSION, Trajectory, TrajectoryMeta
 
 #: dtypes a record may carry; anything else (object, void, strings...) is refused.
 ALLOWED_DTYPES = frozenset(
-    ["bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "float16",
-     "float32", "float64"]
+    [
+        "bool",
+        "uint8",
+        "int8",
+        "uint16",
+        "int16",
+        "uint32",
+        "int32",
+        "int64",
+        "float16",
+        "float32",
+        "float64",
+    ]
 )
 COMPRESSIONS = ("", "zstd")
 # dtype -> name lookups (``np.dtype.name`` is a slow property; dict lookups are not)
@@ -36,8 +47,17 @@ _NAME_OF = {np.dtype(n): n for n in ALLOWED_DTYPES}
 _DTYPE_OF = {n: np.dtype(n) for n in ALLOWED_DTYPES}
 
 #: Stable reason codes (metric label values).
-REASONS = ("version", "schema", "dtype", "shape", "length", "nonfinite", "oversize",
-           "truncated", "compression")
+REASONS = (
+    "version",
+    "schema",
+    "dtype",
+    "shape",
+    "length",
+    "nonfinite",
+    "oversize",
+    "truncated",
+    "compression",
+)
 
 
 class RecordError(ValueError):
@@ -122,8 +142,9 @@ def _decode_array(name: str, d: Any) -> np.ndarray:
     expected = math.prod(shape) * dt.itemsize
     if len(payload) != expected:
         raise RecordError(
-            name, "truncated", f"{len(payload)} payload bytes for shape {shape} {dtype} "
-            f"(expected {expected})"
+            name,
+            "truncated",
+            f"{len(payload)} payload bytes for shape {shape} {dtype} (expected {expected})",
         )
     return np.frombuffer(payload, dtype=dt).reshape(shape)
 
@@ -140,8 +161,9 @@ def decode(buf: bytes | memoryview, limits: Limits | None = None, check: bool = 
     if not isinstance(doc, dict):
         raise RecordError("record", "schema", "top level must be a map")
     if doc.get("v") != FORMAT_VERSION:
-        raise RecordError("v", "version", f"format version {doc.get('v')!r}, "
-                          f"this build reads {FORMAT_VERSION}")
+        raise RecordError(
+            "v", "version", f"format version {doc.get('v')!r}, this build reads {FORMAT_VERSION}"
+        )
     meta_d, arrays_d = doc.get("meta"), doc.get("arrays")
     if not isinstance(meta_d, dict):
         raise RecordError("meta", "schema", "missing or not a map")
@@ -220,8 +242,16 @@ def validate(traj: Trajectory, limits: Limits | None = None) -> None:
         if arrays[name].ndim != 1:
             raise RecordError(name, "shape", "expected shape (N,)")
     starts = traj.meta.episode_starts
-    if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= n:
-        raise RecordError("meta.episode_starts", "schema",
-                          f"must be strictly increasing, start at 0 and lie below N={n}: {starts}")
+    if (
+        not starts
+        or starts[0] != 0
+        or any(b <= a for a, b in zip(starts, starts[1:]))
+        or starts[-1] >= n
+    ):
+        raise RecordError(
+            "meta.episode_starts",
+            "schema",
+            f"must be strictly increasing, start at 0 and lie below N={n}: {starts}",
+        )
     if nbytes > limits.max_bytes:
         raise RecordError("record", "oversize", f"{nbytes} array bytes > max {limits.max_bytes}")

@@ -40,38 +40,76 @@ _LAT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 METRICS: dict[str, MetricDef] = {
     # --- rollout actors -------------------------------------------------------------------
     "amago_actor_env_steps": MetricDef("counter", "Environment steps taken", ("actor",)),
-    "amago_actor_episodes": MetricDef("counter", "Rollouts (episodes or meta-RL trials) finished", ("actor",)),
-    "amago_actor_episode_return": MetricDef("gauge", "Mean return of the rollouts finished in the last chunk", ("actor",)),
-    "amago_actor_inference_latency_seconds": MetricDef("histogram", "Batched policy.act latency per env step", ("actor",), _LAT_BUCKETS),
-    "amago_actor_env_faults": MetricDef("counter", "Env exceptions survived (env reset, rollout dropped)", ("actor",)),
-    "amago_actor_insert_retries": MetricDef("counter", "Replay inserts retried after backpressure or a lost connection", ("actor",)),
-    "amago_actor_policy_version": MetricDef("gauge", "Policy version the actor is acting with", ("actor",)),
-    "amago_actor_epsilon": MetricDef("gauge", "Current exploration epsilon / noise scale", ("actor",)),
+    "amago_actor_episodes": MetricDef(
+        "counter", "Rollouts (episodes or meta-RL trials) finished", ("actor",)
+    ),
+    "amago_actor_episode_return": MetricDef(
+        "gauge", "Mean return of the rollouts finished in the last chunk", ("actor",)
+    ),
+    "amago_actor_inference_latency_seconds": MetricDef(
+        "histogram", "Batched policy.act latency per env step", ("actor",), _LAT_BUCKETS
+    ),
+    "amago_actor_env_faults": MetricDef(
+        "counter", "Env exceptions survived (env reset, rollout dropped)", ("actor",)
+    ),
+    "amago_actor_insert_retries": MetricDef(
+        "counter", "Replay inserts retried after backpressure or a lost connection", ("actor",)
+    ),
+    "amago_actor_policy_version": MetricDef(
+        "gauge", "Policy version the actor is acting with", ("actor",)
+    ),
+    "amago_actor_epsilon": MetricDef(
+        "gauge", "Current exploration epsilon / noise scale", ("actor",)
+    ),
     # --- replay service (exported by the learner process, which samples) ----------------------
     "amago_replay_trajectories": MetricDef("gauge", "Trajectories stored"),
     "amago_replay_timesteps": MetricDef("gauge", "Timesteps stored"),
     "amago_replay_bytes": MetricDef("gauge", "Encoded bytes stored"),
-    "amago_replay_inserted_trajectories": MetricDef("gauge", "Trajectories inserted since the store was created (all writers)"),
-    "amago_replay_inserted_timesteps": MetricDef("gauge", "Timesteps inserted since the store was created (all writers)"),
-    "amago_replay_sampled_timesteps": MetricDef("gauge", "Sequence-timesteps sampled since the store was created (all samplers)"),
-    "amago_replay_rejected": MetricDef("gauge", "Records rejected at ingest, by reason (all writers)", ("reason",)),
-    "amago_replay_sample_wait_seconds": MetricDef("counter", "Time the learner's sampler waited on the rate limiter or an empty store"),
+    "amago_replay_inserted_trajectories": MetricDef(
+        "gauge", "Trajectories inserted since the store was created (all writers)"
+    ),
+    "amago_replay_inserted_timesteps": MetricDef(
+        "gauge", "Timesteps inserted since the store was created (all writers)"
+    ),
+    "amago_replay_sampled_timesteps": MetricDef(
+        "gauge", "Sequence-timesteps sampled since the store was created (all samplers)"
+    ),
+    "amago_replay_rejected": MetricDef(
+        "gauge", "Records rejected at ingest, by reason (all writers)", ("reason",)
+    ),
+    "amago_replay_sample_wait_seconds": MetricDef(
+        "counter", "Time the learner's sampler waited on the rate limiter or an empty store"
+    ),
     # --- learner --------------------------------------------------------------------------
     "amago_learner_updates": MetricDef("counter", "Gradient updates"),
-    "amago_learner_seq_timesteps": MetricDef("counter", "Sequence-timesteps trained on (real, unpadded)"),
+    "amago_learner_seq_timesteps": MetricDef(
+        "counter", "Sequence-timesteps trained on (real, unpadded)"
+    ),
     "amago_learner_loss": MetricDef("gauge", "Loss terms of the last update", ("term",)),
     "amago_learner_grad_norm": MetricDef("gauge", "Gradient norm before clipping"),
     "amago_learner_q_mean": MetricDef("gauge", "Mean Q of the main discount (unnormalised)"),
-    "amago_learner_policy_lag": MetricDef("gauge", "Mean learner version minus the version that produced each sampled row"),
+    "amago_learner_policy_lag": MetricDef(
+        "gauge", "Mean learner version minus the version that produced each sampled row"
+    ),
     "amago_learner_policy_version": MetricDef("gauge", "Latest published policy version"),
-    "amago_learner_gpu_memory_bytes": MetricDef("gauge", "Peak GPU memory allocated by the learner (0 on CPU)"),
-    "amago_learner_batch_wait_seconds": MetricDef("counter", "Time train() waited for a prefetched batch"),
+    "amago_learner_gpu_memory_bytes": MetricDef(
+        "gauge", "Peak GPU memory allocated by the learner (0 on CPU)"
+    ),
+    "amago_learner_batch_wait_seconds": MetricDef(
+        "counter", "Time train() waited for a prefetched batch"
+    ),
     # --- driver ---------------------------------------------------------------------------
-    "amago_driver_actor_restarts": MetricDef("counter", "Rollout actor failures seen by the driver (Ray restarts them)"),
+    "amago_driver_actor_restarts": MetricDef(
+        "counter", "Rollout actor failures seen by the driver (Ray restarts them)"
+    ),
     "amago_driver_actors_alive": MetricDef("gauge", "Rollout actors answering"),
     "amago_eval_return": MetricDef("gauge", "Mean greedy return on fresh evaluation episodes"),
-    "amago_driver_env_steps_per_second": MetricDef("gauge", "Env steps per second over the last report interval"),
-    "amago_driver_updates_per_second": MetricDef("gauge", "Learner updates per second over the last report interval"),
+    "amago_driver_env_steps_per_second": MetricDef(
+        "gauge", "Env steps per second over the last report interval"
+    ),
+    "amago_driver_updates_per_second": MetricDef(
+        "gauge", "Learner updates per second over the last report interval"
+    ),
 }
 
 
@@ -125,8 +163,9 @@ class Metrics:
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serve ``/metrics`` on ``host:port`` (0 = any free port; ``host`` may be
         :data:`NODE_HOST`); returns the port."""
-        server, _thread = start_http_server(port, addr=resolve_metrics_host(host),
-                                            registry=self.registry)
+        server, _thread = start_http_server(
+            port, addr=resolve_metrics_host(host), registry=self.registry
+        )
         return int(server.server_address[1])
 
 

@@ -8,8 +8,12 @@ LOOPBACK = "127.0.0.1"
 _CLUSTER_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | None = None,
-             namespace: str = "amago") -> str:
+def init_ray(
+    address: str = "",
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    namespace: str = "amago",
+) -> str:
     """Connect to Ray and return the node address the driver runs on.
 
     ``address=""`` starts a private local instance bound to 127.0.0.1. On Linux Ray otherwise
@@ -32,10 +36,18 @@ def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | Non
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 _node_ip_address=LOOPBACK, **kwargs)
-        bad = [n["NodeManagerAddress"] for n in ray.nodes()
-               if n["Alive"] and n["NodeManagerAddress"] != LOOPBACK]
+        ray.init(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            _node_ip_address=LOOPBACK,
+            **kwargs,
+        )
+        bad = [
+            n["NodeManagerAddress"]
+            for n in ray.nodes()
+            if n["Alive"] and n["NodeManagerAddress"] != LOOPBACK
+        ]
         if bad:
             ray.shutdown()
             raise RuntimeError(f"local Ray came up on {bad}, not {LOOPBACK}; refusing to run")

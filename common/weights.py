@@ -15,8 +15,10 @@ import numpy as np
 
 def to_numpy_state(weights: dict[str, Any]) -> dict[str, np.ndarray]:
     """Torch tensors -> numpy arrays (what Ray's object store shares without copying)."""
-    return {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
-            for k, v in weights.items()}
+    return {
+        k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
+        for k, v in weights.items()
+    }
 
 
 class WeightBroker:

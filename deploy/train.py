@@ -168,6 +168,21 @@ def _server_memory_mb(cfg: TrainConfig) -> dict[str, float]:
     }
 
 
+def _answers(refs: list, timeout_s: float = 10.0) -> list:
+    """Results of end-of-run calls to rollout actors; None for one that died or hangs (a
+    restarting actor must not fail a finished run)."""
+    import ray
+
+    out = []
+    for ref in refs:
+        try:
+            out.append(ray.get(ref, timeout=timeout_s))
+        except (ray.exceptions.RayError, TimeoutError) as e:
+            log.warning("rollout actor did not answer at the end of the run: %s", type(e).__name__)
+            out.append(None)
+    return out
+
+
 def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
     """Train to the budget; returns (and writes) the run summary."""
     cfg = resolve_environment(cfg)
@@ -258,14 +273,14 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict:
         if sd_path and addrs:
             _write_sd_file(sd_path, addrs, cfg.run.name)
         summary = _loop(cfg, runlog, metrics, learner, actors, evaluator)
-        ray.get([a.stop.remote() for a in actors])  # unblock collects held by backpressure
+        _answers([a.stop.remote() for a in actors])  # unblock collects held by backpressure
         if d.dump_final_metrics and addrs:
             from deploy.scrape import FINAL_DUMP, scrape_all, write_dump
 
             summary["metrics_dump"] = str(write_dump(run_dir / FINAL_DUMP, scrape_all(addrs)))
         summary["memory_mb"] = {
             "learner": ray.get(learner.memory_mb.remote()),
-            "actors": ray.get([a.memory_mb.remote() for a in actors]),
+            "actors": _answers([a.memory_mb.remote() for a in actors]),
             "replay_server": _server_memory_mb(cfg),
         }
         summary["final_checkpoint"] = ray.get(learner.close.remote())

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = 1
 
 #: Config fields allowed to differ between the writer and the reader of a checkpoint.
-RUNTIME_FIELDS = frozenset({"device", "num_threads", "pin_memory", "compile", "worker", "batch_size"})
+RUNTIME_FIELDS = frozenset(
+    {"device", "num_threads", "pin_memory", "compile", "worker", "batch_size"}
+)
 
 
 class CheckpointMismatchError(ValueError):

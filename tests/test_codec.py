@@ -72,7 +72,13 @@ def trajectories(draw):
             actor_id=draw(st.integers(0, 2**31)),
             policy_version=draw(st.integers(0, 2**40)),
             episode_starts=starts,
-            info=draw(st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5), max_size=3)),
+            info=draw(
+                st.dictionaries(
+                    st.text(max_size=5),
+                    st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5),
+                    max_size=3,
+                )
+            ),
         ),
     )
 

@@ -61,11 +61,27 @@ def test_hindsight_relabeling_solves_the_sparse_goal_task(tmp_path):
     sparse rewards does not."""
     results = {}
     for arm, p in (("relabel", 0.8), ("none", 0.0)):
-        cfg = load_config("env=goal_grid", "run.max_updates=6000", "run.max_seconds=600",
-                          f"replay.relabel_kwargs.p_relabel={p}", *COMMON)
+        cfg = load_config(
+            "env=goal_grid",
+            "run.max_updates=6000",
+            "run.max_seconds=600",
+            f"replay.relabel_kwargs.p_relabel={p}",
+            *COMMON,
+        )
         summary = run_training(cfg, tmp_path / arm)
         results[arm] = summary["final_eval_success"]
-        print(arm, {k: summary[k] for k in ("env_steps", "updates", "train_seconds",
-                                            "final_eval_return", "final_eval_success")})
+        print(
+            arm,
+            {
+                k: summary[k]
+                for k in (
+                    "env_steps",
+                    "updates",
+                    "train_seconds",
+                    "final_eval_return",
+                    "final_eval_success",
+                )
+            },
+        )
     assert results["relabel"] >= 0.5
     assert results["relabel"] - results["none"] >= 0.3
