@@ -1,5 +1,6 @@
 """Batches without a replay service: collate trajectories, or draw random data of the right
-shapes. For tests and benchmarks (the real sampler lives in ``replay_service``)."""
+shapes; and a tiny model config. For tests and benchmarks (the real sampler lives in
+``replay_service``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,22 @@ import numpy as np
 
 from common.records import Batch, Trajectory
 from common.spec import EnvSpec
+from learner.config import ModelConfig
+
+
+def tiny_model(width: int = 32, **overrides) -> ModelConfig:
+    """A 2-layer, 4-head model ``width`` wide (d_ff twice that): fast on one CPU thread."""
+    base = dict(
+        d_model=width,
+        n_layers=2,
+        n_heads=4,
+        d_ff=2 * width,
+        tstep_hidden=width,
+        tstep_out=width,
+        actor_hidden=width,
+        critic_hidden=width,
+    )
+    return ModelConfig(**{**base, **overrides})
 
 
 def collate(trajs: list[Trajectory], length: int, starts: list[int] | None = None) -> Batch:

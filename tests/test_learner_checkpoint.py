@@ -11,8 +11,8 @@ import torch
 from common.spec import ArraySpec, EnvSpec
 from learner.amago import AmagoLearner
 from learner.checkpoint import CheckpointMismatchError
-from learner.config import LearnerConfig, ModelConfig
-from learner.synthetic import random_batch
+from learner.config import LearnerConfig
+from learner.synthetic import random_batch, tiny_model
 
 torch.set_num_threads(1)
 
@@ -20,17 +20,7 @@ SPEC = EnvSpec({"observation": ArraySpec((4,), "float32")}, 3, True, 50)
 
 
 def cfg(**kw) -> LearnerConfig:
-    model = ModelConfig(
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        d_ff=64,
-        tstep_hidden=32,
-        tstep_out=32,
-        actor_hidden=32,
-        critic_hidden=32,
-        dropout=0.1,
-    )
+    model = tiny_model(dropout=0.1)
     base = dict(gammas=[0.9, 0.999], num_critics=3, device="cpu", warmup_steps=3, seed=7)
     base.update(kw)
     return LearnerConfig(model=model, **base)

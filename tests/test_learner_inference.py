@@ -9,25 +9,14 @@ import torch
 from common.records import StepInput
 from common.spec import ArraySpec, EnvSpec
 from learner.amago import AmagoLearner
-from learner.config import LearnerConfig, ModelConfig
-from learner.synthetic import random_batch
+from learner.config import LearnerConfig
+from learner.synthetic import random_batch, tiny_model
 
 torch.set_num_threads(1)
 
 
 def small_cfg(encoder: str, **model_kw) -> LearnerConfig:
-    model = ModelConfig(
-        encoder=encoder,
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        d_ff=64,
-        tstep_hidden=32,
-        tstep_out=32,
-        actor_hidden=32,
-        critic_hidden=32,
-        **model_kw,
-    )
+    model = tiny_model(encoder=encoder, **model_kw)
     return LearnerConfig(
         model=model,
         gammas=[0.9, 0.99],

@@ -19,8 +19,8 @@ from common.envs.tmaze import TMaze
 from common.records import StepInput, Trajectory, TrajectoryMeta
 from common.spec import EnvSpec
 from learner.amago import AmagoLearner
-from learner.config import LearnerConfig, ModelConfig
-from learner.synthetic import collate
+from learner.config import LearnerConfig
+from learner.synthetic import collate, tiny_model
 
 H = 10
 N_ACTIONS = 4
@@ -101,18 +101,7 @@ def train_offline(
     rng = np.random.default_rng(seed)
     env = TMaze(H)
     data = [scripted_episode(env, rng, seed=10_000 * seed + i) for i in range(600)]
-    model = ModelConfig(
-        encoder=encoder,
-        d_model=64,
-        n_layers=2,
-        n_heads=4,
-        d_ff=128,
-        dropout=0.0,
-        tstep_hidden=64,
-        tstep_out=64,
-        actor_hidden=64,
-        critic_hidden=64,
-    )
+    model = tiny_model(64, encoder=encoder, dropout=0.0)
     cfg = LearnerConfig(
         model=model,
         max_seq_len=H + 2,

@@ -12,23 +12,13 @@ from common.config_utils import ConfigError
 from common.spec import ArraySpec, EnvSpec
 from learner.amago import AmagoLearner
 from learner.config import LearnerConfig, ModelConfig
-from learner.synthetic import random_batch
+from learner.synthetic import random_batch, tiny_model
 
 torch.set_num_threads(1)
 
 
 def small_cfg(**kw) -> LearnerConfig:
-    model = ModelConfig(
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        d_ff=64,
-        tstep_hidden=32,
-        tstep_out=32,
-        actor_hidden=32,
-        critic_hidden=32,
-        **kw.pop("model", {}),
-    )
+    model = tiny_model(**kw.pop("model", {}))
     base = dict(
         gammas=[0.9, 0.999], num_critics=3, device="cpu", max_seq_len=16, warmup_steps=0, lr=1e-3
     )
