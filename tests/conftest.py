@@ -5,6 +5,7 @@
   ``fakeredis.FakeRedis(server=fakeredis_tcp.fake_server)`` talks to it in-process.
 - ``redis_backend``: parametrised over both; ``.client()`` gives a redis-py client and
   ``.url`` an address other processes can use.
+- ``client``: a redis-py client of ``redis_backend`` (closed afterwards).
 - ``make_trajectory``: a factory of small valid trajectories whose contents identify them.
 """
 
@@ -97,3 +98,10 @@ def _make_trajectory(
 def make_trajectory():
     """The factory ``make_trajectory(n, tag=0, obs_dim=3, action_dim=2, version=None)``."""
     return _make_trajectory
+
+
+@pytest.fixture
+def client(redis_backend):
+    c = redis_backend.client()
+    yield c
+    c.close()

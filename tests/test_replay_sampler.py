@@ -29,13 +29,6 @@ CHI2_DF2_P001 = 13.82
 
 
 @pytest.fixture
-def client(redis_backend):
-    c = redis_backend.client()
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def make_cfg(redis_backend, client):
     """``make_cfg(**fields)`` -> a ReplayConfig on a fresh namespace (deleted afterwards)."""
     made: list[ReplayConfig] = []

@@ -35,13 +35,6 @@ def _cfg(url: str = "", namespace: str | None = None, **kw) -> ReplayConfig:
 
 
 @pytest.fixture
-def client(redis_backend):
-    c = redis_backend.client()
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def cfg(redis_backend, client):
     """A fresh namespace per test, deleted afterwards."""
     c = _cfg(redis_backend.url, max_steps=10_000, max_traj_steps=1000, max_seq_len=8)
