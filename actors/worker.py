@@ -14,6 +14,7 @@ the rollouts that were in progress.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -96,6 +97,7 @@ class RolloutActor:
         self._stopping = False
         self.insert_retries = 0
         self.rejected = 0
+        self.incarnation = secrets.token_hex(6)  # new in every (re)started process
         self._wait_for_weights()
 
     # -- weights -------------------------------------------------------------------------
@@ -143,9 +145,10 @@ class RolloutActor:
 
         deadline = time.monotonic() + self.setup.actors.insert_retry_s
         delay = 0.01
+        token = secrets.token_hex(16)  # one per rollout: a retried insert stores it once
         while not self._stopping:
             try:
-                self.store.insert(traj)
+                self.store.insert(traj, token=token)
                 return
             except RecordError as e:  # counted by the store; drop it and carry on
                 self.rejected += 1
@@ -203,6 +206,7 @@ class RolloutActor:
         m.set("amago_actor_epsilon", eps, actor=lab)
         return {
             "actor": self.label,
+            "incarnation": self.incarnation,
             "env_steps": st.env_steps,
             "returns": st.returns,
             "successes": st.successes,

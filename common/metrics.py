@@ -100,7 +100,7 @@ METRICS: dict[str, MetricDef] = {
     ),
     # --- driver ---------------------------------------------------------------------------
     "amago_driver_actor_restarts": MetricDef(
-        "counter", "Rollout actor failures seen by the driver (Ray restarts them)"
+        "counter", "Rollout/evaluation actor restarts seen by the driver (new process)"
     ),
     "amago_driver_actors_alive": MetricDef("gauge", "Rollout actors answering"),
     "amago_eval_return": MetricDef("gauge", "Mean greedy return on fresh evaluation episodes"),

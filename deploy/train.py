@@ -306,6 +306,22 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict:
     return summary
 
 
+class RestartCounter:
+    """Counts actor restarts from the ``incarnation`` each actor reports: a restarted actor
+    (a new process built from the same constructor arguments) reports a new one."""
+
+    def __init__(self, metrics) -> None:
+        self.metrics, self.count = metrics, 0
+        self._last: dict[tuple[str, int], str] = {}
+
+    def seen(self, kind: str, index: int, incarnation: str) -> None:
+        last = self._last.get((kind, index))
+        if last is not None and last != incarnation:
+            self.count += 1
+            self.metrics.inc("amago_driver_actor_restarts")
+        self._last[(kind, index)] = incarnation
+
+
 def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator) -> dict:
     import ray
     from ray.exceptions import RayActorError
@@ -317,7 +333,8 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
     evals: list[dict] = []
     solved: dict | None = None
     pending: dict = {}
-    restarts = 0
+    retry_at: dict[int, float] = {}  # actor index -> when to call it again after a failure
+    restarts = RestartCounter(metrics)
 
     def collect(i: int) -> None:
         pending[actors[i].collect.remote()] = ("actor", i)
@@ -343,22 +360,28 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
         )
 
     while not out_of_budget():
+        now = time.monotonic()
+        for i in [i for i, t in retry_at.items() if t <= now]:
+            del retry_at[i]
+            collect(i)
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
         for ref in ready:
             kind, i = pending.pop(ref)
             try:
                 res = ray.get(ref)
             except RayActorError as e:
-                if kind == "actor":  # Ray restarts it; the in-flight rollouts are lost
-                    restarts += 1
-                    metrics.inc("amago_driver_actor_restarts")
-                    log.warning(
-                        "rollout actor %d failed (%s); it is being restarted", i, type(e).__name__
-                    )
-                    time.sleep(0.5)
-                    collect(i)
-                    continue
-                raise
+                if kind == "learner":
+                    raise
+                # A rollout or evaluation actor died (or is still restarting): Ray restarts
+                # it from its constructor arguments; only its in-flight rollouts are lost.
+                # Call it again shortly; a failed evaluation waits for the next eval time.
+                who = f"rollout actor {i}" if kind == "actor" else "evaluation actor"
+                log.warning("%s unavailable (%s); Ray restarts it", who, type(e).__name__)
+                if kind == "actor":
+                    retry_at[i] = time.monotonic() + 0.5
+                continue
+            if kind != "learner":
+                restarts.seen(kind, i, res["incarnation"])
             if kind == "actor":
                 env_steps += res["env_steps"]
                 recent += res["returns"]
@@ -403,7 +426,15 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
     train_time = runlog.elapsed()
     final, by_episode = None, None
     if r.final_eval_episodes:
-        res = ray.get(evaluator.evaluate.remote(r.final_eval_episodes))
+        for attempt in range(5):  # an evaluator that died is being restarted: ask again
+            try:
+                res = ray.get(evaluator.evaluate.remote(r.final_eval_episodes))
+                break
+            except RayActorError:
+                if attempt == 4:
+                    raise
+                time.sleep(2.0)
+        restarts.seen("eval", 0, res["incarnation"])
         final = float(np.mean(res["returns"]))
         k = min(len(e) for e in res["episode_returns"])
         by_episode = np.mean([e[:k] for e in res["episode_returns"]], axis=0).tolist()
@@ -422,7 +453,7 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
         "final_eval_by_episode": by_episode,  # mean return of the k-th episode of a rollout
         "evals": evals,
         "solved": solved,
-        "actor_restarts": restarts,
+        "actor_restarts": restarts.count,
         "env_steps_per_s": env_steps / max(train_time, 1e-9),
         "updates_per_s": updates / max(train_time, 1e-9),
     }
