@@ -101,12 +101,21 @@ class RolloutActor:
         self._wait_for_weights()
 
     # -- weights -------------------------------------------------------------------------
-    def _load(self, found) -> None:
+    def _load(self, found) -> bool:
+        """Load a published version; False (weights kept) if its object is gone: the
+        learner that put it died, and its restarted self will publish again."""
         import ray
+        from ray.exceptions import ObjectLostError
 
         version, (ref,) = found
-        self.policy.load_weights(version, ray.get(ref))
+        try:
+            weights = ray.get(ref, timeout=60)
+        except (ObjectLostError, ray.exceptions.GetTimeoutError) as e:
+            log.warning("weights version %d unavailable (%s); keeping mine", version, e)
+            return False
+        self.policy.load_weights(version, weights)
         self.metrics.set("amago_actor_policy_version", version, actor=self.label)
+        return True
 
     def _wait_for_weights(self, timeout_s: float = 300.0) -> None:
         import ray
@@ -114,8 +123,7 @@ class RolloutActor:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             found = ray.get(self.broker.latest.remote(self.policy.version))
-            if found is not None:
-                self._load(found)
+            if found is not None and self._load(found):
                 return
             time.sleep(0.2)
         raise TimeoutError("no policy weights were published within 300 s")

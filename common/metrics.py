@@ -102,6 +102,9 @@ METRICS: dict[str, MetricDef] = {
     "amago_driver_actor_restarts": MetricDef(
         "counter", "Rollout/evaluation actor restarts seen by the driver (new process)"
     ),
+    "amago_driver_learner_restarts": MetricDef(
+        "counter", "Learner restarts seen by the driver (resumed from the newest checkpoint)"
+    ),
     "amago_driver_actors_alive": MetricDef("gauge", "Rollout actors answering"),
     "amago_eval_return": MetricDef("gauge", "Mean greedy return on fresh evaluation episodes"),
     "amago_driver_env_steps_per_second": MetricDef(

@@ -28,8 +28,11 @@ class WeightBroker:
         self._version = -1
         self._ref: list | None = None
 
-    def publish(self, version: int, ref: list) -> None:
-        if version > self._version:
+    def publish(self, version: int, ref: list, restart: bool = False) -> None:
+        """Hold ``ref`` if ``version`` is newer. ``restart``: a (re)started learner's first
+        version replaces whatever is held (the old learner's objects died with it), even if
+        older; actors holding newer weights keep them until the learner passes them."""
+        if restart or version > self._version:
             self._version, self._ref = int(version), ref
 
     def latest(self, have: int = -1) -> tuple[int, list] | None:

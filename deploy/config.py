@@ -94,6 +94,10 @@ class RunConfig:
     log_every_s: float = 5.0  # console line + metrics.jsonl row period
     updates_per_call: int = 20  # learner updates per driver round trip
     plot: bool = True  # write learning_curve.png at the end
+    # Continue training from a learner checkpoint: a ckpt_*.pt file, or a run directory (its
+    # newest checkpoint). Restores weights, optimizer, normalisers and the update counter;
+    # the replay starts from what the replay server holds. "" = start fresh.
+    resume_from: str = ""
 
     def validate(self) -> None:
         require(self.max_env_steps >= 0, "max_env_steps", "must be >= 0")
@@ -109,6 +113,14 @@ class RunConfig:
         require(self.final_eval_episodes >= 0, "final_eval_episodes", "must be >= 0")
         require(self.log_every_s > 0, "log_every_s", "must be > 0")
         require(self.updates_per_call >= 1, "updates_per_call", "must be >= 1")
+        if self.resume_from:
+            from learner.checkpoint import latest_checkpoint
+
+            require(
+                latest_checkpoint(self.resume_from) is not None,
+                "resume_from",
+                f"no checkpoint at {self.resume_from!r} (a ckpt_*.pt file or a run directory)",
+            )
 
 
 @dataclass

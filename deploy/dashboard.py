@@ -235,7 +235,11 @@ ROWS: tuple[Row, ...] = (
                     _q(f"max(amago_driver_actors_alive{{{RUN}}})", "actors alive"),
                     _q(
                         f"sum(increase(amago_driver_actor_restarts_total{{{RUN}}}[5m]))",
-                        "restarts (5 min)",
+                        "actor restarts (5 min)",
+                    ),
+                    _q(
+                        f"sum(increase(amago_driver_learner_restarts_total{{{RUN}}}[5m]))",
+                        "learner restarts (5 min)",
                     ),
                     _q(
                         f"sum(increase(amago_actor_env_faults_total{{{RUN}}}[5m]))",
@@ -243,7 +247,7 @@ ROWS: tuple[Row, ...] = (
                     ),
                 ),
                 "short",
-                "Actors answering the driver, Ray restarts of failed actors, env exceptions.",
+                "Actors answering the driver, Ray restarts of failed actors and learner, env exceptions.",
             ),
             Panel(
                 "Inference latency",

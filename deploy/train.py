@@ -212,6 +212,7 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict:
     )
     metrics = Metrics()
     metrics.inc("amago_driver_actor_restarts", 0)  # exported from the start, not at a failure
+    metrics.inc("amago_driver_learner_restarts", 0)
     driver_addr = ""
     if d.serve_metrics:
         driver_addr = f"{resolve_metrics_host(d.metrics_host)}:{metrics.serve(d.metrics_host)}"
@@ -227,13 +228,17 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict:
             learner=cfg.learner,
             replay=cfg.replay,
             run_dir=str(run_dir),
+            resume_from=cfg.run.resume_from,
             metrics_host=d.metrics_host,
             serve_metrics=d.serve_metrics,
         )
         learner = (
             ray.remote(LearnerActor)
             .options(
-                num_cpus=cfg.learner.worker.num_cpus, num_gpus=1 if use_gpu else 0, max_restarts=0
+                num_cpus=cfg.learner.worker.num_cpus,
+                num_gpus=1 if use_gpu else 0,
+                max_restarts=cfg.learner.worker.max_restarts,
+                max_task_retries=0,
             )
             .remote(lsetup, broker)
         )
@@ -306,25 +311,34 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict:
     return summary
 
 
+#: Seconds the driver waits for a crashed learner to come back before failing the run.
+LEARNER_OUTAGE_S = 300.0
+
+
 class RestartCounter:
-    """Counts actor restarts from the ``incarnation`` each actor reports: a restarted actor
-    (a new process built from the same constructor arguments) reports a new one."""
+    """Counts restarts from the ``incarnation`` each actor reports: a restarted actor (a new
+    process built from the same constructor arguments) reports a new one. ``count``: rollout
+    and evaluation actors (``amago_driver_actor_restarts``); ``learner``: the learner."""
 
     def __init__(self, metrics) -> None:
-        self.metrics, self.count = metrics, 0
+        self.metrics, self.count, self.learner = metrics, 0, 0
         self._last: dict[tuple[str, int], str] = {}
 
     def seen(self, kind: str, index: int, incarnation: str) -> None:
         last = self._last.get((kind, index))
         if last is not None and last != incarnation:
-            self.count += 1
-            self.metrics.inc("amago_driver_actor_restarts")
+            if kind == "learner":
+                self.learner += 1
+                self.metrics.inc("amago_driver_learner_restarts")
+            else:
+                self.count += 1
+                self.metrics.inc("amago_driver_actor_restarts")
         self._last[(kind, index)] = incarnation
 
 
 def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator) -> dict:
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import ActorUnavailableError, RayActorError
 
     r = cfg.run
     env_steps = updates = 0
@@ -334,6 +348,10 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
     solved: dict | None = None
     pending: dict = {}
     retry_at: dict[int, float] = {}  # actor index -> when to call it again after a failure
+    learner_retry_at: float | None = None
+    learner_down_since: float | None = None  # first failure of the current learner outage
+    learner_deaths = 0
+    actor_deaths = [0] * len(actors)  # consecutive deaths (not restarts in progress) per actor
     restarts = RestartCounter(metrics)
 
     def collect(i: int) -> None:
@@ -364,6 +382,9 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
         for i in [i for i, t in retry_at.items() if t <= now]:
             del retry_at[i]
             collect(i)
+        if learner_retry_at is not None and learner_retry_at <= now:
+            learner_retry_at = None
+            train()
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
         for ref in ready:
             kind, i = pending.pop(ref)
@@ -371,22 +392,41 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
                 res = ray.get(ref)
             except RayActorError as e:
                 if kind == "learner":
-                    raise
+                    # Ray restarts a crashed learner (learner.worker.max_restarts); it resumes
+                    # from this run's newest checkpoint. Give up once no restart is left or
+                    # it stays unreachable for LEARNER_OUTAGE_S.
+                    now = time.monotonic()
+                    learner_down_since = learner_down_since or now
+                    if not isinstance(e, ActorUnavailableError):
+                        learner_deaths += 1
+                    if (
+                        learner_deaths > cfg.learner.worker.max_restarts + 1
+                        or now - learner_down_since > LEARNER_OUTAGE_S
+                    ):
+                        raise
+                    log.warning("learner unavailable (%s); Ray restarts it", type(e).__name__)
+                    learner_retry_at = now + 1.0
+                    continue
                 # A rollout or evaluation actor died (or is still restarting): Ray restarts
                 # it from its constructor arguments; only its in-flight rollouts are lost.
                 # Call it again shortly; a failed evaluation waits for the next eval time.
                 who = f"rollout actor {i}" if kind == "actor" else "evaluation actor"
                 log.warning("%s unavailable (%s); Ray restarts it", who, type(e).__name__)
                 if kind == "actor":
+                    if not isinstance(e, ActorUnavailableError):
+                        actor_deaths[i] += 1
+                        if actor_deaths[i] > 3:  # dead for good (e.g. its constructor fails)
+                            raise
                     retry_at[i] = time.monotonic() + 0.5
                 continue
-            if kind != "learner":
-                restarts.seen(kind, i, res["incarnation"])
+            restarts.seen(kind, i, res["incarnation"])
             if kind == "actor":
+                actor_deaths[i] = 0
                 env_steps += res["env_steps"]
                 recent += res["returns"]
                 collect(i)
             elif kind == "learner":
+                learner_down_since = None
                 updates += res["updates"]
                 last_learner = res
                 train()
@@ -454,6 +494,8 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
         "evals": evals,
         "solved": solved,
         "actor_restarts": restarts.count,
+        "learner_restarts": restarts.learner,
+        "learner_resumed_from": last_learner.get("resumed_from"),
         "env_steps_per_s": env_steps / max(train_time, 1e-9),
         "updates_per_s": updates / max(train_time, 1e-9),
     }

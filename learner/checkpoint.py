@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -105,3 +106,24 @@ def load_checkpoint(learner: AmagoLearner, path: str) -> None:
     if state.get("rng_cuda") is not None:
         state["rng_cuda"] = state["rng_cuda"].cpu()
     learner.load_state_dict(state)
+
+
+def latest_checkpoint(path: str) -> str | None:
+    """The checkpoint ``path`` names: the file itself, or the newest ``ckpt_*.pt`` in a
+    directory or in its ``checkpoints/`` subdirectory (a run directory); None if none."""
+    if os.path.isfile(path):
+        return path
+    for directory in (path, os.path.join(path, "checkpoints")):
+        if os.path.isdir(directory):
+            found = sorted(f for f in os.listdir(directory) if _CKPT_NAME.fullmatch(f))
+            if found:
+                return os.path.join(directory, found[-1])
+    return None
+
+
+def checkpoint_name(version: int) -> str:
+    """File name of the checkpoint at update ``version`` (names sort by version)."""
+    return f"ckpt_{version:08d}.pt"
+
+
+_CKPT_NAME = re.compile(r"ckpt_\d{8,}\.pt")

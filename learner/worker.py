@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -74,7 +75,7 @@ class LearnerSetup:
     learner: object  # learner.config.LearnerConfig
     replay: object  # replay_service.config.ReplayConfig
     run_dir: str
-    resume_from: str = ""  # checkpoint path to restore before training
+    resume_from: str = ""  # checkpoint file or run directory to continue from ("" = fresh)
     metrics_host: str = "127.0.0.1"
     serve_metrics: bool = True
 
@@ -84,6 +85,7 @@ class LearnerActor:
         import torch
 
         from learner.amago import AmagoLearner
+        from learner.checkpoint import latest_checkpoint
         from replay_service import Sampler, connect, get_relabeler
 
         cfg = setup.learner
@@ -91,8 +93,18 @@ class LearnerActor:
             torch.set_num_threads(cfg.num_threads)
         self.setup, self.cfg, self.broker = setup, cfg, broker
         self.learner = AmagoLearner(setup.spec, cfg)
-        if setup.resume_from:
-            self.learner.restore(setup.resume_from)
+        self.ckpt_dir = Path(setup.run_dir) / "checkpoints"
+        # A restarted learner (Ray re-runs this constructor) resumes from this run's newest
+        # checkpoint; a fresh one from ``resume_from`` if given.
+        self.resumed_from = latest_checkpoint(str(self.ckpt_dir)) or (
+            latest_checkpoint(setup.resume_from) if setup.resume_from else None
+        )
+        if setup.resume_from and self.resumed_from is None:
+            raise FileNotFoundError(f"resume_from: no checkpoint at {setup.resume_from!r}")
+        if self.resumed_from:
+            self.learner.restore(self.resumed_from)
+            log.warning("learner resumed from %s (update %d)", self.resumed_from, self.version())
+        self.incarnation = secrets.token_hex(6)  # new in every (re)started process
         rcfg = setup.replay
         self.sampler = Sampler(
             connect(rcfg.redis),
@@ -102,12 +114,11 @@ class LearnerActor:
         )
         wcfg = cfg.worker
         self.prefetcher = Prefetcher(self._sample_once, wcfg.prefetch_batches)
-        self.ckpt_dir = Path(setup.run_dir) / "checkpoints"
         self._last_ckpt = time.monotonic()
         self.metrics = Metrics()
         self.metrics_port = self.metrics.serve(setup.metrics_host) if setup.serve_metrics else 0
         self.published = -1
-        self.publish()
+        self.publish(restart=True)  # replaces the weights of a learner that died, if any
 
     def _sample_once(self) -> Batch | None:
         from replay_service import RateLimitTimeout
@@ -123,7 +134,7 @@ class LearnerActor:
             self.metrics.inc("amago_replay_sample_wait_seconds", time.perf_counter() - t0)
 
     # -- weights and checkpoints ---------------------------------------------------------
-    def publish(self) -> int:
+    def publish(self, restart: bool = False) -> int:
         import ray
 
         from common.weights import to_numpy_state
@@ -131,14 +142,16 @@ class LearnerActor:
         v = self.learner.version
         if v != self.published:
             ref = ray.put(to_numpy_state(self.learner.policy_weights()))
-            ray.get(self.broker.publish.remote(v, [ref]))
+            ray.get(self.broker.publish.remote(v, [ref], restart))
             self.published = v
             self.metrics.set("amago_learner_policy_version", v)
         return v
 
     def checkpoint(self) -> str:
+        from learner.checkpoint import checkpoint_name
+
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        path = self.ckpt_dir / f"ckpt_{self.learner.version:08d}.pt"
+        path = self.ckpt_dir / checkpoint_name(self.learner.version)
         self.learner.save(str(path))
         old = sorted(self.ckpt_dir.glob("ckpt_*.pt"))[: -self.cfg.worker.keep_checkpoints]
         for p in old:
@@ -174,6 +187,8 @@ class LearnerActor:
         self._export(means, done, seq_steps, waited, lag)
         return {
             "updates": done,
+            "incarnation": self.incarnation,
+            "resumed_from": self.resumed_from,
             "version": self.learner.version,
             "seq_timesteps": seq_steps,
             "seconds": time.perf_counter() - t_start,

@@ -15,6 +15,9 @@ class LearnerWorkerConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     num_cpus: float = 1.0  # Ray CPU resource the learner asks for (logical)
     sample_timeout_s: float = 1.0  # one blocking sample attempt (the loop retries)
+    # Ray restarts of a crashed learner; a restarted learner resumes from this run's newest
+    # checkpoint (so a crash costs at most checkpoint_every_min of updates).
+    max_restarts: int = 2
 
     def validate(self) -> None:
         require(self.prefetch_batches >= 1, "prefetch_batches", "must be >= 1")
@@ -23,3 +26,4 @@ class LearnerWorkerConfig:
         require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         require(self.num_cpus >= 0, "num_cpus", "must be >= 0")
         require(self.sample_timeout_s > 0, "sample_timeout_s", "must be > 0")
+        require(self.max_restarts >= 0, "max_restarts", "must be >= 0")

@@ -183,23 +183,33 @@ def test_replay_restart_under_a_collecting_actor_loses_nothing(cfg, broker, tmp_
         client.close()
 
 
-def _rollout_pids() -> list[int]:
-    """Processes of live rollout/evaluation actors (Ray titles them ``ray::RolloutActor``)."""
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _pids(actor_class: str) -> list[int]:
+    """Processes of live actors of one class (Ray titles them ``ray::<class>``) in this
+    test's Ray session: workers are children of the raylet, a child of this process."""
     pids = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
-                if (p / "cmdline").read_bytes().startswith(b"ray::RolloutActor"):
-                    pids.append(int(p.name))
-            except OSError:
+                if (p / "cmdline").read_bytes().startswith(f"ray::{actor_class}".encode()):
+                    if _parent(_parent(int(p.name))) == os.getpid():
+                        pids.append(int(p.name))
+            except (OSError, ValueError, IndexError):
                 pass
     return pids
 
 
-def test_training_survives_killed_actors_and_a_replay_restart(tmp_path):
+def test_training_survives_killed_actors_learner_and_a_replay_restart(tmp_path):
     """T-Maze through the real driver: every rollout process (actors and the evaluator)
-    SIGKILLed, and the replay server restarted, mid-run; it still solves the task."""
+    SIGKILLed, the replay server restarted, and the learner SIGKILLed once it has written a
+    checkpoint, all mid-run; it still solves the task, the learner resuming from the
+    checkpoint."""
     from deploy.train import run_training
+    from learner.checkpoint import latest_checkpoint
 
     faults: dict = {}
     with EmbeddedServer(data_dir=tmp_path / "valkey") as server:
@@ -211,6 +221,7 @@ def test_training_survives_killed_actors_and_a_replay_restart(tmp_path):
                 "run.eval_every_s=15",
                 "run.plot=false",
                 "deploy.serve_metrics=false",
+                "learner.worker.checkpoint_every_min=0.1",
             ]
         )
         replay = dataclasses.replace(cfg.replay, redis=server.redis_config(namespace="e2e"))
@@ -220,7 +231,7 @@ def test_training_survives_killed_actors_and_a_replay_restart(tmp_path):
         def inject() -> None:
             try:
                 wait_for(lambda: read_stats(client, keys).inserted_trajectories >= 300, 180)
-                pids = _rollout_pids()
+                pids = _pids("RolloutActor")
                 for pid in pids:
                     os.kill(pid, signal.SIGKILL)
                 faults["killed"] = len(pids)
@@ -229,6 +240,10 @@ def test_training_survives_killed_actors_and_a_replay_restart(tmp_path):
                 time.sleep(2.0)
                 server.start()
                 faults["restarted"] = read_stats(client, keys).trajectories
+                wait_for(lambda: latest_checkpoint(str(tmp_path / "run")) is not None, 120)
+                faults["checkpoint"] = latest_checkpoint(str(tmp_path / "run"))
+                (learner_pid,) = _pids("LearnerActor")
+                os.kill(learner_pid, signal.SIGKILL)
             except BaseException as e:  # noqa: BLE001 - reported by the assertions below
                 faults["error"] = e
 
@@ -237,8 +252,14 @@ def test_training_survives_killed_actors_and_a_replay_restart(tmp_path):
         summary = run_training(cfg, tmp_path / "run")
         injector.join(timeout=60)
         client.close()
-    print({k: summary[k] for k in ("env_steps", "updates", "actor_restarts")}, faults)
+    keys_shown = ("env_steps", "updates", "actor_restarts", "learner_restarts")
+    print({k: summary[k] for k in keys_shown}, summary["learner_resumed_from"], faults)
     assert "error" not in faults and faults["killed"] == cfg.actors.num_actors + 1
     assert faults["restarted"] >= 300  # the replay came back with its data
     assert summary["actor_restarts"] >= cfg.actors.num_actors
+    assert summary["learner_restarts"] == 1
+    # the restarted learner went on from a checkpoint of this run, not from scratch
+    resumed = summary["learner_resumed_from"]
+    assert resumed and Path(resumed).parent == Path(faults["checkpoint"]).parent
+    assert Path(resumed).name >= Path(faults["checkpoint"]).name
     assert summary["final_eval_return"] >= 0.95

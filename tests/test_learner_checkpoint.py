@@ -116,3 +116,27 @@ def test_runtime_fields_may_differ(tmp_path):
     other = AmagoLearner(SPEC, other_cfg)
     other.restore(path)
     assert other.version == 1
+
+
+def test_latest_checkpoint_finds_the_newest_in_a_run_directory(tmp_path):
+    from learner.checkpoint import checkpoint_name, latest_checkpoint
+
+    run = tmp_path / "run"
+    assert latest_checkpoint(str(run)) is None
+    (run / "checkpoints").mkdir(parents=True)
+    for v in (20, 1000, 300):
+        (run / "checkpoints" / checkpoint_name(v)).write_bytes(b"")
+    (run / "checkpoints" / "ckpt_00009999.pt.tmp.12").write_bytes(b"")  # partial write
+    newest = str(run / "checkpoints" / checkpoint_name(1000))
+    assert latest_checkpoint(str(run)) == newest
+    assert latest_checkpoint(str(run / "checkpoints")) == newest
+    assert latest_checkpoint(newest) == newest
+
+
+def test_resume_from_a_missing_checkpoint_fails_at_start_naming_the_field(tmp_path):
+    from common.config_utils import ConfigError
+    from deploy.config import compose
+
+    cfg = compose([f"run.resume_from={tmp_path / 'nothing'}"])
+    with pytest.raises(ConfigError, match="run.resume_from"):
+        cfg.validate()
