@@ -1,8 +1,9 @@
 """The rollout actor: a thin Ray actor around :class:`actors.rollout.RolloutWorker`.
 
-Run it with ``max_concurrency=2``: one thread runs ``collect``/``evaluate`` (the driver
-never issues two at once), the other answers control calls (``stop``, ``memory_mb``...) that
-must not wait behind a ``collect`` held up by replay backpressure.
+Run it with ``max_concurrency=2``: one thread runs ``collect``/``evaluate`` (a lock makes a
+second one wait: the driver's final evaluation may arrive while a periodic one still runs),
+the other answers control calls (``stop``, ``memory_mb``...) that must not wait behind a
+``collect`` held up by replay backpressure.
 
 It builds its envs and KV-cached policy, writes finished rollouts straight to the replay
 service (never through the driver), pulls weights only when the broker has a newer version,
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 
@@ -95,6 +97,7 @@ class RolloutActor:
         self.metrics_port = self.metrics.serve(setup.metrics_host) if setup.serve_metrics else 0
         self._pending_poll = None
         self._stopping = False
+        self._rollout_lock = threading.Lock()  # one collect/evaluate at a time
         self.insert_retries = 0
         self.rejected = 0
         self.incarnation = secrets.token_hex(6)  # new in every (re)started process
@@ -184,20 +187,22 @@ class RolloutActor:
         steps = steps or cfg.steps_per_call
         st = RolloutStats()
         done = 0
-        while done < steps and not self._stopping:
-            self._poll_weights()
-            n = min(cfg.weight_poll_steps, steps - done)
-            st.merge(self.worker.run(n))
-            done += n
-        return self._report(st)
+        with self._rollout_lock:
+            while done < steps and not self._stopping:
+                self._poll_weights()
+                n = min(cfg.weight_poll_steps, steps - done)
+                st.merge(self.worker.run(n))
+                done += n
+            return self._report(st)
 
     def evaluate(self, episodes: int) -> dict:
         """Greedy returns of fresh rollouts with the newest weights: ``episodes`` rounded up
         to a multiple of the number of envs (each env contributes the same number)."""
-        self._poll_weights(block=True)
         per_slot = -(-episodes // len(self.worker.envs))
         horizon = self.worker.spec.max_episode_steps + 1
-        return self._report(self.worker.run_rollouts(per_slot, max_steps=per_slot * horizon))
+        with self._rollout_lock:
+            self._poll_weights(block=True)
+            return self._report(self.worker.run_rollouts(per_slot, max_steps=per_slot * horizon))
 
     def _report(self, st: RolloutStats) -> dict:
         m, lab = self.metrics, self.label

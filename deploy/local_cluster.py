@@ -51,7 +51,7 @@ class LocalRayConfig:
     def validate(self) -> None:
         require(os.path.isabs(self.temp_dir), "temp_dir", "must be an absolute path")
         require(
-            len(self.temp_dir) <= 40,
+            len(self.temp_dir) <= 40,  # worker nodes use <temp_dir>/n<i>
             "temp_dir",
             "too long: Ray's unix sockets under it must fit in 107 bytes",
         )
@@ -70,12 +70,20 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(s.getsockname()[1])
 
 
-def _node_args(cfg: LocalRayConfig, cpus: float) -> dict:
+def node_temp_dir(cfg: LocalRayConfig, worker: int | None = None) -> str:
+    """Temp dir of the head (``worker=None``) or of worker node ``worker``. Every node needs
+    its own: each node's runtime-env agent unpacks a job's ``--working-dir`` into
+    ``<temp>/session_*/runtime_resources`` and replaces what is there, so nodes sharing one
+    directory delete the files a job's driver is importing on another node."""
+    return cfg.temp_dir if worker is None else f"{cfg.temp_dir}/n{worker}"
+
+
+def _node_args(cfg: LocalRayConfig, cpus: float, worker: int | None = None) -> dict:
     return {
         "node_ip_address": LOOPBACK,
         "num_cpus": cpus,
         "object_store_memory": cfg.object_store_mb * 2**20,
-        "temp_dir": cfg.temp_dir,
+        "temp_dir": node_temp_dir(cfg, worker),
         # Not 52365, Ray's default: any other Ray on this machine may hold it already.
         "dashboard_agent_listen_port": free_port(),
     }
@@ -120,8 +128,8 @@ def run(cfg: LocalRayConfig, ready_file: Path) -> int:
     write_ray_address(cluster.gcs_address, cfg.temp_dir)
     restore_machine_default()
     try:
-        for _ in range(cfg.worker_nodes):
-            cluster.add_node(**_node_args(cfg, cfg.worker_cpus))
+        for i in range(cfg.worker_nodes):
+            cluster.add_node(**_node_args(cfg, cfg.worker_cpus, worker=i + 1))
         cluster.wait_for_nodes()
         nodes = [
             {"node_id": n.node_id, "address": n.node_ip_address, "head": n.head}

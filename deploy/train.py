@@ -475,14 +475,18 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
                     raise
                 time.sleep(2.0)
         restarts.seen("eval", 0, res["incarnation"])
-        final = float(np.mean(res["returns"]))
-        k = min(len(e) for e in res["episode_returns"])
-        by_episode = np.mean([e[:k] for e in res["episode_returns"]], axis=0).tolist()
-        runlog.row(env_steps=env_steps, updates=updates, eval_return=final, final=True)
-        print(
-            f"final greedy evaluation over {len(res['returns'])} rollouts: return {final:.3f}",
-            flush=True,
-        )
+        if res["returns"]:
+            final = float(np.mean(res["returns"]))
+            k = min(len(e) for e in res["episode_returns"])
+            by_episode = np.mean([e[:k] for e in res["episode_returns"]], axis=0).tolist()
+            runlog.row(env_steps=env_steps, updates=updates, eval_return=final, final=True)
+            print(
+                f"final greedy evaluation over {len(res['returns'])} rollouts: "
+                f"return {final:.3f}",
+                flush=True,
+            )
+        else:  # every rollout hit the step cap (an env without a working time limit)
+            log.warning("final evaluation finished no rollout within its step cap")
     return {
         "env_id": cfg.env.id,
         "env_steps": env_steps,

@@ -30,6 +30,15 @@ from replay_service import ReplayConfig, ReplayStore, connect
 from replay_service.server import EmbeddedServer
 
 GRAFANA = Path(dashboard.__file__).resolve().parent / "grafana"
+# Prometheus hands newly discovered targets to its scrapers at most every 5 s, so a run that
+# trains for only a few seconds (SMOKE_OVERRIDES stop after 200 updates) can end before its
+# endpoints were scraped twice, and rate() has nothing. This run trains for a fixed 25 s
+# instead, however fast the machine is.
+RECORDED_OVERRIDES = [
+    *(o for o in SMOKE_OVERRIDES if not o.startswith(("run.max_updates=", "run.max_seconds="))),
+    "run.max_updates=0",
+    "run.max_seconds=25",
+]
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +162,7 @@ def test_every_query_returns_data_for_a_real_run(tmp_path):
         with pytest.raises(RecordError):  # one rejected record for the "Rejected" panel
             ReplayStore(connect(redis_cfg), rcfg).insert(b"\x00 not a record")
         overrides = [
-            *SMOKE_OVERRIDES,
+            *RECORDED_OVERRIDES,
             f"replay.redis.url={server.url}",
             f"replay.redis.password={password}",
             f"replay.redis.namespace={namespace}",

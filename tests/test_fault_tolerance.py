@@ -68,8 +68,9 @@ def broker(cfg: TrainConfig):
     ray.kill(b)
 
 
-def start_actor(cfg: TrainConfig, broker, replay: ReplayConfig):
-    """A rollout actor exactly as the driver starts one (restartable, two threads)."""
+def start_actor(cfg: TrainConfig, broker, replay: ReplayConfig | None):
+    """A rollout actor exactly as the driver starts one (restartable, two threads); an
+    evaluation actor when ``replay`` is None."""
     import ray
 
     from actors.worker import ActorSetup, RolloutActor
@@ -125,6 +126,22 @@ def call_until_restarted(call, timeout_s: float = 120.0):
         except ActorUnavailableError:
             assert time.monotonic() < deadline, "the actor did not come back"
             time.sleep(0.5)
+
+
+def test_overlapping_evaluations_each_get_whole_rollouts(cfg, broker):
+    """The driver's final evaluation can arrive while a periodic one still runs (the actor
+    has a second thread for control calls): each must get all of its own rollouts."""
+    import ray
+
+    evaluator = start_actor(cfg, broker, None)
+    try:
+        per_call = 2 * cfg.actors.envs_per_actor
+        results = ray.get([evaluator.evaluate.remote(per_call) for _ in range(3)])
+        for res in results:
+            assert len(res["returns"]) == per_call
+            assert len(res["episode_returns"]) == per_call
+    finally:
+        ray.kill(evaluator)
 
 
 def test_killed_actor_restarts_and_keeps_what_it_stored(cfg, broker):
