@@ -481,8 +481,7 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
             by_episode = np.mean([e[:k] for e in res["episode_returns"]], axis=0).tolist()
             runlog.row(env_steps=env_steps, updates=updates, eval_return=final, final=True)
             print(
-                f"final greedy evaluation over {len(res['returns'])} rollouts: "
-                f"return {final:.3f}",
+                f"final greedy evaluation over {len(res['returns'])} rollouts: return {final:.3f}",
                 flush=True,
             )
         else:  # every rollout hit the step cap (an env without a working time limit)
