@@ -26,6 +26,7 @@ AMAGO_REFERENCE = {"seconds": 237.0, "env_steps": 24_000, "updates": 2_000}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, +1, ...")
     ap.add_argument("--json", default="", help="also write the results here")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -40,7 +41,7 @@ def main() -> None:
     init_ray(num_cpus=os.cpu_count())
     ray_start = time.perf_counter() - t0
     rows = []
-    for rep in range(args.repeats):
+    for rep in range(args.first_seed, args.first_seed + args.repeats):
         cfg = compose(
             [
                 "env=tmaze",
