@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,6 +184,38 @@ def _answers(refs: list, timeout_s: float = 10.0) -> list:
     return out
 
 
+def start_rollout_actor(
+    cfg: TrainConfig, broker, index: int, evaluation: bool = False, strategy: str = "DEFAULT"
+):
+    """Rollout actor ``index`` (an evaluation actor, writing nothing to replay, if
+    ``evaluation``) as a restartable Ray actor with a second thread for control calls."""
+    import ray
+
+    from actors.worker import ActorSetup, RolloutActor
+
+    setup = ActorSetup(
+        actor_id=index,
+        num_actors=cfg.actors.num_actors,
+        env=cfg.env,
+        actors=cfg.actors,
+        learner=cfg.learner,
+        replay=None if evaluation else cfg.replay,
+        metrics_host=cfg.deploy.metrics_host,
+        serve_metrics=cfg.deploy.serve_metrics,
+    )
+    return (
+        ray.remote(RolloutActor)
+        .options(
+            num_cpus=0 if evaluation else cfg.actors.num_cpus,
+            max_restarts=cfg.actors.max_restarts,
+            max_task_retries=0,
+            max_concurrency=2,
+            scheduling_strategy=strategy,
+        )
+        .remote(setup, broker)
+    )
+
+
 def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
     """Train to the budget; returns (and writes) the run summary."""
     cfg = resolve_environment(cfg)
@@ -196,7 +229,6 @@ def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
 def _train(cfg: TrainConfig, run_dir: Path) -> dict:
     import ray
 
-    from actors.worker import ActorSetup, RolloutActor
     from common.envs.factory import env_spec
     from common.metrics import Metrics, resolve_metrics_host
     from common.ray_utils import init_ray
@@ -245,29 +277,13 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict:
         handles.append(learner)
         ray.get(learner.version.remote())  # surface a failed learner start-up here, not later
         strategy = "SPREAD" if (d.ray_address and d.spread_actors) else "DEFAULT"
-        actor_cls = ray.remote(RolloutActor)
-
-        def make_actor(i: int, evaluation: bool = False):
-            setup = ActorSetup(
-                actor_id=i,
-                num_actors=cfg.actors.num_actors,
-                env=cfg.env,
-                actors=cfg.actors,
-                learner=cfg.learner,
-                replay=None if evaluation else cfg.replay,
-                metrics_host=d.metrics_host,
-                serve_metrics=d.serve_metrics,
-            )
-            return actor_cls.options(
-                num_cpus=0 if evaluation else cfg.actors.num_cpus,
-                max_restarts=cfg.actors.max_restarts,
-                max_task_retries=0,
-                max_concurrency=2,
-                scheduling_strategy=strategy,
-            ).remote(setup, broker)
-
-        actors = [make_actor(i) for i in range(cfg.actors.num_actors)]
-        evaluator = make_actor(cfg.actors.num_actors, evaluation=True)
+        actors = [
+            start_rollout_actor(cfg, broker, i, strategy=strategy)
+            for i in range(cfg.actors.num_actors)
+        ]
+        evaluator = start_rollout_actor(
+            cfg, broker, cfg.actors.num_actors, evaluation=True, strategy=strategy
+        )
         handles += actors + [evaluator]
         ray.get([a.ping.remote() for a in actors] + [evaluator.ping.remote()])
         addrs = (
@@ -347,11 +363,13 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
     evals: list[dict] = []
     solved: dict | None = None
     pending: dict = {}
-    retry_at: dict[int, float] = {}  # actor index -> when to call it again after a failure
-    learner_retry_at: float | None = None
+    retry_at: dict[tuple[str, int], float] = {}  # (kind, index) -> when to call it again
+    # Deaths (not restarts in progress): a rollout actor's consecutive ones; all of the
+    # learner's (Ray's max_restarts is a total).
+    deaths: Counter[tuple[str, int]] = Counter()
+    death_limit = {"actor": 3, "learner": cfg.learner.worker.max_restarts + 1}
+    retry_delay_s = {"actor": 0.5, "learner": 1.0}
     learner_down_since: float | None = None  # first failure of the current learner outage
-    learner_deaths = 0
-    actor_deaths = [0] * len(actors)  # consecutive deaths (not restarts in progress) per actor
     restarts = RestartCounter(metrics)
 
     def collect(i: int) -> None:
@@ -362,6 +380,8 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
 
     def evaluate(n: int) -> None:
         pending[evaluator.evaluate.remote(n)] = ("eval", 0)
+
+    calls = {"actor": collect, "learner": lambda _i: train()}
 
     for i in range(len(actors)):
         collect(i)
@@ -379,49 +399,41 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator)
 
     while not out_of_budget():
         now = time.monotonic()
-        for i in [i for i, t in retry_at.items() if t <= now]:
-            del retry_at[i]
-            collect(i)
-        if learner_retry_at is not None and learner_retry_at <= now:
-            learner_retry_at = None
-            train()
+        for key in [k for k, t in retry_at.items() if t <= now]:
+            del retry_at[key]
+            calls[key[0]](key[1])
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
         for ref in ready:
             kind, i = pending.pop(ref)
             try:
                 res = ray.get(ref)
             except RayActorError as e:
-                if kind == "learner":
-                    # Ray restarts a crashed learner (learner.worker.max_restarts); it resumes
-                    # from this run's newest checkpoint. Give up once no restart is left or
-                    # it stays unreachable for LEARNER_OUTAGE_S.
-                    now = time.monotonic()
-                    learner_down_since = learner_down_since or now
-                    if not isinstance(e, ActorUnavailableError):
-                        learner_deaths += 1
-                    if (
-                        learner_deaths > cfg.learner.worker.max_restarts + 1
-                        or now - learner_down_since > LEARNER_OUTAGE_S
-                    ):
-                        raise
-                    log.warning("learner unavailable (%s); Ray restarts it", type(e).__name__)
-                    learner_retry_at = now + 1.0
-                    continue
-                # A rollout or evaluation actor died (or is still restarting): Ray restarts
-                # it from its constructor arguments; only its in-flight rollouts are lost.
-                # Call it again shortly; a failed evaluation waits for the next eval time.
-                who = f"rollout actor {i}" if kind == "actor" else "evaluation actor"
+                # The actor died (or is still restarting): Ray restarts it from its
+                # constructor arguments (a learner resumes from this run's newest
+                # checkpoint); only its in-flight work is lost. Call it again shortly; a
+                # failed evaluation waits for the next eval time. Give up on a rollout actor
+                # that keeps dying (e.g. its constructor fails), and on a learner with no
+                # restart left or unreachable for LEARNER_OUTAGE_S.
+                who = {"actor": f"rollout actor {i}", "learner": "learner"}.get(
+                    kind, "evaluation actor"
+                )
                 log.warning("%s unavailable (%s); Ray restarts it", who, type(e).__name__)
-                if kind == "actor":
-                    if not isinstance(e, ActorUnavailableError):
-                        actor_deaths[i] += 1
-                        if actor_deaths[i] > 3:  # dead for good (e.g. its constructor fails)
-                            raise
-                    retry_at[i] = time.monotonic() + 0.5
+                if kind == "eval":
+                    continue
+                now = time.monotonic()
+                if not isinstance(e, ActorUnavailableError):
+                    deaths[kind, i] += 1
+                    if deaths[kind, i] > death_limit[kind]:
+                        raise
+                if kind == "learner":
+                    learner_down_since = learner_down_since or now
+                    if now - learner_down_since > LEARNER_OUTAGE_S:
+                        raise
+                retry_at[kind, i] = now + retry_delay_s[kind]
                 continue
             restarts.seen(kind, i, res["incarnation"])
             if kind == "actor":
-                actor_deaths[i] = 0
+                deaths.pop(("actor", i), None)
                 env_steps += res["env_steps"]
                 recent += res["returns"]
                 collect(i)

@@ -114,11 +114,18 @@ def latest_checkpoint(path: str) -> str | None:
     if os.path.isfile(path):
         return path
     for directory in (path, os.path.join(path, "checkpoints")):
-        if os.path.isdir(directory):
-            found = sorted(f for f in os.listdir(directory) if _CKPT_NAME.fullmatch(f))
-            if found:
-                return os.path.join(directory, found[-1])
+        found = list_checkpoints(directory)
+        if found:
+            return found[-1]
     return None
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[str]:
+    """Paths of the ``ckpt_*.pt`` files in ``directory``, oldest version first ([] if none)."""
+    if not os.path.isdir(directory):
+        return []
+    names = sorted(f for f in os.listdir(directory) if _CKPT_NAME.fullmatch(f))
+    return [os.path.join(directory, f) for f in names]
 
 
 def checkpoint_name(version: int) -> str:

@@ -148,14 +148,13 @@ class LearnerActor:
         return v
 
     def checkpoint(self) -> str:
-        from learner.checkpoint import checkpoint_name
+        from learner.checkpoint import checkpoint_name, list_checkpoints
 
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / checkpoint_name(self.learner.version)
         self.learner.save(str(path))
-        old = sorted(self.ckpt_dir.glob("ckpt_*.pt"))[: -self.cfg.worker.keep_checkpoints]
-        for p in old:
-            p.unlink(missing_ok=True)
+        for old in list_checkpoints(self.ckpt_dir)[: -self.cfg.worker.keep_checkpoints]:
+            Path(old).unlink(missing_ok=True)
         self._last_ckpt = time.monotonic()
         return str(path)
 

@@ -48,7 +48,12 @@ def ray_session():
 def cfg() -> TrainConfig:
     # No rate limiter: nothing samples in the actor-level tests.
     return compose(
-        ["env=tmaze", "actors.envs_per_actor=4", "replay.rate_limit.samples_per_insert=0"]
+        [
+            "env=tmaze",
+            "actors.envs_per_actor=4",
+            "replay.rate_limit.samples_per_insert=0",
+            "deploy.serve_metrics=false",
+        ]
     )
 
 
@@ -69,26 +74,13 @@ def broker(cfg: TrainConfig):
 
 
 def start_actor(cfg: TrainConfig, broker, replay: ReplayConfig | None):
-    """A rollout actor exactly as the driver starts one (restartable, two threads); an
-    evaluation actor when ``replay`` is None."""
-    import ray
+    """Rollout actor 0 exactly as the driver starts one; an evaluation actor when ``replay``
+    is None."""
+    from deploy.train import start_rollout_actor
 
-    from actors.worker import ActorSetup, RolloutActor
-
-    setup = ActorSetup(
-        actor_id=0,
-        num_actors=1,
-        env=cfg.env,
-        actors=cfg.actors,
-        learner=cfg.learner,
-        replay=replay,
-        serve_metrics=False,
-    )
-    return (
-        ray.remote(RolloutActor)
-        .options(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=2)
-        .remote(setup, broker)
-    )
+    if replay is None:
+        return start_rollout_actor(cfg, broker, 0, evaluation=True)
+    return start_rollout_actor(dataclasses.replace(cfg, replay=replay), broker, 0)
 
 
 def stored(client, keys: Keys) -> tuple[list[int], list[Trajectory]]:
