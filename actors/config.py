@@ -39,7 +39,6 @@ class ActorConfig:
     num_actors: int = 2  # rollout actor processes
     envs_per_actor: int = 8  # envs each actor steps as one batch (one inference call per step)
     steps_per_call: int = 64  # env steps (per env) each `collect` call runs before reporting
-    context_len: int = 0  # KV-cache capacity in timesteps; 0 = the env's rollout horizon
     weight_poll_steps: int = 16  # check for newer published weights every this many steps
     num_cpus: float = 0.5  # Ray CPU resource each actor asks for (logical)
     torch_threads: int = 1  # torch intra-op threads per actor process
@@ -52,7 +51,6 @@ class ActorConfig:
         require(self.num_actors >= 1, "num_actors", "need at least one actor")
         require(self.envs_per_actor >= 1, "envs_per_actor", "must be >= 1")
         require(self.steps_per_call >= 1, "steps_per_call", "must be >= 1")
-        require(self.context_len >= 0, "context_len", "must be >= 0 (0 = env horizon)")
         require(self.weight_poll_steps >= 1, "weight_poll_steps", "must be >= 1")
         require(self.num_cpus >= 0, "num_cpus", "must be >= 0")
         require(self.torch_threads >= 1, "torch_threads", "must be >= 1")

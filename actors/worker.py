@@ -62,9 +62,13 @@ class RolloutActor:
         seed = cfg.seed * 10_007 + setup.actor_id + (5_000 if self.evaluating else 0)
         spec = env_spec(setup.env)
         envs = [make_env(setup.env, seed=seed * 131 + i) for i in range(cfg.envs_per_actor)]
-        context = cfg.context_len or spec.max_episode_steps + 1
+        # acting context = the training window: at most learner.max_seq_len timesteps
         self.policy = InferencePolicy(
-            spec, setup.learner, num_slots=len(envs), context_len=context, device="cpu"
+            spec,
+            setup.learner,
+            num_slots=len(envs),
+            context_len=setup.learner.max_seq_len,
+            device="cpu",
         )
         self.store = None
         if not self.evaluating:

@@ -44,7 +44,7 @@ def main() -> None:
     for rep in range(args.first_seed, args.first_seed + args.repeats):
         cfg = compose(
             [
-                "env=tmaze",
+                "experiment=tmaze",
                 "run.stop_at_return=1.0",
                 "run.eval_every_s=5",
                 "run.eval_episodes=24",

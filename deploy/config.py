@@ -19,6 +19,7 @@ from pathlib import Path
 from actors.config import ActorConfig
 from common.config_utils import prefixed, require
 from common.envs.config import EnvConfig
+from common.spec import EnvSpec
 from learner.config import LearnerConfig
 from replay_service.config import ReplayConfig
 
@@ -83,7 +84,7 @@ class RunConfig:
     name: str = "amago"  # run name (the run directory is out_dir/<name>/<timestamp>)
     out_dir: str = "runs"  # parent directory of run directories
     # Stop at the first budget reached (0 = no limit on that quantity; at least one > 0).
-    max_env_steps: int = 30_000
+    max_env_steps: int = 100_000
     max_updates: int = 0
     max_seconds: float = 0.0
     # Stop early once a greedy evaluation reaches this mean return (None = never).
@@ -133,6 +134,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> None:
+        """Every field (the env's own fields only: :func:`prepare` also builds the env)."""
         for name in ("env", "learner", "actors", "replay", "deploy", "run"):
             prefixed(name, getattr(self, name).validate)
         require(
@@ -151,13 +153,45 @@ class TrainConfig:
             "empty, but deploy.require_external_redis is set: give the "
             "cluster's Redis (`make cluster-up` exports AMAGO_REDIS_URL to every node)",
         )
-        horizon = self.env.horizon() if hasattr(self.env, "horizon") else None
-        if horizon is not None:
-            require(
-                horizon + 1 <= self.replay.max_traj_steps,
-                "replay.max_traj_steps",
-                f"must hold a whole rollout ({horizon + 1} timesteps for {self.env.id})",
-            )
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A value the entrypoint filled in because the config left it to the run."""
+
+    field: str  # dotted config field
+    value: object
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}={self.value} ({self.reason})"
+
+
+def derive_defaults(cfg: TrainConfig, horizon: int) -> tuple[TrainConfig, list[Derived]]:
+    """``cfg`` with the fields it leaves to the run filled in from the env's rollout
+    ``horizon`` (steps), and what was derived. Fields set explicitly are kept.
+
+    * ``learner.max_seq_len = 0``: whole rollouts, ``horizon + 1`` timesteps, capped at
+      ``learner.seq_len_cap`` (longer rollouts are trained, and acted on, through a sliding
+      window of that many timesteps);
+    * ``replay.max_seq_len = 0`` (its default interpolates the learner's): the learner's.
+    """
+    out: list[Derived] = []
+    learner, replay = cfg.learner, cfg.replay
+    if learner.max_seq_len == 0:
+        whole = horizon + 1
+        value = min(whole, learner.seq_len_cap)
+        why = (
+            f"whole rollouts: horizon {horizon} + 1"
+            if value == whole
+            else f"rollouts of {whole} timesteps capped at learner.seq_len_cap"
+        )
+        learner = dataclasses.replace(learner, max_seq_len=value)
+        out.append(Derived("learner.max_seq_len", value, why))
+    if replay.max_seq_len == 0:
+        replay = dataclasses.replace(replay, max_seq_len=learner.max_seq_len)
+        out.append(Derived("replay.max_seq_len", learner.max_seq_len, "= learner.max_seq_len"))
+    return dataclasses.replace(cfg, learner=learner, replay=replay), out
 
 
 def resolve_environment(cfg: TrainConfig, environ: Mapping[str, str] | None = None) -> TrainConfig:
@@ -171,10 +205,33 @@ def resolve_environment(cfg: TrainConfig, environ: Mapping[str, str] | None = No
     return dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, redis=redis))
 
 
+def prepare(cfg: TrainConfig) -> tuple[TrainConfig, EnvSpec, list[Derived]]:
+    """Everything a run checks before it starts a process: the env section, then the env
+    itself (built once and reset: an unknown id, an unimportable module, kwargs its
+    constructor rejects, no time limit all raise :class:`ConfigError` naming the ``env.``
+    field), then the values derived from it (:func:`derive_defaults`), then every other
+    field. Returns the config to run, the env's spec and what was derived."""
+    from common.envs.factory import env_spec
+
+    prefixed("env", cfg.env.validate)
+    spec = prefixed("env", env_spec, cfg.env)
+    horizon = spec.max_episode_steps
+    cfg, derived = derive_defaults(cfg, horizon)
+    cfg.validate()
+    require(
+        horizon + 1 <= cfg.replay.max_traj_steps,
+        "replay.max_traj_steps",
+        f"must hold a whole rollout ({horizon + 1} timesteps for {cfg.env.id})",
+    )
+    return cfg, spec, derived
+
+
 def compose(overrides: Sequence[str] = (), resolved: bool = True):
     """The config ``python -m deploy.train <overrides>`` runs (Hydra's compose API): a
-    :class:`TrainConfig`, or with ``resolved=False`` the OmegaConf tree before conversion.
-    Values read from the environment at startup (:func:`resolve_environment`) are not applied.
+    :class:`TrainConfig` with the run-derived fields filled in (:func:`derive_defaults`,
+    which builds the env once), or with ``resolved=False`` the OmegaConf tree before
+    conversion. Nothing is validated beyond what deriving needs; values read from the
+    environment at startup (:func:`resolve_environment`) are not applied.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -184,7 +241,14 @@ def compose(overrides: Sequence[str] = (), resolved: bool = True):
     config_dir = str(Path(__file__).resolve().parent.parent / "configs")
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         dcfg = hydra_compose("config", overrides=list(overrides))
-    return OmegaConf.to_object(dcfg) if resolved else dcfg
+    if not resolved:
+        return dcfg
+    cfg = OmegaConf.to_object(dcfg)
+    if cfg.learner.max_seq_len and cfg.replay.max_seq_len:
+        return cfg
+    from common.envs.factory import env_spec
+
+    return derive_defaults(cfg, prefixed("env", env_spec, cfg.env).max_episode_steps)[0]
 
 
 def register_schemas() -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.config import TrainConfig, resolve_environment
+from deploy.config import TrainConfig, prepare, resolve_environment
 
 log = logging.getLogger("amago")
 
@@ -217,13 +217,30 @@ def start_rollout_actor(
 
 
 def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
-    """Train to the budget; returns (and writes) the run summary."""
-    cfg = resolve_environment(cfg)
-    cfg.validate()
+    """Train to the budget; returns (and writes) the run summary.
+
+    Checks everything first (:func:`deploy.config.prepare`: raises ``ConfigError`` before any
+    process or server starts), fills in the derived fields, prints them and writes the
+    config the run uses to ``run_dir/config.yaml``."""
+    cfg, _spec, derived = prepare(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _save_config(cfg, run_dir / "config.yaml")  # before the environment's password goes in
+    for d in derived:
+        print(f"derived: {d}", flush=True)
+    cfg = resolve_environment(cfg)
     with replay_endpoint(cfg) as cfg:
-        return _train(cfg, run_dir)
+        summary = _train(cfg, run_dir)
+    summary["derived"] = {d.field: d.value for d in derived}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _save_config(cfg: TrainConfig, path: Path) -> None:
+    """The resolved config a run uses (derived fields filled in) as YAML."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.save(OmegaConf.structured(cfg), path)
 
 
 def _train(cfg: TrainConfig, run_dir: Path) -> dict:
@@ -323,7 +340,6 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict:
                 runlog.path, run_dir / "learning_curve.png", title=f"{cfg.run.name}: {cfg.env.id}"
             )
         )
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -532,14 +548,11 @@ def main() -> None:
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        OmegaConf.save(dcfg, run_dir / "config.yaml", resolve=True)
-        cfg: TrainConfig = resolve_environment(OmegaConf.to_object(dcfg))
         try:
-            cfg.validate()
-        except ConfigError as e:
+            summary = run_training(OmegaConf.to_object(dcfg), run_dir)
+        except ConfigError as e:  # raised before anything started: one line, no traceback
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        summary = run_training(cfg, run_dir)
         print(f"run directory: {summary['run_dir']}")
         if summary.get("plot"):
             print(f"learning curve: {summary['plot']}")

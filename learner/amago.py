@@ -140,14 +140,27 @@ class AmagoLearner:
             k: v.detach().to("cpu", copy=True) for k, v in self.agent.policy.state_dict().items()
         }
 
-    def make_policy(self, num_slots: int, context_len: int | None = None, device: str = "cpu"):
+    def make_policy(
+        self,
+        num_slots: int,
+        context_len: int | None = None,
+        device: str = "cpu",
+        *,
+        window: str = "exact",
+    ):
         """An :class:`~learner.inference.InferencePolicy` with the current weights.
 
-        ``context_len`` defaults to ``cfg.max_seq_len``."""
+        ``context_len`` defaults to ``cfg.max_seq_len`` (the training window); ``window`` is
+        the inference window mode ("exact" or "sliding", see :mod:`learner.inference`)."""
         from learner.inference import InferencePolicy
 
         policy = InferencePolicy(
-            self.spec, self.cfg, num_slots, context_len or self.cfg.max_seq_len, device
+            self.spec,
+            self.cfg,
+            num_slots,
+            context_len or self.cfg.max_seq_len,
+            device,
+            window=window,
         )
         policy.load_weights(self.version, self.policy_weights())
         return policy

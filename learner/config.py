@@ -120,8 +120,13 @@ class LearnerConfig:
 
     # Network architecture.
     model: ModelConfig = field(default_factory=ModelConfig)
-    # Longest training window (timesteps); also the default inference context length.
+    # Training window (timesteps), which is also the acting context: rollout actors attend to
+    # at most this many most recent timesteps. A run's config may leave it 0: the entrypoint
+    # then derives whole rollouts (the env's horizon + 1) capped at seq_len_cap
+    # (deploy.config.derive_defaults); the learner itself needs a concrete value.
     max_seq_len: int = 256
+    # Largest window a derived max_seq_len may take (long-horizon envs get a sliding window).
+    seq_len_cap: int = 256
     # Windows per update (the replay sampler draws this many per batch).
     batch_size: int = 24
     # Discount factors trained at once (multi-gamma); the LAST entry is the main discount,
@@ -181,7 +186,12 @@ class LearnerConfig:
     def validate(self) -> None:
         prefixed("model", self.model.validate)
         prefixed("worker", self.worker.validate)
-        require(self.max_seq_len >= 2, "max_seq_len", "must be >= 2 (a transition needs two)")
+        require(
+            self.max_seq_len >= 2,
+            "max_seq_len",
+            "must be >= 2 (a transition needs two); 0 is derived by the entrypoint only",
+        )
+        require(self.seq_len_cap >= 2, "seq_len_cap", "must be >= 2")
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
         require(len(self.gammas) >= 1, "gammas", "needs at least one discount")
         require(

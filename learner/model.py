@@ -12,8 +12,25 @@ training logic.
   and the memoryless :class:`MLPEncoder`.
 
 Every trajectory encoder has the same interface: ``forward(x, time_idx, window=None)`` over
-whole windows (training), and ``init_state / reset_state / step`` for one-token-per-call
-inference with per-slot state (a KV cache or a GRU hidden state).
+whole windows (training), and ``init_state(num_slots, context_len, device, window) /
+reset_state / step`` for one-token-per-call inference with per-slot state. ``context_len``
+(L) is the acting window; ``window`` picks what a slot with more than L tokens since its
+reset sees:
+
+* ``"exact"`` (the default): exactly what training shows. Training windows of L timesteps
+  start fresh (no earlier context: plain causal attention, a zero GRU state at the window
+  start), so the action at step t is computed from a fresh forward over the last L inputs,
+  i.e. in distribution. While a slot's history fits in the window the incremental step (KV
+  cache / carried GRU state) is already exact; past it, the slot's last L encoder inputs
+  (``inp(x) + time(t)``, kept in a ring of L) are re-encoded, batched over slots: O(L) per
+  step for the GRU, O(L^2) attention for the Transformer (what acting without a cache costs).
+* ``"sliding"``: AMAGO's O(1)-per-step state. The Transformer's ring KV cache of L entries
+  overwrites the oldest entry, which equals a full forward with a banded causal mask of width
+  L (``forward(..., window=L)``); with more than one layer that is *not* a fresh window (deeper
+  layers' cached keys came from tokens that saw older context: the receptive field grows to
+  ``n_layers * (L - 1) + 1``). The GRU carries its hidden state over the whole rollout.
+
+Either way a slot's state holds at most L timesteps (a KV ring and/or an input ring of L).
 """
 
 from __future__ import annotations
@@ -276,6 +293,13 @@ class Block(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
         return self._finish(x, y)
 
+    def last(self, x: torch.Tensor) -> torch.Tensor:
+        """The causal forward's output at the last position only: (B, L, D) -> (B, 1, D) (the
+        last query attends to every key, so no mask; projections and MLP on one token)."""
+        q, k, v = self._qkv(x)  # (B, H, L, hd)
+        y = F.scaled_dot_product_attention(q[:, :, -1:], k, v)  # (B, H, 1, hd)
+        return self._finish(x[:, -1:], y)
+
     def step(
         self,
         x: torch.Tensor,  # (n, 1, D) the new token of each slot
@@ -299,20 +323,60 @@ class Block(nn.Module):
         return self._finish(x, y)
 
 
+WINDOW_MODES = ("exact", "sliding")
+
+
+def check_window(window: str) -> str:
+    if window not in WINDOW_MODES:
+        raise ValueError(f"window must be one of {WINDOW_MODES}, got {window!r}")
+    return window
+
+
 @dataclass
 class KVCache:
-    """Per-slot ring-buffer KV cache. ``length[s]``: tokens seen by slot s since its reset."""
+    """Per-slot ring-buffer KV cache. ``length[s]``: tokens seen by slot s since its reset.
+
+    ``inputs`` (exact mode only): ring of each slot's last C encoder inputs
+    ``inp(x) + time(t)``, token j since reset at index ``j % C``; re-encoded once a slot's
+    history exceeds the window (the KV entries of such a slot are then unused until reset)."""
 
     k: torch.Tensor  # (n_layers, S, H, C, hd)
     v: torch.Tensor  # (n_layers, S, H, C, hd)
     length: torch.Tensor  # (S,) int64
+    inputs: torch.Tensor | None = None  # (S, C, D) exact mode; None = sliding
+
+    @property
+    def capacity(self) -> int:
+        """Timesteps of context held per slot."""
+        return self.k.shape[3]
 
 
 @dataclass
 class RecurrentState:
-    """Per-slot GRU hidden state."""
+    """Per-slot GRU hidden state; ``length`` and ``inputs`` as in :class:`KVCache` (exact
+    mode keeps a ring of the last C encoder inputs, re-run from a zero state past C)."""
 
     h: torch.Tensor  # (n_layers, S, D)
+    length: torch.Tensor  # (S,) int64
+    inputs: torch.Tensor | None = None  # (S, C, D) exact mode; None = sliding
+
+    @property
+    def capacity(self) -> int:
+        """Timesteps of context held per slot (0: a hidden state only, sliding mode)."""
+        return 0 if self.inputs is None else self.inputs.shape[1]
+
+
+def window_inputs(inputs: torch.Tensor, rows: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """The last C tokens of ``rows`` in time order from the input ring (S, C, D), given each
+    row's token count ``count`` (m,) >= C: (m, C, D)."""
+    ctx = inputs.shape[1]
+    order = (count[:, None] + torch.arange(ctx, device=inputs.device)[None, :]) % ctx  # (m, C)
+    return inputs[rows[:, None], order]
+
+
+def split_rows(over: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (within the call) of the slots past the window and of those within it."""
+    return over.nonzero()[:, 0], (~over).nonzero()[:, 0]
 
 
 def band_mask(length: int, window: int, device: torch.device) -> torch.Tensor:
@@ -346,13 +410,17 @@ class TransformerEncoder(nn.Module):
             h = block(h, mask)
         return self.norm(h)
 
-    def init_state(self, num_slots: int, context_len: int, device: torch.device) -> KVCache:
+    def init_state(
+        self, num_slots: int, context_len: int, device: torch.device, window: str = "exact"
+    ) -> KVCache:
         c = self.cfg
         shape = (c.n_layers, num_slots, c.n_heads, context_len, c.d_model // c.n_heads)
+        exact = check_window(window) == "exact"
         return KVCache(
             k=torch.zeros(shape, device=device),
             v=torch.zeros(shape, device=device),
             length=torch.zeros(num_slots, dtype=torch.long, device=device),
+            inputs=torch.zeros(num_slots, context_len, c.d_model, device=device) if exact else None,
         )
 
     def reset_state(self, state: KVCache, slots: torch.Tensor) -> None:
@@ -365,20 +433,57 @@ class TransformerEncoder(nn.Module):
         state: KVCache,
         slots: torch.Tensor | None,  # (n,) or None = all slots in order
     ) -> torch.Tensor:
-        h = (self.inp(x) + self.time(time_idx)).unsqueeze(1)  # (n, 1, D)
+        h = self.inp(x) + self.time(time_idx)  # (n, D)
         length = state.length if slots is None else state.length[slots]  # (n,)
-        ctx = state.k.shape[3]
-        write = length % ctx
-        n_valid = (length + 1).clamp(max=ctx)  # (n,) entries 0 .. n_valid - 1 are live
-        span = int(n_valid.max())  # attend over the filled prefix of the ring only
-        valid = torch.arange(span, device=x.device)[None, :] < n_valid[:, None]  # (n, span)
-        for i, block in enumerate(self.blocks):
-            h = block.step(h, state.k[i], state.v[i], slots, write, valid)
+        out = None
+        if state.inputs is not None:  # exact: slots past the window re-encode it
+            ctx = state.capacity
+            rows = torch.arange(h.shape[0], device=h.device) if slots is None else slots
+            state.inputs[rows, length % ctx] = h
+            over = length >= ctx  # this token makes the history longer than the window
+            n_over = int(over.sum())
+            if n_over == h.shape[0]:
+                out = self._window_forward(state.inputs, rows, length + 1)
+            elif n_over:
+                io, ifit = split_rows(over)
+                out = h.new_empty(h.shape)
+                out[io] = self._window_forward(state.inputs, rows[io], length[io] + 1)
+                out[ifit] = self._cached_step(h[ifit], length[ifit], state, rows[ifit])
+        if out is None:
+            out = self._cached_step(h, length, state, slots)
         if slots is None:
             state.length.add_(1)
         else:
             state.length[slots] = length + 1
-        return self.norm(h[:, 0])  # (n, D)
+        return out  # (n, D)
+
+    def _cached_step(
+        self,
+        h: torch.Tensor,  # (n, D) new tokens
+        length: torch.Tensor,  # (n,) tokens seen before them
+        state: KVCache,
+        slots: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One token per slot through the ring KV cache (exact while the history fits in it;
+        the banded-mask forward beyond)."""
+        ctx = state.capacity
+        write = length % ctx
+        n_valid = (length + 1).clamp(max=ctx)  # (n,) entries 0 .. n_valid - 1 are live
+        span = int(n_valid.max())  # attend over the filled prefix of the ring only
+        valid = torch.arange(span, device=h.device)[None, :] < n_valid[:, None]  # (n, span)
+        h = h.unsqueeze(1)  # (n, 1, D)
+        for i, block in enumerate(self.blocks):
+            h = block.step(h, state.k[i], state.v[i], slots, write, valid)
+        return self.norm(h[:, 0])
+
+    def _window_forward(
+        self, inputs: torch.Tensor, rows: torch.Tensor, count: torch.Tensor
+    ) -> torch.Tensor:
+        """Fresh causal forward over the last C inputs of ``rows``; last position: (m, D)."""
+        h = window_inputs(inputs, rows, count)  # (m, C, D)
+        for block in self.blocks[:-1]:
+            h = block(h)
+        return self.norm(self.blocks[-1].last(h)[:, 0])
 
 
 class GRUEncoder(nn.Module):
@@ -407,13 +512,19 @@ class GRUEncoder(nn.Module):
         out, _ = self.gru(h)
         return self.norm(out)
 
-    def init_state(self, num_slots: int, context_len: int, device: torch.device) -> RecurrentState:
+    def init_state(
+        self, num_slots: int, context_len: int, device: torch.device, window: str = "exact"
+    ) -> RecurrentState:
+        d, exact = self.cfg.d_model, check_window(window) == "exact"
         return RecurrentState(
-            torch.zeros(self.cfg.n_layers, num_slots, self.cfg.d_model, device=device)
+            h=torch.zeros(self.cfg.n_layers, num_slots, d, device=device),
+            length=torch.zeros(num_slots, dtype=torch.long, device=device),
+            inputs=torch.zeros(num_slots, context_len, d, device=device) if exact else None,
         )
 
     def reset_state(self, state: RecurrentState, slots: torch.Tensor) -> None:
         state.h[:, slots] = 0.0
+        state.length[slots] = 0
 
     def step(
         self,
@@ -422,14 +533,42 @@ class GRUEncoder(nn.Module):
         state: RecurrentState,
         slots: torch.Tensor | None,
     ) -> torch.Tensor:
-        h = (self.inp(x) + self.time(time_idx)).unsqueeze(1)  # (n, 1, D)
-        h0 = state.h if slots is None else state.h[:, slots]  # (n_layers, n, D)
-        out, hn = self.gru(h, h0.contiguous())
-        if slots is None:
-            state.h.copy_(hn)
+        h = self.inp(x) + self.time(time_idx)  # (n, D)
+        n = h.shape[0]
+        length = state.length if slots is None else state.length[slots]  # (n,)
+        rows = torch.arange(n, device=h.device) if slots is None else slots
+        n_over = 0
+        if state.inputs is not None:  # exact: slots past the window re-run it from zero
+            ctx = state.capacity
+            state.inputs[rows, length % ctx] = h
+            over = length >= ctx
+            n_over = int(over.sum())
+        if n_over == 0:
+            h0 = state.h if slots is None else state.h[:, slots]  # (n_layers, n, D)
+            out, hn = self.gru(h.unsqueeze(1), h0.contiguous())
+            if slots is None:
+                state.h.copy_(hn)
+            else:
+                state.h[:, slots] = hn
+            out = out[:, 0]
         else:
-            state.h[:, slots] = hn
-        return self.norm(out[:, 0])
+            io, ifit = split_rows(over)
+            seq, hn = self.gru(window_inputs(state.inputs, rows[io], length[io] + 1))
+            state.h[:, rows[io]] = hn  # the fresh window's final state (unused until reset)
+            if n_over == n:
+                out = seq[:, -1]
+            else:
+                out = h.new_empty(h.shape)
+                out[io] = seq[:, -1]
+                fit_rows = rows[ifit]
+                o, hn = self.gru(h[ifit].unsqueeze(1), state.h[:, fit_rows].contiguous())
+                state.h[:, fit_rows] = hn
+                out[ifit] = o[:, 0]
+        if slots is None:
+            state.length.add_(1)
+        else:
+            state.length[slots] = length + 1
+        return self.norm(out)
 
 
 class MLPEncoder(nn.Module):
@@ -462,8 +601,11 @@ class MLPEncoder(nn.Module):
             h = h + block(h)
         return self.norm(h)
 
-    def init_state(self, num_slots: int, context_len: int, device: torch.device) -> None:
-        return None
+    def init_state(
+        self, num_slots: int, context_len: int, device: torch.device, window: str = "exact"
+    ) -> None:
+        check_window(window)
+        return None  # memoryless: both window modes are the same
 
     def reset_state(self, state: None, slots: torch.Tensor) -> None:
         return None

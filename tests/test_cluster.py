@@ -31,7 +31,7 @@ import yaml
 
 from common.config_utils import ConfigError
 from deploy.cluster import ClusterConfig, State, _live_group_members, port_free
-from deploy.config import compose, resolve_environment
+from deploy.config import compose, prepare, resolve_environment
 from deploy.local_cluster import LocalRayConfig, free_port
 from deploy.metrics_png import SMOKE_OVERRIDES
 from deploy.prometheus import PrometheusClient
@@ -266,9 +266,10 @@ def test_cluster_preset_reads_the_environment(monkeypatch):
     monkeypatch.setenv("AMAGO_RUNS_DIR", "/data/runs")
     monkeypatch.setenv("AMAGO_METRICS_SD_DIR", "/data/targets")
     dcfg = compose(["deploy=cluster", "run.name=x"], resolved=False)
-    saved = OmegaConf.to_yaml(dcfg, resolve=True)  # what deploy.train saves as config.yaml
+    cfg, _, _ = prepare(OmegaConf.to_object(dcfg))
+    saved = OmegaConf.to_yaml(OmegaConf.structured(cfg))  # what run_training saves
     assert "pw-from-the-node" not in saved
-    cfg = resolve_environment(OmegaConf.to_object(dcfg))
+    cfg = resolve_environment(cfg)
     cfg.validate()
     d = cfg.deploy
     assert (d.ray_address, d.metrics_host, d.spread_actors) == ("auto", "node", True)

@@ -49,7 +49,7 @@ def cfg() -> TrainConfig:
     # No rate limiter: nothing samples in the actor-level tests.
     return compose(
         [
-            "env=tmaze",
+            "experiment=tmaze",
             "actors.envs_per_actor=4",
             "replay.rate_limit.samples_per_insert=0",
             "deploy.serve_metrics=false",
@@ -224,7 +224,7 @@ def test_training_survives_killed_actors_learner_and_a_replay_restart(tmp_path):
     with EmbeddedServer(data_dir=tmp_path / "valkey") as server:
         cfg = compose(
             [
-                "env=tmaze",
+                "experiment=tmaze",
                 "run.max_env_steps=60000",
                 "run.max_seconds=420",
                 "run.eval_every_s=15",

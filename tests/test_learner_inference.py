@@ -75,14 +75,28 @@ def full_forward(policy, spec: EnvSpec, history: list[dict], window: int | None)
         return policy.net.actor(h[:, -1])[0, -1]
 
 
-def run_schedule(encoder: str, context_len: int, discrete: bool, n_steps: int = 14, **model_kw):
+def run_schedule(
+    encoder: str,
+    context_len: int,
+    discrete: bool,
+    n_steps: int = 14,
+    window: str = "exact",
+    reset_one_at: int = 7,
+    reset_all_at: int | None = 9,
+    **model_kw,
+):
+    """Drive 4 slots through ``n_steps`` calls (late joins, shuffled partial subsets, resets)
+    and compare every cached output with a from-scratch forward: in ``"exact"`` mode a fresh
+    causal forward over exactly the last ``context_len`` timesteps of the slot's history; in
+    ``"sliding"`` mode the whole history with a banded mask of width ``context_len``
+    (Transformer) or unbounded (GRU)."""
     spec = EnvSpec({"observation": ArraySpec((5,), "float32")}, 3, discrete, 50)
     learner = trained_learner(spec, small_cfg(encoder, **model_kw))
     num_slots = 4
-    policy = learner.make_policy(num_slots, context_len)
+    policy = learner.make_policy(num_slots, context_len, window=window)
     rng = np.random.default_rng(1)
     histories: list[list[dict]] = [[] for _ in range(num_slots)]
-    window = context_len if encoder == "transformer" else None
+    band = context_len if encoder == "transformer" else None
     max_err = 0.0
     checked = 0
     for k in range(n_steps):
@@ -90,10 +104,10 @@ def run_schedule(encoder: str, context_len: int, discrete: bool, n_steps: int = 
         active = [s for s in range(num_slots) if k >= s]
         rng.shuffle(active)
         active = active[: max(1, len(active) - (k % 2))]
-        if k == 7:
+        if k == reset_one_at:
             policy.reset(np.array([1]))
             histories[1] = []
-        if k == 9:
+        if k == reset_all_at:
             policy.reset(np.arange(num_slots))
             histories = [[] for _ in range(num_slots)]
         steps = []
@@ -103,19 +117,25 @@ def run_schedule(encoder: str, context_len: int, discrete: bool, n_steps: int = 
             steps.append(st)
         out = policy.dist_params(stack_steps(spec, steps), np.array(active))
         for row, s in enumerate(active):
-            ref = full_forward(policy, spec, histories[s], window)
+            if window == "exact":
+                ref = full_forward(policy, spec, histories[s][-context_len:], None)
+            else:
+                ref = full_forward(policy, spec, histories[s], band)
             max_err = max(max_err, float((out[row] - ref).abs().max()))
             checked += 1
     return max_err, checked, histories
 
 
+@pytest.mark.parametrize("window", ["exact", "sliding"])
 @pytest.mark.parametrize("encoder", ["transformer", "gru", "mlp"])
-def test_cached_inference_matches_full_forward(encoder):
-    err, checked, _ = run_schedule(encoder, context_len=32, discrete=True)
+def test_cached_inference_matches_full_forward(encoder, window):
+    """Histories within the window: both modes equal the full forward (atol 1e-5, fp32)."""
+    err, checked, _ = run_schedule(encoder, context_len=32, discrete=True, window=window)
     assert checked > 30
     assert err < 1e-5, err
 
 
+@pytest.mark.parametrize("window", ["exact", "sliding"])
 @pytest.mark.parametrize(
     "model_kw",
     [
@@ -123,18 +143,105 @@ def test_cached_inference_matches_full_forward(encoder):
         {"normformer": False, "sigma_reparam": False},
     ],
 )
-def test_cached_inference_matches_full_forward_variants(model_kw):
-    err, checked, _ = run_schedule("transformer", context_len=5, discrete=True, **model_kw)
+def test_cached_inference_matches_full_forward_variants(model_kw, window):
+    err, checked, _ = run_schedule(
+        "transformer", context_len=5, discrete=True, window=window, **model_kw
+    )
     assert checked > 30
     assert err < 1e-5, err
 
 
-def test_context_cap_rolls_oldest_entries_off():
-    """With context_len smaller than the history, cached inference equals a full forward pass
-    with a banded causal mask of that width (and differs from unbounded attention)."""
-    err, checked, histories = run_schedule("transformer", context_len=3, discrete=False)
+def test_sliding_context_cap_rolls_oldest_entries_off():
+    """Sliding mode, context_len smaller than the history: cached inference equals a full
+    forward pass with a banded causal mask of that width (atol 1e-5, fp32)."""
+    err, checked, histories = run_schedule(
+        "transformer", context_len=3, discrete=False, window="sliding"
+    )
     assert max(len(h) for h in histories) > 3
     assert err < 1e-5, err
+
+
+L_EXACT = 5
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+@pytest.mark.parametrize("encoder", ["transformer", "gru"])
+def test_exact_window_matches_fresh_window_forward(encoder, discrete):
+    """Exact mode on rollouts ~5x the window (L = 5, 2-layer models, 25 calls; slots at
+    different positions, slot 1 reset mid-way so calls mix slots within and past the window):
+    at every step the cached ``dist_params`` equals a fresh full forward over exactly the
+    last L timesteps (time_idx as given), to atol 1e-5 in fp32."""
+    err, checked, histories = run_schedule(
+        encoder,
+        context_len=L_EXACT,
+        discrete=discrete,
+        n_steps=5 * L_EXACT,
+        window="exact",
+        reset_one_at=12,
+        reset_all_at=None,
+    )
+    assert max(len(h) for h in histories) >= 4 * L_EXACT
+    assert checked > 60
+    assert err < 1e-5, err
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "gru"])
+def test_sliding_window_differs_from_fresh_window(encoder):
+    """Negative control for the exact test: with 2 layers, sliding mode past the window is
+    not a fresh forward over the last L timesteps (errors well above the 1e-5 tolerance)."""
+    spec = EnvSpec({"observation": ArraySpec((5,), "float32")}, 3, True, 50)
+    learner = trained_learner(spec, small_cfg(encoder))
+    assert learner.cfg.model.n_layers >= 2
+    rng = np.random.default_rng(2)
+    hist = [random_step(spec, rng, t) for t in range(4 * L_EXACT)]
+    errs = {}
+    for window in ("exact", "sliding"):
+        policy = learner.make_policy(1, L_EXACT, window=window)
+        worst = 0.0
+        for t, st in enumerate(hist):
+            out = policy.dist_params(stack_steps(spec, [st]), np.array([0]))[0]
+            ref = full_forward(policy, spec, hist[max(0, t + 1 - L_EXACT) : t + 1], None)
+            worst = max(worst, float((out - ref).abs().max()))
+        errs[window] = worst
+    assert errs["exact"] < 1e-5, errs
+    assert errs["sliding"] > 1e-3, errs
+
+
+@pytest.mark.parametrize(
+    ("encoder", "window", "capacity"),
+    [
+        ("transformer", "exact", L_EXACT),
+        ("transformer", "sliding", L_EXACT),
+        ("gru", "exact", L_EXACT),
+        ("gru", "sliding", 0),  # a hidden state only
+        ("mlp", "exact", 0),
+    ],
+)
+def test_state_holds_at_most_the_window(encoder, window, capacity):
+    """After many more steps than the window, every slot's state spans exactly L timesteps
+    (KV ring and input ring); the sliding GRU keeps only its hidden state."""
+    spec = EnvSpec({"observation": ArraySpec((5,), "float32")}, 3, True, 50)
+    policy = AmagoLearner(spec, small_cfg(encoder)).make_policy(3, L_EXACT, window=window)
+    rng = np.random.default_rng(9)
+    for t in range(6 * L_EXACT):
+        policy.act(stack_steps(spec, [random_step(spec, rng, t) for _ in range(3)]), np.arange(3))
+    assert policy.capacity_timesteps() == capacity
+    state = policy.state
+    if encoder == "transformer":
+        assert state.k.shape[3] == state.v.shape[3] == L_EXACT
+    if window == "exact" and encoder != "mlp":
+        assert tuple(state.inputs.shape[:2]) == (3, L_EXACT)
+        assert state.length.tolist() == [6 * L_EXACT] * 3
+    if window == "sliding":
+        assert state.inputs is None
+
+
+def test_window_mode_validated():
+    spec = EnvSpec({"observation": ArraySpec((5,), "float32")}, 3, True, 50)
+    learner = AmagoLearner(spec, small_cfg("transformer"))
+    assert learner.make_policy(1).window == "exact"
+    with pytest.raises(ValueError):
+        learner.make_policy(1, window="banded")
 
 
 def test_full_window_differs_from_capped_window():
@@ -204,6 +311,20 @@ def test_per_step_cost_does_not_re_encode_history():
         policy.act(stack_steps(spec, [random_step(spec, rng, t) for _ in range(2)]), np.arange(2))
     assert seen == [2] * 10
     assert policy.state.length.tolist() == [10, 10]
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "gru"])
+def test_exact_mode_past_window_encodes_only_new_timesteps(encoder):
+    """Past the window, exact mode re-encodes the trajectory encoder over its stored inputs
+    but the timestep encoder (CNN, MLP) still sees each timestep once."""
+    spec = EnvSpec({"observation": ArraySpec((5,), "float32")}, 3, True, 50)
+    policy = AmagoLearner(spec, small_cfg(encoder)).make_policy(2, 4)
+    seen = []
+    policy.net.tstep.register_forward_hook(lambda m, inp, out: seen.append(out.shape[0]))
+    rng = np.random.default_rng(6)
+    for t in range(10):
+        policy.act(stack_steps(spec, [random_step(spec, rng, t) for _ in range(2)]), np.arange(2))
+    assert seen == [2] * 10
 
 
 def test_new_weights_take_effect_immediately():

@@ -3,8 +3,9 @@ replay service -> Ray learner actor -> published weights -> actors. These are th
 system learns; thresholds are ones a memoryless policy cannot reach.
 
 One local Ray session for the module (`ray.init` costs seconds); each test builds its own run
-(embedded server, learner, actors) via ``deploy.train.run_training`` with the task's preset
-from ``configs/env/``.
+(embedded server, learner, actors) via ``deploy.train.run_training`` with the task's
+``experiment=`` preset (``configs/experiment/``), or with the generic defaults and an ``env=``
+preset only where the test says so.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ COMMON = ("deploy.serve_metrics=false", "run.plot=false", "run.eval_every_s=15")
 
 def test_tmaze_reaches_the_optimal_return(tmp_path):
     """T-Maze H=10: greedy return >= 0.95 of the optimum 1.0 (memoryless policies get 0.5)."""
-    cfg = load_config("env=tmaze", "run.max_env_steps=60000", "run.max_seconds=420", *COMMON)
+    cfg = load_config("experiment=tmaze", "run.max_env_steps=60000", "run.max_seconds=420", *COMMON)
     summary = run_training(cfg, tmp_path)
     print({k: summary[k] for k in ("env_steps", "updates", "train_seconds", "final_eval_return")})
     assert summary["final_eval_return"] >= 0.95
@@ -48,7 +49,7 @@ def test_tmaze_reaches_the_optimal_return(tmp_path):
 def test_meta_bandit_explores_in_context(tmp_path):
     """5-armed meta-bandit, 20-pull trials: late-trial reward per pull clearly above the best
     any memoryless policy can get (0.26 = mean arm payoff: it cannot tell tasks apart)."""
-    cfg = load_config("env=bandit", "run.max_seconds=420", *COMMON)
+    cfg = load_config("experiment=bandit", "run.max_seconds=420", *COMMON)
     summary = run_training(cfg, tmp_path)
     late = float(np.mean(summary["final_eval_by_episode"][10:]))
     print({k: summary[k] for k in ("env_steps", "updates", "train_seconds")}, "late", late)
@@ -62,7 +63,7 @@ def test_hindsight_relabeling_solves_the_sparse_goal_task(tmp_path):
     results = {}
     for arm, p in (("relabel", 0.8), ("none", 0.0)):
         cfg = load_config(
-            "env=goal_grid",
+            "experiment=goal_grid",
             "run.max_updates=6000",
             "run.max_seconds=600",
             f"replay.relabel_kwargs.p_relabel={p}",
@@ -85,3 +86,23 @@ def test_hindsight_relabeling_solves_the_sparse_goal_task(tmp_path):
         )
     assert results["relabel"] >= 0.5
     assert results["relabel"] - results["none"] >= 0.3
+
+
+def test_popgym_repeat_previous_learns_through_a_sliding_window(tmp_path):
+    """POPGym RepeatPreviousEasy (repeat the card seen 4 steps ago; 52-timestep episodes) with
+    the generic defaults, the env preset only, and a training window of 16 timesteps: rollouts
+    outlast the window 3x, so actors act through the same sliding window training sees. A
+    memoryless policy guesses (return about -0.5); the threshold is far above it. Stops as soon
+    as a greedy evaluation reaches it."""
+    threshold = 0.5
+    cfg = load_config(
+        "env=popgym",
+        "learner.max_seq_len=16",
+        f"run.stop_at_return={threshold}",
+        "run.max_seconds=420",
+        *COMMON,
+    )
+    summary = run_training(cfg, tmp_path)
+    print({k: summary[k] for k in ("env_steps", "updates", "train_seconds", "final_eval_return")})
+    assert cfg.learner.max_seq_len * 3 <= 52
+    assert summary["final_eval_return"] >= threshold  # memoryless: about -0.5

@@ -89,8 +89,10 @@ def resolve_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
         module, name = env_id.split(":", 1)
         try:
             importlib.import_module(module)
-        except ImportError as e:
-            raise ConfigError("id", f"cannot import module {module!r}: {e}") from e
+        except Exception as e:  # ImportError, or the module's own code failing
+            raise ConfigError(
+                "id", f"cannot import module {module!r}: {type(e).__name__}: {e}"
+            ) from e
     if name not in gym.registry:
         close = difflib.get_close_matches(name, list(gym.registry), n=3)
         hint = f"; did you mean {close}?" if close else ""

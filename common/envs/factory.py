@@ -42,8 +42,8 @@ def _build(cfg: EnvConfig, seed: int | None) -> tuple[gym.Env, int]:
         env = gym.make(
             cfg.id, max_episode_steps=limit, disable_env_checker=True, **dict(cfg.kwargs)
         )
-    except (TypeError, ValueError) as e:
-        raise ConfigError("kwargs", f"{cfg.id!r} rejected its arguments: {e}") from e
+    except Exception as e:  # the env's own constructor: any error is a config error here
+        raise _construction_error(cfg, e) from e
     if isinstance(env.unwrapped, GoalTask) and find_wrapper(env, GoalConditioned) is None:
         env = GoalConditioned(env)
     declared = declared_horizon(env)
@@ -76,6 +76,17 @@ def _build(cfg: EnvConfig, seed: int | None) -> tuple[gym.Env, int]:
     return env, horizon
 
 
+def _construction_error(cfg: EnvConfig, e: Exception) -> ConfigError:
+    """The config field to blame for an env constructor that raised ``e``: its kwargs when it
+    was given any (a rejected or wrong argument), else the id."""
+    what = f"{type(e).__name__}: {e}"
+    if cfg.kwargs:
+        return ConfigError(
+            "kwargs", f"{cfg.id!r} rejected its arguments {dict(cfg.kwargs)}: {what}"
+        )
+    return ConfigError("id", f"{cfg.id!r} could not be constructed: {what}")
+
+
 def make_env(cfg: EnvConfig, seed: int | None = None) -> gym.Env:
     """The standardised env for rollout actors (module doc). ``seed`` seeds its first reset
     (and task sampling); pass distinct seeds to distinct env copies."""
@@ -95,6 +106,10 @@ def env_spec(cfg: EnvConfig) -> EnvSpec:
     """Spaces and rollout horizon of ``make_env(cfg)`` (builds a throwaway copy)."""
     env, horizon = _build(cfg, seed=0)
     try:
+        try:
+            env.reset(seed=0)
+        except Exception as e:  # a constructor that works but an env that cannot reset
+            raise _construction_error(cfg, e) from e
         return spec_of(env, horizon)
     finally:
         env.close()
