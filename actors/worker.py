@@ -245,6 +245,11 @@ class RolloutActor:
     def metrics_address(self) -> str:
         return f"{self.setup.metrics_host}:{self.metrics_port}"
 
+    def context_timesteps(self) -> int:
+        """Timesteps of context each env slot's policy state holds (= learner.max_seq_len:
+        acting never sees more than a training window)."""
+        return self.policy.capacity_timesteps()
+
     def memory_mb(self) -> dict[str, float]:
         return process_memory_mb()
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.time_to_solve [--repeats 3] [hydra overrides ...]
 
-Runs `deploy.train.run_training` on the default task preset (configs/env/tmaze.yaml) with a
+Runs `deploy.train.run_training` on the T-Maze experiment preset (configs/experiment/tmaze.yaml) with a
 greedy evaluation every few seconds and stops at the first evaluation with mean return 1.0.
 Prints wall-clock and env steps to solve, env steps/s, updates/s and the memory of each process
 (rollout actor, learner, replay server), next to the original AMAGO code's figures on this

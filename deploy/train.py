@@ -2,7 +2,8 @@
 them to a budget, evaluates greedily along the way and writes a run directory.
 
     python -m deploy.train                                   # local: Ray + embedded Valkey
-    python -m deploy.train env=bandit run.max_env_steps=20000
+    python -m deploy.train experiment=bandit run.max_env_steps=20000
+    python -m deploy.train env.id=CartPole-v1                # any env: the generic defaults
     make cluster-up && source .state/cluster/env.sh     # then, see docs/deploy.md:
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python -m deploy.train deploy=cluster run.max_env_steps=20000

@@ -120,6 +120,22 @@ def call_until_restarted(call, timeout_s: float = 120.0):
             time.sleep(0.5)
 
 
+def test_actors_hold_at_most_the_training_window(cfg, broker):
+    """An actor acting on rollouts longer than the training window (T-Maze: 12 timesteps, a
+    window of 5) keeps 5 timesteps per env slot (it was the whole rollout, 12, before)."""
+    import ray
+
+    short = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, max_seq_len=5))
+    actor = start_actor(short, broker, None)
+    try:
+        assert ray.get(actor.context_timesteps.remote()) == 5
+        res = ray.get(actor.evaluate.remote(short.actors.envs_per_actor))  # past the window
+        assert min(res["lengths"]) > 5
+        assert ray.get(actor.context_timesteps.remote()) == 5
+    finally:
+        ray.kill(actor)
+
+
 def test_overlapping_evaluations_each_get_whole_rollouts(cfg, broker):
     """The driver's final evaluation can arrive while a periodic one still runs (the actor
     has a second thread for control calls): each must get all of its own rollouts."""

@@ -1,4 +1,4 @@
-"""Every training command line README.md documents composes, validates and builds its env
+"""Every training command line README.md (and docs/deploy.md) documents composes, validates and builds its env
 (``deploy.config.prepare``: what ``python -m deploy.train`` checks before it starts anything),
 and every documented failure fails the way the README shows. The README is read here, so a
 command that stops working fails this test.
@@ -21,7 +21,8 @@ from common.config_utils import ConfigError
 from deploy.config import compose, prepare, resolve_environment
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-TEXT = README.read_text()
+DOCS = README.parent / "docs" / "deploy.md"  # the cluster guide's commands too
+TEXT = README.read_text() + "\n" + DOCS.read_text()
 
 TRAIN = re.compile(r"(?:^\$ |--\s+)python -m deploy\.train\b([^\n`]*)")
 MAKE_RUN = re.compile(r'make run((?: EXPERIMENT=[\w-]+)?)((?: ARGS="[^"]*")?)')
