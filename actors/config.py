@@ -11,7 +11,8 @@ from common.config_utils import prefixed, require
 class ExplorationConfig:
     """Per-actor exploration schedule.
 
-    Discrete actions: epsilon-greedy on top of the sampled policy action. Continuous: Gaussian
+    The policy's action is sampled from it (``sample_actions``, the default) or its greedy one
+    (mode/mean); then, discrete actions: epsilon-greedy on top of it; continuous: Gaussian
     noise of scale epsilon added to the action (then clipped to [-1, 1]). Epsilon anneals
     linearly from ``start`` to the actor's final value over ``anneal_steps`` of its own env
     steps. Final values are spread geometrically across actors between ``end_min`` and

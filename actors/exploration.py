@@ -8,7 +8,8 @@ from actors.config import ExplorationConfig
 
 
 class Exploration:
-    """Epsilon-greedy (discrete) or Gaussian noise (continuous) with a linear anneal.
+    """Epsilon-greedy (discrete) or Gaussian noise (continuous) with a linear anneal, on top
+    of the policy's sampled (``cfg.sample_actions``) or greedy actions.
 
     Actor ``actor_id`` of ``num_actors`` anneals from ``cfg.start`` to its own final value,
     spread geometrically over ``[cfg.end_min, cfg.end_max]`` across actors.
@@ -28,6 +29,12 @@ class Exploration:
         lo, hi = max(cfg.end_min, 1e-6), max(cfg.end_max, 1e-6)
         self.end = float(lo * (hi / lo) ** frac) if cfg.end_max > 0 else 0.0
         self.steps = 0
+
+    @property
+    def sample_actions(self) -> bool:
+        """Whether the policy samples its actions (else it acts greedily) before exploration
+        perturbs them (``cfg.sample_actions``)."""
+        return bool(self.cfg.sample_actions)
 
     @property
     def epsilon(self) -> float:

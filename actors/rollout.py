@@ -18,9 +18,8 @@ import numpy as np
 
 from actors.exploration import Exploration
 from common.core import Policy
-from common.envs.api import INFO_EPISODE_START, INFO_EXTRAS, INFO_TRAJ
-from common.envs.record import action_record
-from common.records import StepInput, Trajectory, TrajectoryMeta
+from common.envs.record import TrajectoryRecorder
+from common.records import StepInput, Trajectory
 from common.spec import EnvSpec
 
 log = logging.getLogger(__name__)
@@ -61,62 +60,29 @@ def episode_returns(traj: Trajectory) -> list[float]:
     return [float(r[a + 1 : b + 1].sum()) for a, b in zip(bounds, bounds[1:])]
 
 
-class _Slot:
-    """The rollout in progress in one env slot (lists of per-timestep arrays).
-
-    Filled by the env conventions of :mod:`common.envs.api`: ``info["extras"]`` of every
-    reset/step become ``Trajectory.extras``, ``info["episode_start"]`` marks episode starts
-    and the reset info's ``trajectory_info`` becomes ``TrajectoryMeta.info``.
-    """
+class _Slot(TrajectoryRecorder):
+    """The rollout in progress in one env slot: a :class:`~common.envs.record.TrajectoryRecorder`
+    (the time alignment and the env conventions of :mod:`common.envs.api`) plus the slot's
+    success flag and the policy version it started under."""
 
     def __init__(self, obs: dict[str, np.ndarray], info: dict, spec: EnvSpec, version: int):
-        self.obs = {k: [v] for k, v in obs.items()}
-        self.extras = {k: [np.asarray(info[INFO_EXTRAS][k])] for k in spec.extras}
-        self.prev_action = [np.zeros(spec.action_dim, np.float32)]
-        self.prev_reward = [0.0]
-        self.terminated = [False]
-        self.truncated = [False]
-        self.episode_starts = [0]
-        self.info = dict(info.get(INFO_TRAJ, {}))
+        super().__init__(spec, obs, info)
         self.success = 0.0
         self.version = version
 
-    def __len__(self) -> int:
-        return len(self.prev_reward)
-
-    def append(self, obs, action_vec, reward, terminated, truncated, info: dict) -> None:
-        for k, v in obs.items():
-            self.obs[k].append(v)
-        for k, v in self.extras.items():
-            v.append(np.asarray(info[INFO_EXTRAS][k]))
-        self.prev_action.append(action_vec)
-        self.prev_reward.append(float(reward))
-        self.terminated.append(bool(terminated))
-        self.truncated.append(bool(truncated))
-        if info.get(INFO_EPISODE_START, False):
-            self.episode_starts.append(len(self.prev_reward) - 1)
+    def append(self, action, obs, reward, terminated, truncated, info: dict) -> None:
+        super().append(action, obs, reward, terminated, truncated, info)
         if "success" in info:
             self.success = max(self.success, float(info["success"]))
 
-    def to_trajectory(self, meta: TrajectoryMeta) -> Trajectory:
-        n = len(self)
-        return Trajectory(
-            obs={k: np.stack(v) for k, v in self.obs.items()},
-            prev_action=np.stack(self.prev_action).astype(np.float32, copy=False),
-            prev_reward=np.asarray(self.prev_reward, np.float32),
-            time_idx=np.arange(n, dtype=np.int32),
-            terminated=np.asarray(self.terminated, bool),
-            truncated=np.asarray(self.truncated, bool),
-            extras={k: np.stack(v) for k, v in self.extras.items()},
-            meta=meta,
-        )
 
-
-class RolloutWorker:
+class RolloutLoop:
     """Steps ``envs`` in lock-step with one batched ``policy.act`` call per step.
 
     Env exceptions never escape: the faulty env is reset, its rollout dropped and the fault
     counted. ``sink`` receives every finished rollout; it may block (replay backpressure).
+    The policy acts greedily when ``greedy`` (evaluation) or when ``exploration`` says not to
+    sample (``sample_actions: false``); ``exploration`` then perturbs its actions.
     """
 
     def __init__(
@@ -207,7 +173,10 @@ class RolloutWorker:
 
     def _step_all(self, st: RolloutStats, finished: np.ndarray | None = None) -> None:
         t0 = time.perf_counter()
-        actions = self.policy.act(self._step_input(), self.slots_idx, greedy=self.greedy)
+        greedy = self.greedy or (
+            self.exploration is not None and not self.exploration.sample_actions
+        )
+        actions = self.policy.act(self._step_input(), self.slots_idx, greedy=greedy)
         st.act_seconds += time.perf_counter() - t0
         st.act_calls += 1
         if self.exploration is not None:
@@ -227,18 +196,10 @@ class RolloutWorker:
             self.slots[i] = self._reset_slot(i)
             return False
         st.env_steps += 1
-        slot.append(obs, action_record(action, self.spec), reward, terminated, truncated, info)
+        slot.append(action, obs, reward, terminated, truncated, info)
         if not (terminated or truncated):
             return False
-        traj = slot.to_trajectory(
-            TrajectoryMeta(
-                env_id=self.env_id,
-                actor_id=self.actor_id,
-                policy_version=slot.version,
-                episode_starts=slot.episode_starts,
-                info=slot.info,
-            )
-        )
+        traj = slot.to_trajectory(self.env_id, self.actor_id, slot.version)
         st.returns.append(traj.total_return)
         st.lengths.append(len(traj))
         st.successes.append(slot.success)

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import time
@@ -29,15 +30,17 @@ import numpy as np
 def actor_scaling(actor_counts: list[int], seconds: float) -> list[dict]:
     import ray
 
-    from actors.worker import ActorSetup, RolloutActor
     from common.envs.factory import env_spec
     from common.ray_utils import init_ray
     from common.weights import WeightBroker, to_numpy_state
+    from deploy.builder import start_rollout_actor
     from deploy.config import compose
     from learner.amago import AmagoLearner
     from replay_service import EmbeddedServer, ReplayStore, connect
 
-    cfg = compose(["experiment=tmaze", "replay.rate_limit.samples_per_insert=0"])
+    cfg = compose(
+        ["experiment=tmaze", "replay.rate_limit.samples_per_insert=0", "deploy.serve_metrics=false"]
+    )
     spec = env_spec(cfg.env)
     init_ray(num_cpus=max(actor_counts))
     rows = []
@@ -48,16 +51,12 @@ def actor_scaling(actor_counts: list[int], seconds: float) -> list[dict]:
         broker = ray.remote(WeightBroker).options(num_cpus=0).remote()
         weights = AmagoLearner(spec, cfg.learner).policy_weights()
         ray.get(broker.publish.remote(1, [ray.put(to_numpy_state(weights))]))
-        cls = ray.remote(RolloutActor)
         for n in actor_counts:
             store.clear()
-            actors = [
-                cls.options(num_cpus=1, max_concurrency=2).remote(
-                    ActorSetup(i, n, cfg.env, cfg.actors, cfg.learner, replay, serve_metrics=False),
-                    broker,
-                )
-                for i in range(n)
-            ]
+            run = dataclasses.replace(
+                cfg, replay=replay, actors=dataclasses.replace(cfg.actors, num_actors=n, num_cpus=1)
+            )
+            actors = [start_rollout_actor(run, broker, i, spec=spec) for i in range(n)]
             ray.get([a.collect.remote(64) for a in actors])  # warm-up
             mem_start = ray.get([a.memory_mb.remote() for a in actors])
             t0, steps, pending = time.perf_counter(), 0, {a.collect.remote(): a for a in actors}
@@ -65,10 +64,10 @@ def actor_scaling(actor_counts: list[int], seconds: float) -> list[dict]:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     a = pending.pop(ref)
-                    steps += ray.get(ref)["env_steps"]
+                    steps += ray.get(ref).env_steps
                     pending[a.collect.remote()] = a
             for ref in pending:
-                steps += ray.get(ref)["env_steps"]
+                steps += ray.get(ref).env_steps
             elapsed = time.perf_counter() - t0
             mem_end = ray.get([a.memory_mb.remote() for a in actors])
             stats = store.stats()

@@ -41,6 +41,7 @@ ALLOWED_DTYPES = frozenset(
         "float64",
     ]
 )
+#: Array compressions ("" = raw), also what ``ReplayConfig.compression`` accepts.
 COMPRESSIONS = ("", "zstd")
 # dtype -> name lookups (``np.dtype.name`` is a slow property; dict lookups are not)
 _NAME_OF = {np.dtype(n): n for n in ALLOWED_DTYPES}

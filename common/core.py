@@ -30,6 +30,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from common.records import Batch, StepInput, Trajectory
+from common.replay import ReplayStats
 
 
 @runtime_checkable
@@ -48,21 +49,30 @@ class Policy(Protocol):
     def load_weights(self, version: int, weights: dict) -> None:
         """Replace the network weights with a published version."""
 
+    def capacity_timesteps(self) -> int:
+        """Timesteps of context the policy keeps per slot (at most the training window)."""
+
 
 @runtime_checkable
 class ReplayWriter(Protocol):
     """Appends whole trajectories to the replay store."""
 
-    def insert(self, traj: Trajectory) -> int:
-        """Store ``traj``; returns its id. Raises ``RecordError`` if it is malformed."""
+    def insert(self, traj: Trajectory, token: str | None = None) -> int:
+        """Store ``traj``; returns its id. ``token`` makes retries idempotent (one per
+        rollout). Raises ``RecordError`` if it is malformed, ``common.replay`` errors when
+        the server pushes back or is unreachable."""
 
 
 @runtime_checkable
 class ReplaySampler(Protocol):
     """Draws training windows from the replay store."""
 
-    def sample(self, batch_size: int) -> Batch:
-        """A right-padded batch of windows (blocks while the rate limiter says wait)."""
+    def sample(self, batch_size: int, timeout_s: float | None = None) -> Batch:
+        """A right-padded batch of windows; blocks while the rate limiter says wait, up to
+        ``timeout_s`` (then ``common.replay.RateLimitTimeout``)."""
+
+    def stats(self) -> ReplayStats:
+        """The replay's shared counters."""
 
 
 @runtime_checkable

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
-LOOPBACK = "127.0.0.1"
-_CLUSTER_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+from common.net import LOOPBACK
+
+#: Ray's env var that, set to "0", keeps every node on loopback (single-machine mode).
+RAY_CLUSTER_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def init_ray(
@@ -24,7 +26,7 @@ def init_ray(
     ``ray job submit``), where nodes keep the addresses they were started with.
     """
     if not address:
-        os.environ[_CLUSTER_FLAG] = "0"  # inherited by raylet and worker processes
+        os.environ[RAY_CLUSTER_FLAG] = "0"  # inherited by raylet and worker processes
     import ray
     from ray._private import ray_constants
 

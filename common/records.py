@@ -19,6 +19,7 @@ done_t = terminated[t+1], o_{t+1})``. The last timestep of a rollout outputs no 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +130,51 @@ class Batch:
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.mask.shape)  # type: ignore[return-value]
+
+
+#: A training window: (trajectory, start, width) stands for its timesteps [start, start + width).
+Window = tuple[Trajectory, int, int]
+
+
+def collate(windows: Sequence[Window], length: int) -> Batch:
+    """Right-pad ``windows`` (each ``width <= length``, at least one) into a :class:`Batch` of
+    ``length`` timesteps: row i holds window i's timesteps, then zeros with ``mask`` False.
+    Observation keys (sorted), trailing shapes and dtypes come from the first window's
+    trajectory (all must match it); the core arrays get the :class:`Batch` dtypes."""
+    first = windows[0][0]
+    b = len(windows)
+    obs = {
+        k: np.zeros((b, length, *v.shape[1:]), dtype=v.dtype)  # (B, L, ...)
+        for k, v in sorted(first.obs.items())
+    }
+    prev_action = np.zeros((b, length, first.prev_action.shape[1]), np.float32)  # (B, L, A)
+    prev_reward = np.zeros((b, length), np.float32)  # (B, L)
+    time_idx = np.zeros((b, length), np.int64)  # (B, L)
+    terminated = np.zeros((b, length), bool)  # (B, L)
+    truncated = np.zeros((b, length), bool)  # (B, L)
+    mask = np.zeros((b, length), bool)  # (B, L)
+    version = np.zeros(b, np.int64)  # (B,)
+    for i, (t, s, w) in enumerate(windows):
+        e = s + w
+        for k, arr in obs.items():
+            arr[i, :w] = t.obs[k][s:e]
+        prev_action[i, :w] = t.prev_action[s:e]
+        prev_reward[i, :w] = t.prev_reward[s:e]
+        time_idx[i, :w] = t.time_idx[s:e]
+        terminated[i, :w] = t.terminated[s:e]
+        truncated[i, :w] = t.truncated[s:e]
+        mask[i, :w] = True
+        version[i] = t.meta.policy_version
+    return Batch(
+        obs=obs,
+        prev_action=prev_action,
+        prev_reward=prev_reward,
+        time_idx=time_idx,
+        terminated=terminated,
+        truncated=truncated,
+        mask=mask,
+        policy_version=version,
+    )
 
 
 @dataclass

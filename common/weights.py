@@ -1,16 +1,27 @@
-"""Versioned weight publication through the Ray object store.
+"""Versioned weight publication through the Ray object store: the one module both sides use.
 
-The learner ``ray.put``s each new version ONCE and hands the object reference to a tiny
-broker actor; rollout actors ask the broker whether something newer than what they hold
-exists and only then fetch it (zero-copy from the node's shared memory for numpy arrays).
-The reference travels wrapped in a list so Ray passes it on instead of resolving it.
+The learner's :class:`WeightPublisher` ``ray.put``s each new version ONCE and hands the object
+reference to a tiny :class:`WeightBroker` actor; a rollout actor's :class:`WeightClient` asks
+the broker whether something newer than what its policy holds exists and only then fetches it
+(zero-copy from the node's shared memory for numpy arrays). The reference travels wrapped in a
+list so Ray passes it on instead of resolving it.
+
+    broker = ray.remote(WeightBroker).options(num_cpus=0).remote()
+    WeightPublisher(broker).publish(version, learner.policy_weights(), restart=True)
+    client = WeightClient(broker)            # in each actor
+    client.wait(policy)                      # blocks for the first version
+    client.poll(policy)                      # each few steps: non-blocking
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def to_numpy_state(weights: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -43,3 +54,82 @@ class WeightBroker:
 
     def version(self) -> int:
         return self._version
+
+
+class WeightPublisher:
+    """The learner's side: one ``ray.put`` per new version, announced to the broker."""
+
+    def __init__(self, broker) -> None:
+        self.broker = broker
+        self.published = -1  # last version announced by this process
+
+    def publish(self, version: int, weights: dict[str, Any], restart: bool = False) -> bool:
+        """Publish ``weights`` as ``version`` unless this process already did; True if it
+        published. ``restart``: see :meth:`WeightBroker.publish`."""
+        import ray
+
+        if version == self.published:
+            return False
+        ref = ray.put(to_numpy_state(weights))
+        ray.get(self.broker.publish.remote(version, [ref], restart))
+        self.published = version
+        return True
+
+
+class WeightClient:
+    """An actor's side: loads newer versions into a :class:`common.core.Policy`."""
+
+    def __init__(self, broker, on_load=None) -> None:
+        self.broker = broker
+        self._pending = None  # the in-flight non-blocking broker query
+        self._on_load = on_load  # called with each loaded version (metrics)
+
+    def _load(self, policy, found) -> bool:
+        """Load a published version; False (weights kept) if its object is gone: the
+        learner that put it died, and its restarted self will publish again."""
+        import ray
+        from ray.exceptions import GetTimeoutError, ObjectLostError
+
+        version, (ref,) = found
+        try:
+            weights = ray.get(ref, timeout=60)
+        except (ObjectLostError, GetTimeoutError) as e:
+            log.warning("weights version %d unavailable (%s); keeping mine", version, e)
+            return False
+        policy.load_weights(version, weights)
+        if self._on_load is not None:
+            self._on_load(version)
+        return True
+
+    def wait(self, policy, timeout_s: float = 300.0) -> None:
+        """Block until the policy holds a published version."""
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = ray.get(self.broker.latest.remote(policy.version))
+            if found is not None and self._load(policy, found):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"no policy weights were published within {timeout_s:.0f} s")
+
+    def refresh(self, policy) -> None:
+        """Blocking: load the newest version if it is newer than the policy's."""
+        import ray
+
+        found = ray.get(self.broker.latest.remote(policy.version))
+        if found is not None:
+            self._load(policy, found)
+
+    def poll(self, policy) -> None:
+        """Non-blocking: look at the answer to the previous query, then ask again."""
+        import ray
+
+        if self._pending is not None:
+            ready, _ = ray.wait([self._pending], timeout=0)
+            if not ready:
+                return
+            found = ray.get(self._pending)
+            if found is not None and found[0] > policy.version:
+                self._load(policy, found)
+        self._pending = self.broker.latest.remote(policy.version)

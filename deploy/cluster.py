@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config_utils import ConfigError, prefixed, require
-from deploy.local_cluster import LOOPBACK, LocalRayConfig, free_port
+from common.net import LOOPBACK, free_port
+from deploy.local_cluster import LocalRayConfig
 from deploy.prometheus import (
     PrometheusClient,
     PrometheusConfig,

@@ -18,16 +18,14 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.config_utils import ConfigError, require
-
-LOOPBACK = "127.0.0.1"
-_CLUSTER_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+from common.net import LOOPBACK, free_port
+from common.ray_utils import RAY_CLUSTER_FLAG
 
 
 @dataclass
@@ -64,12 +62,6 @@ class LocalRayConfig:
         require(self.object_store_mb >= 80, "object_store_mb", "must be >= 80 (Ray's minimum)")
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def node_temp_dir(cfg: LocalRayConfig, worker: int | None = None) -> str:
     """Temp dir of the head (``worker=None``) or of worker node ``worker``. Every node needs
     its own: each node's runtime-env agent unpacks a job's ``--working-dir`` into
@@ -93,7 +85,7 @@ def run(cfg: LocalRayConfig, ready_file: Path) -> int:
     """Start the cluster, write ``ready_file`` (JSON), hold it until SIGTERM/SIGINT."""
     cfg.validate()
     # Read by Ray when it is imported, and inherited by every node and worker process.
-    os.environ[_CLUSTER_FLAG] = "0"
+    os.environ[RAY_CLUSTER_FLAG] = "0"
     from ray._common.utils import reset_ray_address
     from ray.cluster_utils import Cluster
 

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.net import free_port
 from deploy.dashboard import Panel, concrete_expr, panels
-from deploy.local_cluster import free_port
 from deploy.prometheus import PrometheusClient, PrometheusConfig, PrometheusServer
 
 REPO = Path(__file__).resolve().parent.parent

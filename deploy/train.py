@@ -22,13 +22,16 @@ import logging
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from deploy.config import TrainConfig, prepare, resolve_environment
+from common.reports import ActorReport, EvalReport, LearnerReport
+from common.spec import EnvSpec
+from deploy.config import RunConfig, TrainConfig, prepare, resolve_environment
+from deploy.supervisor import ACTOR_RULE, EVAL_RULE, Supervisor, learner_rule
 
 log = logging.getLogger("amago")
 
@@ -70,43 +73,34 @@ class RunLog:
         self.file.write(json.dumps(fields) + "\n")
         return fields
 
-    def progress(
-        self,
-        env_steps: int,
-        updates: int,
-        recent_returns: list[float],
-        eval_return: float | None,
-        learner_out: dict,
-    ) -> None:
+    def progress(self, p: RunProgress) -> None:
         now = time.monotonic()
         t_prev, s_prev, u_prev = self._last
         dt = max(now - t_prev, 1e-9)
-        sps, ups = (env_steps - s_prev) / dt, (updates - u_prev) / dt
-        self._last = (now, env_steps, updates)
+        sps, ups = (p.env_steps - s_prev) / dt, (p.updates - u_prev) / dt
+        self._last = (now, p.env_steps, p.updates)
         self.metrics.set("amago_driver_env_steps_per_second", sps)
         self.metrics.set("amago_driver_updates_per_second", ups)
-        ret = float(np.mean(recent_returns)) if recent_returns else None
-        replay = learner_out.get("replay") or {}
-        self.row(
-            env_steps=env_steps,
-            updates=updates,
+        ret = float(np.mean(p.recent)) if p.recent else None
+        lr = p.last_learner
+        stored = lr.replay.timesteps if lr and lr.replay else None
+        lag = lr.policy_lag if lr else None
+        named = dict(
+            env_steps=p.env_steps,
+            updates=p.updates,
             return_mean=ret,
             env_steps_per_s=round(sps, 2),
             updates_per_s=round(ups, 3),
-            replay_timesteps=replay.get("timesteps"),
-            policy_lag=learner_out.get("policy_lag"),
-            **{
-                k: v
-                for k, v in learner_out.items()
-                if isinstance(v, float) and k not in ("policy_lag", "seconds")
-            },
+            replay_timesteps=stored,
+            policy_lag=lag,
         )
+        self.row(**{**(lr.losses if lr else {}), **named})  # learner means, then the driver's
         fmt = lambda v: "   -" if v is None else f"{v:6.3f}"  # noqa: E731
         print(
-            f"[{self.elapsed():7.1f}s] steps {env_steps:>9,d} ({sps:6.0f}/s) | "
-            f"updates {updates:>7,d} ({ups:5.1f}/s) | return {fmt(ret)} | "
-            f"eval {fmt(eval_return)} | replay {replay.get('timesteps', 0):>9,} steps | "
-            f"lag {learner_out.get('policy_lag', 0.0):5.1f}",
+            f"[{self.elapsed():7.1f}s] steps {p.env_steps:>9,d} ({sps:6.0f}/s) | "
+            f"updates {p.updates:>7,d} ({ups:5.1f}/s) | return {fmt(ret)} | "
+            f"eval {fmt(p.evals[-1]['return'] if p.evals else None)} | "
+            f"replay {stored or 0:>9,} steps | lag {lag or 0.0:5.1f}",
             flush=True,
         )
 
@@ -185,45 +179,13 @@ def _answers(refs: list, timeout_s: float = 10.0) -> list:
     return out
 
 
-def start_rollout_actor(
-    cfg: TrainConfig, broker, index: int, evaluation: bool = False, strategy: str = "DEFAULT"
-):
-    """Rollout actor ``index`` (an evaluation actor, writing nothing to replay, if
-    ``evaluation``) as a restartable Ray actor with a second thread for control calls."""
-    import ray
-
-    from actors.worker import ActorSetup, RolloutActor
-
-    setup = ActorSetup(
-        actor_id=index,
-        num_actors=cfg.actors.num_actors,
-        env=cfg.env,
-        actors=cfg.actors,
-        learner=cfg.learner,
-        replay=None if evaluation else cfg.replay,
-        metrics_host=cfg.deploy.metrics_host,
-        serve_metrics=cfg.deploy.serve_metrics,
-    )
-    return (
-        ray.remote(RolloutActor)
-        .options(
-            num_cpus=0 if evaluation else cfg.actors.num_cpus,
-            max_restarts=cfg.actors.max_restarts,
-            max_task_retries=0,
-            max_concurrency=2,
-            scheduling_strategy=strategy,
-        )
-        .remote(setup, broker)
-    )
-
-
 def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
     """Train to the budget; returns (and writes) the run summary.
 
     Checks everything first (:func:`deploy.config.prepare`: raises ``ConfigError`` before any
     process or server starts), fills in the derived fields, prints them and writes the
     config the run uses to ``run_dir/config.yaml``."""
-    cfg, _spec, derived = prepare(cfg)
+    cfg, spec, derived = prepare(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _save_config(cfg, run_dir / "config.yaml")  # before the environment's password goes in
@@ -231,7 +193,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
         print(f"derived: {d}", flush=True)
     cfg = resolve_environment(cfg)
     with replay_endpoint(cfg) as cfg:
-        summary = _train(cfg, run_dir)
+        summary = _train(cfg, spec, run_dir)
     summary["derived"] = {d.field: d.value for d in derived}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -244,85 +206,43 @@ def _save_config(cfg: TrainConfig, path: Path) -> None:
     OmegaConf.save(OmegaConf.structured(cfg), path)
 
 
-def _train(cfg: TrainConfig, run_dir: Path) -> dict:
+def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path) -> dict:
     import ray
 
-    from common.envs.factory import env_spec
     from common.metrics import Metrics, resolve_metrics_host
     from common.ray_utils import init_ray
-    from common.weights import WeightBroker
-    from learner.worker import LearnerActor, LearnerSetup
+    from deploy.builder import build_workers
 
     started_ray = not ray.is_initialized()
     d = cfg.deploy
     init_ray(d.ray_address, num_cpus=(d.num_cpus or os.cpu_count()) if not d.ray_address else None)
-    spec = env_spec(cfg.env)
     use_gpu = cfg.learner.device == "cuda" or (
         cfg.learner.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
     )
     metrics = Metrics()
-    metrics.inc("amago_driver_actor_restarts", 0)  # exported from the start, not at a failure
-    metrics.inc("amago_driver_learner_restarts", 0)
     driver_addr = ""
     if d.serve_metrics:
         driver_addr = f"{resolve_metrics_host(d.metrics_host)}:{metrics.serve(d.metrics_host)}"
     runlog = RunLog(run_dir, metrics)
     sd_path, sd_temporary = _sd_path(cfg, run_dir)
-
     handles: list = []
     try:
-        broker = ray.remote(WeightBroker).options(num_cpus=0).remote()
-        handles.append(broker)
-        lsetup = LearnerSetup(
-            spec=spec,
-            learner=cfg.learner,
-            replay=cfg.replay,
-            run_dir=str(run_dir),
-            resume_from=cfg.run.resume_from,
-            metrics_host=d.metrics_host,
-            serve_metrics=d.serve_metrics,
-        )
-        learner = (
-            ray.remote(LearnerActor)
-            .options(
-                num_cpus=cfg.learner.worker.num_cpus,
-                num_gpus=1 if use_gpu else 0,
-                max_restarts=cfg.learner.worker.max_restarts,
-                max_task_retries=0,
-            )
-            .remote(lsetup, broker)
-        )
-        handles.append(learner)
-        ray.get(learner.version.remote())  # surface a failed learner start-up here, not later
-        strategy = "SPREAD" if (d.ray_address and d.spread_actors) else "DEFAULT"
-        actors = [
-            start_rollout_actor(cfg, broker, i, strategy=strategy)
-            for i in range(cfg.actors.num_actors)
-        ]
-        evaluator = start_rollout_actor(
-            cfg, broker, cfg.actors.num_actors, evaluation=True, strategy=strategy
-        )
-        handles += actors + [evaluator]
-        ray.get([a.ping.remote() for a in actors] + [evaluator.ping.remote()])
-        addrs = (
-            _metrics_addresses(driver_addr, [learner, *actors, evaluator])
-            if d.serve_metrics
-            else []
-        )
+        w = build_workers(cfg, spec, run_dir, use_gpu, started=handles)
+        addrs = _metrics_addresses(driver_addr, w.all()) if d.serve_metrics else []
         if sd_path and addrs:
             _write_sd_file(sd_path, addrs, cfg.run.name)
-        summary = _loop(cfg, runlog, metrics, learner, actors, evaluator)
-        _answers([a.stop.remote() for a in actors])  # unblock collects held by backpressure
+        summary = _loop(cfg, runlog, metrics, w)
+        _answers([a.stop.remote() for a in w.actors])  # unblock collects held by backpressure
         if d.dump_final_metrics and addrs:
             from deploy.scrape import FINAL_DUMP, scrape_all, write_dump
 
             summary["metrics_dump"] = str(write_dump(run_dir / FINAL_DUMP, scrape_all(addrs)))
         summary["memory_mb"] = {
-            "learner": ray.get(learner.memory_mb.remote()),
-            "actors": _answers([a.memory_mb.remote() for a in actors]),
+            "learner": ray.get(w.learner.memory_mb.remote()),
+            "actors": _answers([a.memory_mb.remote() for a in w.actors]),
             "replay_server": _server_memory_mb(cfg),
         }
-        summary["final_checkpoint"] = ray.get(learner.close.remote())
+        summary["final_checkpoint"] = ray.get(w.learner.close.remote())
     finally:
         runlog.close()
         if sd_temporary:
@@ -344,193 +264,115 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict:
     return summary
 
 
-#: Seconds the driver waits for a crashed learner to come back before failing the run.
-LEARNER_OUTAGE_S = 300.0
+@dataclass
+class RunProgress:
+    """What the driver knows of the run so far, updated from the workers' reports."""
 
+    env_steps: int = 0
+    updates: int = 0
+    recent: list[float] = field(default_factory=list)  # returns of recent exploring rollouts
+    evals: list[dict] = field(default_factory=list)  # periodic greedy evaluations
+    solved: dict | None = None  # the first evaluation at or above run.stop_at_return
+    last_learner: LearnerReport | None = None
 
-class RestartCounter:
-    """Counts restarts from the ``incarnation`` each actor reports: a restarted actor (a new
-    process built from the same constructor arguments) reports a new one. ``count``: rollout
-    and evaluation actors (``amago_driver_actor_restarts``); ``learner``: the learner."""
+    def on_actor(self, r: ActorReport) -> None:
+        self.env_steps += r.env_steps
+        self.recent = (self.recent + r.returns)[-200:]
 
-    def __init__(self, metrics) -> None:
-        self.metrics, self.count, self.learner = metrics, 0, 0
-        self._last: dict[tuple[str, int], str] = {}
+    def on_learner(self, r: LearnerReport) -> None:
+        self.updates += r.updates
+        self.last_learner = r
 
-    def seen(self, kind: str, index: int, incarnation: str) -> None:
-        last = self._last.get((kind, index))
-        if last is not None and last != incarnation:
-            if kind == "learner":
-                self.learner += 1
-                self.metrics.inc("amago_driver_learner_restarts")
-            else:
-                self.count += 1
-                self.metrics.inc("amago_driver_actor_restarts")
-        self._last[(kind, index)] = incarnation
+    def on_eval(self, r: EvalReport, time_s: float, stop_at: float | None) -> dict:
+        ev = r.mean_return()
+        row = {"time_s": time_s, "env_steps": self.env_steps, "updates": self.updates}
+        self.evals.append({**row, "return": float("nan") if ev is None else ev})
+        if stop_at is not None and ev is not None and ev >= stop_at and self.solved is None:
+            self.solved = self.evals[-1]
+        return self.evals[-1]
 
-
-def _loop(cfg: TrainConfig, runlog: RunLog, metrics, learner, actors, evaluator) -> dict:
-    import ray
-    from ray.exceptions import ActorUnavailableError, RayActorError
-
-    r = cfg.run
-    env_steps = updates = 0
-    recent: list[float] = []
-    last_learner: dict = {}
-    evals: list[dict] = []
-    solved: dict | None = None
-    pending: dict = {}
-    retry_at: dict[tuple[str, int], float] = {}  # (kind, index) -> when to call it again
-    # Deaths (not restarts in progress): a rollout actor's consecutive ones; all of the
-    # learner's (Ray's max_restarts is a total).
-    deaths: Counter[tuple[str, int]] = Counter()
-    death_limit = {"actor": 3, "learner": cfg.learner.worker.max_restarts + 1}
-    retry_delay_s = {"actor": 0.5, "learner": 1.0}
-    learner_down_since: float | None = None  # first failure of the current learner outage
-    restarts = RestartCounter(metrics)
-
-    def collect(i: int) -> None:
-        pending[actors[i].collect.remote()] = ("actor", i)
-
-    def train() -> None:
-        pending[learner.train.remote(r.updates_per_call, 10.0)] = ("learner", 0)
-
-    def evaluate(n: int) -> None:
-        pending[evaluator.evaluate.remote(n)] = ("eval", 0)
-
-    calls = {"actor": collect, "learner": lambda _i: train()}
-
-    for i in range(len(actors)):
-        collect(i)
-    train()
-    next_log = r.log_every_s
-    next_eval = r.eval_every_s if r.eval_every_s > 0 else float("inf")
-
-    def out_of_budget() -> bool:
+    def out_of_budget(self, r: RunConfig, elapsed_s: float) -> bool:
         return bool(
-            (r.max_env_steps and env_steps >= r.max_env_steps)
-            or (r.max_updates and updates >= r.max_updates)
-            or (r.max_seconds and runlog.elapsed() >= r.max_seconds)
-            or solved is not None
+            (r.max_env_steps and self.env_steps >= r.max_env_steps)
+            or (r.max_updates and self.updates >= r.max_updates)
+            or (r.max_seconds and elapsed_s >= r.max_seconds)
+            or self.solved is not None
         )
 
-    while not out_of_budget():
-        now = time.monotonic()
-        for key in [k for k, t in retry_at.items() if t <= now]:
-            del retry_at[key]
-            calls[key[0]](key[1])
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-        for ref in ready:
-            kind, i = pending.pop(ref)
-            try:
-                res = ray.get(ref)
-            except RayActorError as e:
-                # The actor died (or is still restarting): Ray restarts it from its
-                # constructor arguments (a learner resumes from this run's newest
-                # checkpoint); only its in-flight work is lost. Call it again shortly; a
-                # failed evaluation waits for the next eval time. Give up on a rollout actor
-                # that keeps dying (e.g. its constructor fails), and on a learner with no
-                # restart left or unreachable for LEARNER_OUTAGE_S.
-                who = {"actor": f"rollout actor {i}", "learner": "learner"}.get(
-                    kind, "evaluation actor"
-                )
-                log.warning("%s unavailable (%s); Ray restarts it", who, type(e).__name__)
-                if kind == "eval":
-                    continue
-                now = time.monotonic()
-                if not isinstance(e, ActorUnavailableError):
-                    deaths[kind, i] += 1
-                    if deaths[kind, i] > death_limit[kind]:
-                        raise
-                if kind == "learner":
-                    learner_down_since = learner_down_since or now
-                    if now - learner_down_since > LEARNER_OUTAGE_S:
-                        raise
-                retry_at[kind, i] = now + retry_delay_s[kind]
-                continue
-            restarts.seen(kind, i, res["incarnation"])
-            if kind == "actor":
-                deaths.pop(("actor", i), None)
-                env_steps += res["env_steps"]
-                recent += res["returns"]
-                collect(i)
-            elif kind == "learner":
-                learner_down_since = None
-                updates += res["updates"]
-                last_learner = res
-                train()
+
+def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w) -> dict:
+    r = cfg.run
+    sup = Supervisor(metrics)
+    for i, a in enumerate(w.actors):
+        sup.add("actor", i, a.collect.remote, ACTOR_RULE)
+    rule = learner_rule(cfg.learner.worker.max_restarts, LEARNER_OUTAGE_S)
+    sup.add("learner", 0, lambda: w.learner.train.remote(r.updates_per_call, 10.0), rule)
+    sup.add("eval", 0, lambda: w.evaluator.evaluate.remote(r.eval_episodes), EVAL_RULE)
+    p = RunProgress()
+    sup.call_all("actor")
+    sup.call("learner")
+    next_log = r.log_every_s
+    next_eval = r.eval_every_s if r.eval_every_s > 0 else float("inf")
+    while not p.out_of_budget(r, runlog.elapsed()):
+        for done in sup.poll(timeout_s=0.5):
+            if done.kind == "actor":
+                p.on_actor(done.report)
+            elif done.kind == "learner":
+                p.on_learner(done.report)
             else:
-                ev = float(np.mean(res["returns"])) if res["returns"] else float("nan")
-                evals.append(
-                    {
-                        "time_s": runlog.elapsed(),
-                        "env_steps": env_steps,
-                        "updates": updates,
-                        "return": ev,
-                    }
-                )
-                metrics.set("amago_eval_return", ev)
+                ev = p.on_eval(done.report, runlog.elapsed(), r.stop_at_return)
+                metrics.set("amago_eval_return", ev["return"])
                 runlog.row(
-                    env_steps=env_steps,
-                    updates=updates,
-                    eval_return=ev,
-                    eval_success=float(np.mean(res["successes"])) if res["successes"] else None,
+                    **{k: ev[k] for k in ("env_steps", "updates")},
+                    eval_return=ev["return"],
+                    eval_success=done.report.success_rate(),
                 )
-                if r.stop_at_return is not None and ev >= r.stop_at_return:
-                    solved = evals[-1]
-        if runlog.elapsed() >= next_eval and not any(k == "eval" for k, _ in pending.values()):
-            evaluate(r.eval_episodes)
+                continue
+            sup.call(done.kind, done.index)
+        if runlog.elapsed() >= next_eval and not sup.busy("eval"):
+            sup.call("eval")
             next_eval = runlog.elapsed() + r.eval_every_s
         if runlog.elapsed() >= next_log:
-            metrics.set("amago_driver_actors_alive", len(actors))
-            runlog.progress(
-                env_steps,
-                updates,
-                recent[-200:],
-                evals[-1]["return"] if evals else None,
-                last_learner,
-            )
-            recent = recent[-50:]
+            metrics.set("amago_driver_actors_alive", len(w.actors))
+            runlog.progress(p)
             next_log = runlog.elapsed() + r.log_every_s
     train_time = runlog.elapsed()
-    final, by_episode = None, None
-    if r.final_eval_episodes:
-        for attempt in range(5):  # an evaluator that died is being restarted: ask again
-            try:
-                res = ray.get(evaluator.evaluate.remote(r.final_eval_episodes))
-                break
-            except RayActorError:
-                if attempt == 4:
-                    raise
-                time.sleep(2.0)
-        restarts.seen("eval", 0, res["incarnation"])
-        if res["returns"]:
-            final = float(np.mean(res["returns"]))
-            k = min(len(e) for e in res["episode_returns"])
-            by_episode = np.mean([e[:k] for e in res["episode_returns"]], axis=0).tolist()
-            runlog.row(env_steps=env_steps, updates=updates, eval_return=final, final=True)
-            print(
-                f"final greedy evaluation over {len(res['returns'])} rollouts: return {final:.3f}",
-                flush=True,
-            )
-        else:  # every rollout hit the step cap (an env without a working time limit)
-            log.warning("final evaluation finished no rollout within its step cap")
+    final = lambda: w.evaluator.evaluate.remote(r.final_eval_episodes)  # noqa: E731
+    res = sup.call_blocking("eval", call=final) if r.final_eval_episodes else None
+    final_return = res.mean_return() if res else None
+    if final_return is not None:
+        runlog.row(env_steps=p.env_steps, updates=p.updates, eval_return=final_return, final=True)
+        print(
+            f"final greedy evaluation over {len(res.returns)} rollouts: return {final_return:.3f}",
+            flush=True,
+        )
+    elif res is not None:  # every rollout hit the step cap (an env without a working limit)
+        log.warning("final evaluation finished no rollout within its step cap")
+    return _summary(cfg, p, sup, res if final_return is not None else None, train_time)
+
+
+def _summary(cfg, p: RunProgress, sup: Supervisor, final: EvalReport | None, secs: float) -> dict:
+    """summary.json's training part."""
     return {
         "env_id": cfg.env.id,
-        "env_steps": env_steps,
-        "updates": updates,
-        "train_seconds": train_time,
-        "final_eval_return": final,
-        "final_eval_success": float(np.mean(res["successes"])) if final is not None else None,
-        "final_eval_by_episode": by_episode,  # mean return of the k-th episode of a rollout
-        "evals": evals,
-        "solved": solved,
-        "actor_restarts": restarts.count,
-        "learner_restarts": restarts.learner,
-        "learner_resumed_from": last_learner.get("resumed_from"),
-        "env_steps_per_s": env_steps / max(train_time, 1e-9),
-        "updates_per_s": updates / max(train_time, 1e-9),
+        "env_steps": p.env_steps,
+        "updates": p.updates,
+        "train_seconds": secs,
+        "final_eval_return": final.mean_return() if final else None,
+        "final_eval_success": final.success_rate() if final else None,
+        "final_eval_by_episode": final.by_episode() if final else None,  # k-th episode's mean
+        "evals": p.evals,
+        "solved": p.solved,
+        "actor_restarts": sup.restarts["actor"] + sup.restarts["eval"],
+        "learner_restarts": sup.restarts["learner"],
+        "learner_resumed_from": p.last_learner.resumed_from if p.last_learner else None,
+        "env_steps_per_s": p.env_steps / max(secs, 1e-9),
+        "updates_per_s": p.updates / max(secs, 1e-9),
     }
+
+
+#: Seconds the driver waits for a crashed learner to come back before failing the run.
+LEARNER_OUTAGE_S = 300.0
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ schema does not load torch):
 * ``learner.losses``: pure loss pieces (TD targets, advantage filter, two-hot, masked mean).
 * ``learner.amago``: ``AmagoLearner`` (``train_step``, ``policy_weights``, ``make_policy``...).
 * ``learner.inference``: ``InferencePolicy``, the KV-cached batched policy actors run.
-* ``learner.checkpoint``: ``save_checkpoint`` / ``load_checkpoint``.
+* ``learner.checkpoint``: ``save_checkpoint`` / ``load_checkpoint`` over plain state (config dict,
+  spec, ``AmagoLearner.state_dict()``); ``latest_checkpoint``, ``list_checkpoints``.
 * ``learner.synthetic``: batch collation and random batches for tests and benchmarks.
 """

@@ -39,6 +39,7 @@ from learner.agent import (
     tanh_gaussian_log_prob,
     tanh_gaussian_rsample,
 )
+from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.config import LearnerConfig
 from learner.losses import (
     advantage_filter,
@@ -185,16 +186,12 @@ class AmagoLearner:
 
     def save(self, path: str) -> None:
         """Write a checkpoint (see :mod:`learner.checkpoint`)."""
-        from learner.checkpoint import save_checkpoint
-
-        save_checkpoint(self, path)
+        save_checkpoint(path, self.cfg.to_dict(), self.spec, self.state_dict())
 
     def restore(self, path: str) -> None:
         """Load a checkpoint written by :meth:`save` with the same config; raises
         :class:`learner.checkpoint.CheckpointMismatchError` naming what differs otherwise."""
-        from learner.checkpoint import load_checkpoint
-
-        load_checkpoint(self, path)
+        self.load_state_dict(load_checkpoint(path, self.cfg.to_dict(), self.spec, self.device))
 
     # ------------------------------------------------------------------ the losses
 

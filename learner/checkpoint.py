@@ -8,6 +8,10 @@ training with identical counters (and, on the same device, identical numbers).
 A checkpoint written under another config or env spec is refused with
 :class:`CheckpointMismatchError` listing every differing field. Fields that only say where and
 how fast to run (:data:`RUNTIME_FIELDS`) may differ.
+
+The functions work on plain state (a config dict, the spec, the ``state_dict()`` of the
+learner) and know nothing of the learner class: :meth:`learner.amago.AmagoLearner.save` and
+``restore`` call them.
 """
 
 from __future__ import annotations
@@ -16,14 +20,12 @@ import dataclasses
 import json
 import os
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from common.spec import EnvSpec
-
-if TYPE_CHECKING:
-    from learner.amago import AmagoLearner
 
 CHECKPOINT_FORMAT = 1
 
@@ -71,13 +73,17 @@ def diff(saved: Any, current: Any, prefix: str = "") -> list[str]:
     )
 
 
-def save_checkpoint(learner: AmagoLearner, path: str) -> None:
-    """Write ``learner``'s full state to ``path`` atomically (temp file + rename)."""
+def save_checkpoint(
+    path: str, config: Mapping[str, Any], spec: EnvSpec, state: dict[str, Any]
+) -> None:
+    """Write a checkpoint to ``path`` atomically (temp file + rename): the learner config
+    ``config`` (a dict, e.g. ``LearnerConfig.to_dict()``), the env ``spec`` and the learner's
+    ``state`` (its ``state_dict()``)."""
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "config": _plain(learner.cfg.to_dict()),
-        "spec": spec_to_dict(learner.spec),
-        "state": learner.state_dict(),
+        "config": _plain(config),
+        "spec": spec_to_dict(spec),
+        "state": state,
     }
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -86,26 +92,32 @@ def save_checkpoint(learner: AmagoLearner, path: str) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(learner: AmagoLearner, path: str) -> None:
-    """Restore ``learner`` from ``path``; refuse (naming the fields) if config or spec differ."""
-    payload = torch.load(path, map_location=learner.device, weights_only=True)
+def load_checkpoint(
+    path: str,
+    config: Mapping[str, Any],
+    spec: EnvSpec,
+    map_location: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """The learner state stored in ``path`` (tensors on ``map_location``, the RNG states on
+    the CPU), for a learner of config ``config`` (a dict) and env ``spec``; refuses with
+    :class:`CheckpointMismatchError` (naming the fields) if the stored config or spec differ
+    outside :data:`RUNTIME_FIELDS`."""
+    payload = torch.load(path, map_location=map_location, weights_only=True)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointMismatchError(
             path, [f"format: {payload.get('format')!r} (checkpoint) != {CHECKPOINT_FORMAT}"]
         )
     saved_cfg = {k: v for k, v in payload["config"].items() if k not in RUNTIME_FIELDS}
-    current_cfg = {
-        k: v for k, v in _plain(learner.cfg.to_dict()).items() if k not in RUNTIME_FIELDS
-    }
+    current_cfg = {k: v for k, v in _plain(config).items() if k not in RUNTIME_FIELDS}
     differences = diff(saved_cfg, current_cfg, "learner")
-    differences += diff(payload["spec"], spec_to_dict(learner.spec), "spec")
+    differences += diff(payload["spec"], spec_to_dict(spec), "spec")
     if differences:
         raise CheckpointMismatchError(path, differences)
     state = payload["state"]
     state["rng_cpu"] = state["rng_cpu"].cpu()
     if state.get("rng_cuda") is not None:
         state["rng_cuda"] = state["rng_cuda"].cpu()
-    learner.load_state_dict(state)
+    return state
 
 
 def latest_checkpoint(path: str) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.records import Batch, Trajectory
+from common.records import collate as collate_windows
 from common.spec import EnvSpec
 from learner.config import ModelConfig
 
@@ -28,34 +29,10 @@ def tiny_model(width: int = 32, **overrides) -> ModelConfig:
 
 def collate(trajs: list[Trajectory], length: int, starts: list[int] | None = None) -> Batch:
     """Windows ``[start, start + length)`` of each trajectory, right-padded with zeros and
-    ``mask`` False to exactly ``length`` timesteps."""
-    b = len(trajs)
-    starts = starts or [0] * b
-    first = trajs[0]
-
-    def pad(arr_of: str | tuple[str, str], dtype: np.dtype | None = None) -> np.ndarray:
-        def get(tr: Trajectory) -> np.ndarray:
-            return tr.obs[arr_of[1]] if isinstance(arr_of, tuple) else getattr(tr, arr_of)
-
-        ref = get(first)
-        out = np.zeros((b, length, *ref.shape[1:]), dtype=dtype or ref.dtype)
-        for i, (tr, s) in enumerate(zip(trajs, starts)):
-            w = get(tr)[s : s + length]
-            out[i, : len(w)] = w
-        return out
-
-    mask = np.zeros((b, length), dtype=bool)
-    for i, (tr, s) in enumerate(zip(trajs, starts)):
-        mask[i, : max(0, min(length, len(tr) - s))] = True
-    return Batch(
-        obs={k: pad(("obs", k)) for k in first.obs},
-        prev_action=pad("prev_action", np.float32),
-        prev_reward=pad("prev_reward", np.float32),
-        time_idx=pad("time_idx", np.int64),
-        terminated=pad("terminated", bool),
-        truncated=pad("truncated", bool),
-        mask=mask,
-        policy_version=np.array([tr.meta.policy_version for tr in trajs], dtype=np.int64),
+    ``mask`` False to exactly ``length`` timesteps (:func:`common.records.collate`)."""
+    starts = starts or [0] * len(trajs)
+    return collate_windows(
+        [(tr, s, max(0, min(length, len(tr) - s))) for tr, s in zip(trajs, starts)], length
     )
 
 

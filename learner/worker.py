@@ -1,9 +1,11 @@
 """The learner actor: a thin Ray actor around the pure :class:`learner.amago.AmagoLearner`.
 
-Batches are sampled from the replay service on a background thread (:class:`Prefetcher`) so
-sampling, decoding and relabeling overlap the update. Weights are published to the
-:class:`common.weights.WeightBroker` every ``publish_every`` updates with ONE ``ray.put`` per
-version; checkpoints are written every ``checkpoint_every_min`` minutes.
+Batches are sampled from the replay service (a sampler made by the factory in its
+:class:`LearnerSetup`) on a background thread (:class:`Prefetcher`) so sampling, decoding and
+relabeling overlap the update. Weights are published through
+:class:`common.weights.WeightPublisher` every ``publish_every`` updates with ONE ``ray.put``
+per version; checkpoints are written every ``checkpoint_every_min`` minutes. Each ``train``
+call answers with a :class:`common.reports.LearnerReport`.
 """
 
 from __future__ import annotations
@@ -19,9 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from common.core import ReplaySampler
 from common.metrics import Metrics, process_memory_mb
 from common.records import Batch
+from common.replay import RateLimitTimeout, ReplayStats
+from common.reports import LearnerReport
 from common.spec import EnvSpec
+from common.weights import WeightPublisher
+from learner.config import LearnerConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +76,13 @@ class Prefetcher:
 
 @dataclass
 class LearnerSetup:
-    """Everything the learner actor needs, picklable, passed once at construction."""
+    """Everything the learner actor needs, picklable, passed once at construction. The
+    sampler factory comes from the builder (``deploy/builder.py``): the learner never imports
+    the replay service, only the roles of :mod:`common.core`."""
 
     spec: EnvSpec
-    learner: object  # learner.config.LearnerConfig
-    replay: object  # replay_service.config.ReplayConfig
+    learner: LearnerConfig
+    make_sampler: Callable[[], ReplaySampler]  # the replay sampler (relabeling included)
     run_dir: str
     resume_from: str = ""  # checkpoint file or run directory to continue from ("" = fresh)
     metrics_host: str = "127.0.0.1"
@@ -86,12 +95,11 @@ class LearnerActor:
 
         from learner.amago import AmagoLearner
         from learner.checkpoint import latest_checkpoint
-        from replay_service import Sampler, connect, get_relabeler
 
         cfg = setup.learner
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
-        self.setup, self.cfg, self.broker = setup, cfg, broker
+        self.setup, self.cfg = setup, cfg
         self.learner = AmagoLearner(setup.spec, cfg)
         self.ckpt_dir = Path(setup.run_dir) / "checkpoints"
         # A restarted learner (Ray re-runs this constructor) resumes from this run's newest
@@ -105,24 +113,15 @@ class LearnerActor:
             self.learner.restore(self.resumed_from)
             log.warning("learner resumed from %s (update %d)", self.resumed_from, self.version())
         self.incarnation = secrets.token_hex(6)  # new in every (re)started process
-        rcfg = setup.replay
-        self.sampler = Sampler(
-            connect(rcfg.redis),
-            rcfg,
-            relabel=get_relabeler(rcfg.relabel, **dict(rcfg.relabel_kwargs)),
-            seed=cfg.seed,
-        )
-        wcfg = cfg.worker
-        self.prefetcher = Prefetcher(self._sample_once, wcfg.prefetch_batches)
+        self.sampler = setup.make_sampler()
+        self.prefetcher = Prefetcher(self._sample_once, cfg.worker.prefetch_batches)
         self._last_ckpt = time.monotonic()
         self.metrics = Metrics()
         self.metrics_port = self.metrics.serve(setup.metrics_host) if setup.serve_metrics else 0
-        self.published = -1
+        self.weights = WeightPublisher(broker)
         self.publish(restart=True)  # replaces the weights of a learner that died, if any
 
     def _sample_once(self) -> Batch | None:
-        from replay_service import RateLimitTimeout
-
         t0 = time.perf_counter()
         try:
             return self.sampler.sample(
@@ -135,15 +134,8 @@ class LearnerActor:
 
     # -- weights and checkpoints ---------------------------------------------------------
     def publish(self, restart: bool = False) -> int:
-        import ray
-
-        from common.weights import to_numpy_state
-
         v = self.learner.version
-        if v != self.published:
-            ref = ray.put(to_numpy_state(self.learner.policy_weights()))
-            ray.get(self.broker.publish.remote(v, [ref], restart))
-            self.published = v
+        if self.weights.publish(v, self.learner.policy_weights(), restart):
             self.metrics.set("amago_learner_policy_version", v)
         return v
 
@@ -159,7 +151,7 @@ class LearnerActor:
         return str(path)
 
     # -- training ------------------------------------------------------------------------
-    def train(self, n_updates: int, max_seconds: float = 60.0) -> dict:
+    def train(self, n_updates: int, max_seconds: float = 60.0) -> LearnerReport:
         """Run up to ``n_updates`` updates (fewer if no data arrives within ``max_seconds``)."""
         t_end = time.monotonic() + max_seconds
         sums: dict[str, float] = {}
@@ -184,19 +176,19 @@ class LearnerActor:
         means = {k: v / done for k, v in sums.items()} if done else {}
         lag = lag_sum / done if done else 0.0
         self._export(means, done, seq_steps, waited, lag)
-        return {
-            "updates": done,
-            "incarnation": self.incarnation,
-            "resumed_from": self.resumed_from,
-            "version": self.learner.version,
-            "seq_timesteps": seq_steps,
-            "seconds": time.perf_counter() - t_start,
-            "batch_wait_s": waited,
-            "policy_lag": lag,
-            "sample_errors": self.prefetcher.errors,
-            "replay": self.replay_stats(),
-            **means,
-        }
+        return LearnerReport(
+            incarnation=self.incarnation,
+            updates=done,
+            version=self.learner.version,
+            seq_timesteps=seq_steps,
+            seconds=time.perf_counter() - t_start,
+            batch_wait_s=waited,
+            policy_lag=lag,
+            sample_errors=self.prefetcher.errors,
+            resumed_from=self.resumed_from,
+            replay=self.replay_stats(),
+            losses=means,
+        )
 
     def _export(self, means: dict, done: int, seq_steps: int, waited: float, lag: float) -> None:
         m = self.metrics
@@ -220,28 +212,26 @@ class LearnerActor:
         except Exception:  # metrics must never break training
             pass
 
-    def replay_stats(self) -> dict:
+    def replay_stats(self) -> ReplayStats | None:
         """Replay service statistics, also exported as ``amago_replay_*`` gauges."""
         try:
             st = self.sampler.stats()
         except Exception as e:
             log.warning("replay stats unavailable: %s", e)
-            return {}
-        d = st.as_dict() if hasattr(st, "as_dict") else dict(vars(st))
+            return None
         m = self.metrics
-        for key, name in (
-            ("trajectories", "amago_replay_trajectories"),
-            ("timesteps", "amago_replay_timesteps"),
-            ("bytes", "amago_replay_bytes"),
-            ("inserted_trajectories", "amago_replay_inserted_trajectories"),
-            ("inserted_timesteps", "amago_replay_inserted_timesteps"),
-            ("sampled_timesteps", "amago_replay_sampled_timesteps"),
+        for key in (
+            "trajectories",
+            "timesteps",
+            "bytes",
+            "inserted_trajectories",
+            "inserted_timesteps",
+            "sampled_timesteps",
         ):
-            if key in d:
-                m.set(name, float(d[key]))
-        for reason, n in (d.get("rejected") or {}).items():
+            m.set(f"amago_replay_{key}", float(getattr(st, key)))
+        for reason, n in st.rejected.items():
             m.set("amago_replay_rejected", float(n), reason=reason)
-        return d
+        return st
 
     def version(self) -> int:
         return self.learner.version

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.codec import COMPRESSIONS
 from common.config_utils import ConfigError, prefixed, require
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 SAMPLING_MODES = ("uniform", "length")
-COMPRESSIONS = ("", "zstd")
 
 
 @dataclass

@@ -1,9 +1,6 @@
-"""Exceptions of the replay service, and the mapping from redis-py's errors onto them.
-
-Callers retry on :class:`ReplayBackpressure` (server full, or the rate limiter said wait) and
-on :class:`ReplayUnavailable` (server unreachable or restarting). A malformed record raises
-``common.codec.RecordError`` instead (retrying cannot help).
-"""
+"""The mapping from redis-py's errors onto the replay errors (defined, with their retry
+rules, in :mod:`common.replay` so actors and the learner catch them without importing the
+service; re-exported here)."""
 
 from __future__ import annotations
 
@@ -12,24 +9,12 @@ from contextlib import contextmanager
 
 import redis
 
-
-class ReplayError(RuntimeError):
-    """Base class of the replay service's runtime errors."""
-
-
-class ReplayUnavailable(ReplayError, ConnectionError):
-    """The server could not be reached (down, restarting, network); the call had no effect
-    or its effect is idempotent on retry (inserts carry a dedup token)."""
-
-
-class ReplayBackpressure(ReplayError):
-    """The server refused the write because it is out of memory (``maxmemory`` with
-    ``noeviction``): nothing was written. Retry after the store shrinks (eviction, clear())."""
-
-
-class RateLimitTimeout(ReplayBackpressure, TimeoutError):
-    """The sample-to-insert rate limiter (or an empty / too small store) kept the call
-    waiting past its timeout; nothing was inserted or sampled."""
+from common.replay import (  # noqa: F401  (re-exported)
+    RateLimitTimeout,
+    ReplayBackpressure,
+    ReplayError,
+    ReplayUnavailable,
+)
 
 
 @contextmanager

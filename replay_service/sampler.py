@@ -27,7 +27,7 @@ import numpy as np
 import redis
 
 from common.codec import Limits, RecordError, decode
-from common.records import Batch, Trajectory
+from common.records import Batch, Trajectory, Window, collate
 from replay_service.config import ReplayConfig
 from replay_service.errors import RateLimitTimeout, ReplayError, translated_errors
 from replay_service.lua import Keys, Scripts
@@ -41,8 +41,6 @@ _WAIT_REASONS = {
     -3: "the sample-to-insert ratio is used up (waiting for inserts)",
 }
 
-#: A training window: (whole relabeled trajectory, start, width).
-_Row = tuple[Trajectory, int, int]
 #: What every row of one sampler's batches must look like: ((obs key, trailing shape, dtype),
 #: ...), action size. Set by the first row.
 _Layout = tuple[tuple[tuple[str, tuple[int, ...], str], ...], int]
@@ -191,7 +189,7 @@ class Sampler:
             raise ValueError(f"batch_size must be >= 1, got {b}")
         timeout = self._cfg.sample_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
-        rows: list[_Row] = []
+        rows: list[Window] = []
         reserved_steps = reserved_windows = 0
         try:
             while len(rows) < b:
@@ -282,9 +280,9 @@ class Sampler:
             raise blobs
         return res, blobs
 
-    def _windows(self, ids: np.ndarray, blobs: dict[int, bytes | None]) -> list[_Row]:
+    def _windows(self, ids: np.ndarray, blobs: dict[int, bytes | None]) -> list[Window]:
         """Windows of the trajectories ``ids``; skips (and forgets) missing or bad ones."""
-        rows: list[_Row] = []
+        rows: list[Window] = []
         L = self._cfg.max_seq_len
         fresh: dict[int, Trajectory | None] = {}  # decoded in this call (None: unusable)
         for traj_id in ids.tolist():
@@ -350,41 +348,7 @@ class Sampler:
         with translated_errors("sample"):
             self._scripts.adjust(keys=[self.keys.meta], args=[steps, windows])
 
-    def _collate(self, rows: list[_Row]) -> Batch:
+    def _collate(self, rows: list[Window]) -> Batch:
         """Right-pad ``rows`` into a :class:`Batch` with a boolean mask."""
-        assert self._layout is not None
-        obs_layout, action_dim = self._layout
-        b = len(rows)
         L = self._cfg.max_seq_len if self._cfg.pad_to_max_seq_len else max(w for *_, w in rows)
-        obs = {
-            k: np.zeros((b, L, *shape), dtype=np.dtype(dt))  # (B, L, ...)
-            for k, shape, dt in obs_layout
-        }
-        prev_action = np.zeros((b, L, action_dim), np.float32)  # (B, L, A)
-        prev_reward = np.zeros((b, L), np.float32)  # (B, L)
-        time_idx = np.zeros((b, L), np.int64)  # (B, L)
-        terminated = np.zeros((b, L), bool)  # (B, L)
-        truncated = np.zeros((b, L), bool)  # (B, L)
-        mask = np.zeros((b, L), bool)  # (B, L)
-        version = np.zeros(b, np.int64)  # (B,)
-        for i, (t, s, w) in enumerate(rows):
-            e = s + w
-            for k, arr in obs.items():
-                arr[i, :w] = t.obs[k][s:e]
-            prev_action[i, :w] = t.prev_action[s:e]
-            prev_reward[i, :w] = t.prev_reward[s:e]
-            time_idx[i, :w] = t.time_idx[s:e]
-            terminated[i, :w] = t.terminated[s:e]
-            truncated[i, :w] = t.truncated[s:e]
-            mask[i, :w] = True
-            version[i] = t.meta.policy_version
-        return Batch(
-            obs=obs,
-            prev_action=prev_action,
-            prev_reward=prev_reward,
-            time_idx=time_idx,
-            terminated=terminated,
-            truncated=truncated,
-            mask=mask,
-            policy_version=version,
-        )
+        return collate(rows, L)

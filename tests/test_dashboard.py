@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from common.codec import RecordError
+from common.net import free_port
 from deploy import dashboard
 from deploy.dashboard import DATASOURCE_UID, concrete_expr, metric_names, panels
-from deploy.local_cluster import free_port
 from deploy.metrics_png import SMOKE_OVERRIDES, recorded_run
 from deploy.prometheus import (
     PrometheusConfig,

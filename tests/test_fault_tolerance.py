@@ -76,7 +76,7 @@ def broker(cfg: TrainConfig):
 def start_actor(cfg: TrainConfig, broker, replay: ReplayConfig | None):
     """Rollout actor 0 exactly as the driver starts one; an evaluation actor when ``replay``
     is None."""
-    from deploy.train import start_rollout_actor
+    from deploy.builder import start_rollout_actor
 
     if replay is None:
         return start_rollout_actor(cfg, broker, 0, evaluation=True)
@@ -130,7 +130,7 @@ def test_actors_hold_at_most_the_training_window(cfg, broker):
     try:
         assert ray.get(actor.context_timesteps.remote()) == 5
         res = ray.get(actor.evaluate.remote(short.actors.envs_per_actor))  # past the window
-        assert min(res["lengths"]) > 5
+        assert min(res.lengths) > 5
         assert ray.get(actor.context_timesteps.remote()) == 5
     finally:
         ray.kill(actor)
@@ -146,8 +146,8 @@ def test_overlapping_evaluations_each_get_whole_rollouts(cfg, broker):
         per_call = 2 * cfg.actors.envs_per_actor
         results = ray.get([evaluator.evaluate.remote(per_call) for _ in range(3)])
         for res in results:
-            assert len(res["returns"]) == per_call
-            assert len(res["episode_returns"]) == per_call
+            assert len(res.returns) == per_call
+            assert len(res.episode_returns) == per_call
     finally:
         ray.kill(evaluator)
 
@@ -161,10 +161,10 @@ def test_killed_actor_restarts_and_keeps_what_it_stored(cfg, broker):
         client, keys = connect(replay.redis), Keys("kill")
         actor = start_actor(cfg, broker, replay)
         first = ray.get(actor.collect.remote(64), timeout=120)
-        assert len(first["returns"]) == read_stats(client, keys).inserted_trajectories > 0
+        assert len(first.returns) == read_stats(client, keys).inserted_trajectories > 0
 
         running = actor.collect.remote(100_000)  # killed long before it could finish
-        n0 = len(first["returns"])
+        n0 = len(first.returns)
         wait_for(lambda: read_stats(client, keys).inserted_trajectories >= n0 + 8)
         ray.kill(actor, no_restart=False)
         with pytest.raises(RayActorError):
@@ -173,11 +173,11 @@ def test_killed_actor_restarts_and_keeps_what_it_stored(cfg, broker):
         assert len(ids_at_kill) >= n0 + 8
 
         after = call_until_restarted(lambda: actor.collect.remote(64))
-        assert after["incarnation"] != first["incarnation"]  # a new process
-        assert after["policy_version"] == 0 and len(after["returns"]) > 0
+        assert after.incarnation != first.incarnation  # a new process
+        assert after.policy_version == 0 and len(after.returns) > 0
         ids, trajs = stored(client, keys)
         assert ids[: len(ids_at_kill)] == ids_at_kill  # nothing stored before the kill lost
-        assert len(ids) == len(ids_at_kill) + len(after["returns"])
+        assert len(ids) == len(ids_at_kill) + len(after.returns)
         assert_whole_episodes(trajs)
         ray.kill(actor)
         client.close()
@@ -198,10 +198,10 @@ def test_replay_restart_under_a_collecting_actor_loses_nothing(cfg, broker, tmp_
         time.sleep(2.0)  # the actor finishes episodes meanwhile: their inserts must wait
         server.start()
         res = ray.get(running, timeout=240)
-        assert res["insert_retries"] > 0  # the outage was really hit
+        assert res.insert_retries > 0  # the outage was really hit
         ids, trajs = stored(client, keys)
         # every episode the actor finished is stored exactly once, in one id range
-        assert len(ids) == len(res["returns"]) == read_stats(client, keys).trajectories
+        assert len(ids) == len(res.returns) == read_stats(client, keys).trajectories
         assert ids == list(range(len(ids)))
         assert_whole_episodes(trajs)
         ray.kill(actor)

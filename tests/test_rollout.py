@@ -8,7 +8,7 @@ import pytest
 
 from actors.config import ExplorationConfig
 from actors.exploration import Exploration
-from actors.rollout import RolloutWorker
+from actors.rollout import RolloutLoop
 from common.codec import validate
 from common.envs.config import EnvConfig
 from common.envs.factory import env_spec, make_env
@@ -42,7 +42,7 @@ def run(cfg: EnvConfig, n_envs=3, steps=60, sink=None, policy=None):
     envs = [make_env(cfg, seed=i) for i in range(n_envs)]
     policy = policy or RandomPolicy(spec)
     out: list[Trajectory] = []
-    w = RolloutWorker(envs, spec, policy, sink or out.append, None, actor_id=5, env_id=cfg.id)
+    w = RolloutLoop(envs, spec, policy, sink or out.append, None, actor_id=5, env_id=cfg.id)
     st = w.run(steps)
     return st, out, policy, spec
 
@@ -119,7 +119,7 @@ def test_env_exceptions_reset_the_env_and_are_counted():
     spec = env_spec(cfg)
     envs = [FlakyEnv(make_env(cfg, seed=i)) for i in range(2)]
     trajs: list[Trajectory] = []
-    w = RolloutWorker(envs, spec, RandomPolicy(spec), trajs.append, None)
+    w = RolloutLoop(envs, spec, RandomPolicy(spec), trajs.append, None)
     st = w.run(70)
     assert st.env_faults == 20  # 2 envs x 70 steps / 7
     assert st.env_steps == 140 - 20
@@ -150,11 +150,36 @@ def test_exploration_schedule(discrete):
     assert changed < 0.05
 
 
+@pytest.mark.parametrize("sample_actions", [True, False])
+def test_sample_actions_false_makes_the_policy_act_greedily(sample_actions):
+    """``exploration.sample_actions`` reaches ``policy.act(greedy=...)``; exploration still runs."""
+    cfg = EnvConfig(id="CartPole-v1")
+    spec = env_spec(cfg)
+    calls: list[bool] = []
+
+    class Recording(RandomPolicy):
+        def act(self, step, slots, greedy=False):
+            calls.append(greedy)
+            return super().act(step, slots, greedy)
+
+    ex_cfg = ExplorationConfig(start=0.5, end_min=0.5, end_max=0.5, sample_actions=sample_actions)
+    explore = Exploration(ex_cfg, 0, 1, True, spec.action_dim, np.random.default_rng(0))
+    envs = [make_env(cfg, seed=i) for i in range(2)]
+    w = RolloutLoop(envs, spec, Recording(spec), None, explore)
+    w.run(5)
+    assert calls == [not sample_actions] * 5
+    assert explore.steps == 10  # the exploration schedule still advanced (2 envs x 5 steps)
+    # evaluation (greedy=True) is greedy whatever the flag says
+    calls.clear()
+    RolloutLoop(envs, spec, Recording(spec), None, explore, greedy=True).run(2)
+    assert calls == [True, True]
+
+
 def test_evaluation_takes_the_same_number_of_rollouts_from_every_slot():
     cfg = EnvConfig(id="CartPole-v1")
     spec = env_spec(cfg)
     envs = [make_env(cfg, seed=i) for i in range(4)]
-    w = RolloutWorker(envs, spec, RandomPolicy(spec), None, None, greedy=True)
+    w = RolloutLoop(envs, spec, RandomPolicy(spec), None, None, greedy=True)
     st = w.run_rollouts(per_slot=3, max_steps=10_000)
     assert len(st.returns) == len(st.lengths) == 12
     assert [st.finished_slots.count(i) for i in range(4)] == [3, 3, 3, 3]

@@ -8,7 +8,8 @@ Built-in ids (all pure numpy, fast on CPU):
 * ``amago/DarkKeyToDoor-v0`` — meta-RL dark room with an invisible key and door
   (:mod:`common.envs.key_door`);
 * ``amago/GoalGrid-v0`` — procedurally generated gridworld with k-goal instructions,
-  goal-conditioned (:mod:`common.envs.goal_grid`, :mod:`common.goals`).
+  goal-conditioned (:mod:`common.envs.goal_grid`, :mod:`common.goals`, wrapped by
+  :mod:`common.envs.goal_wrapper`).
 
 ``make_env``, ``env_spec``, ``EnvConfig``, ``TrialWrapper``, ``Standardize`` and ``rollout`` are
 importable from here; they load on first use, so ``import common.envs`` stays cheap and only

@@ -3,8 +3,8 @@
 ``make_env(cfg, seed)`` stacks, from the inside out:
 
 1. ``gym.make(cfg.id, **cfg.kwargs)`` without gymnasium's env checker (no per-step overhead);
-2. :class:`common.goals.GoalConditioned` if the env implements ``GoalTask`` and is not
-   wrapped yet (``amago/GoalGrid-v0`` comes wrapped);
+2. :class:`common.envs.goal_wrapper.GoalConditioned` if the env implements ``GoalTask`` and
+   is not wrapped yet (``amago/GoalGrid-v0`` comes wrapped);
 3. a time limit, always: ``cfg.max_episode_steps``, else the env's registered limit, else the
    limit it declares (``max_episode_steps``/``max_episode_length`` attribute) — an env with none
    of these is refused (``ConfigError`` naming ``max_episode_steps``): actors need a finite
@@ -28,9 +28,10 @@ from gymnasium.wrappers import TimeLimit
 from common.config_utils import ConfigError
 from common.envs.api import declared_horizon, find_wrapper
 from common.envs.config import EnvConfig
+from common.envs.goal_wrapper import GoalConditioned
 from common.envs.standardize import Standardize
 from common.envs.trial import TrialWrapper
-from common.goals import GoalConditioned, GoalTask
+from common.goals import GoalTask
 from common.spec import EnvSpec
 
 

@@ -14,9 +14,10 @@ Observation ``"observation"`` (float32, ``size * size * (2 + num_object_types)``
 grid, cell-major (index ``(x * size + y) * C + c``) with channels ``[wall, agent, object type
 0, ..., object type T-1]``; or, with ``observation="relative"``, an egocentric summary (float32,
 ``4 + 2 * num_object_types``): whether each of the 4 moves is blocked, then every object
-type's displacement from the agent divided by ``size - 1`` (much faster to learn on a CPU); :class:`common.goals.GoalConditioned` adds ``"goals"`` and
-``"goal_progress"``. Actions (Discrete 4): 0 up (y+1), 1 down (y-1), 2 left (x-1), 3 right
-(x+1); moving into a wall or the border leaves the agent in place.
+type's displacement from the agent divided by ``size - 1`` (much faster to learn on a CPU);
+:class:`common.envs.goal_wrapper.GoalConditioned` adds ``"goals"`` and ``"goal_progress"``.
+Actions (Discrete 4): 0 up (y+1), 1 down (y-1), 2 left (x-1), 3 right (x+1); moving into a
+wall or the border leaves the agent in place.
 
 ``amago/GoalGrid-v0`` is this env already wrapped in ``GoalConditioned`` (:func:`make_goal_grid`).
 """
@@ -26,7 +27,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from common.goals import GoalConditioned, GoalSpec
+from common.envs.goal_wrapper import GoalConditioned
+from common.goals import GoalSpec
 
 #: (dx, dy) of each action.
 MOVES = np.array([[0, 1], [0, -1], [-1, 0], [1, 0]], dtype=np.int64)

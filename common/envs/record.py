@@ -5,8 +5,9 @@ records (:mod:`common.records`): timestep t holds o_t, a_{t-1} (one-hot if discr
 r_{t-1}, ``time_idx = t`` (step within the episode, or within the whole meta-RL trial),
 the flags of o_t, ``info["extras"]`` of the transition into o_t, and the timesteps whose info
 says ``episode_start`` become ``meta.episode_starts``; the reset info's ``trajectory_info``
-becomes ``meta.info``. Tests and scripted-data generators use it; batched Ray actors do the
-same per env slot.
+becomes ``meta.info``. :class:`TrajectoryRecorder` is that rule, coded once: the rollout actors
+(:mod:`actors.rollout`, one recorder per env slot) and :func:`rollout` (tests, scripted-data
+generators) both fill their trajectories with it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,88 @@ def action_record(action: Any, spec: EnvSpec) -> np.ndarray:
     return np.clip(np.asarray(action, dtype=np.float32).reshape(spec.action_dim), -1.0, 1.0)
 
 
+class TrajectoryRecorder:
+    """One rollout in progress, recorded with the time alignment of :mod:`common.records`.
+
+    Built from the reset's ``(obs, info)``: timestep 0 holds o_0, ``prev_action`` zeros,
+    ``prev_reward`` 0, both flags False and the reset info's extras. Each :meth:`append` of an
+    ``env.step(a_t)`` result adds timestep t + 1: o_{t+1}, ``prev_action`` a_t (as
+    :func:`action_record` stores it), ``prev_reward`` r_t, the flags of o_{t+1} and
+    ``info["extras"]`` of the transition into o_{t+1}. ``episode_starts`` is ``[0]`` plus every
+    timestep whose info says ``episode_start``; ``info`` is the reset info's
+    ``trajectory_info``. Observation keys are those of ``spec.obs``; arrays are copied as they
+    arrive (an env may reuse its buffers).
+    """
+
+    def __init__(self, spec: EnvSpec, obs: dict[str, np.ndarray], info: dict[str, Any]):
+        self.spec = spec
+        self.obs: dict[str, list[np.ndarray]] = {k: [np.array(obs[k])] for k in spec.obs}
+        self.extras: dict[str, list[np.ndarray]] = {
+            k: [np.array(info[INFO_EXTRAS][k])] for k in spec.extras
+        }
+        self.prev_action: list[np.ndarray] = [np.zeros(spec.action_dim, np.float32)]
+        self.prev_reward: list[float] = [0.0]
+        self.terminated: list[bool] = [False]
+        self.truncated: list[bool] = [False]
+        self.episode_starts: list[int] = [0]
+        self.info: dict[str, Any] = dict(info.get(INFO_TRAJ, {}))
+
+    def __len__(self) -> int:
+        return len(self.prev_reward)
+
+    @property
+    def done(self) -> bool:
+        """The last timestep ends the rollout (terminated or truncated)."""
+        return self.terminated[-1] or self.truncated[-1]
+
+    def append(
+        self,
+        action: Any,
+        obs: dict[str, np.ndarray],
+        reward: float,
+        terminated: bool,
+        truncated: bool,
+        info: dict[str, Any],
+    ) -> None:
+        """Record ``env.step(action) -> (obs, reward, terminated, truncated, info)``."""
+        for k, v in self.obs.items():
+            v.append(np.array(obs[k]))
+        for k, v in self.extras.items():
+            v.append(np.array(info[INFO_EXTRAS][k]))
+        self.prev_action.append(action_record(action, self.spec))
+        self.prev_reward.append(float(reward))
+        self.terminated.append(bool(terminated))
+        self.truncated.append(bool(truncated))
+        if info.get(INFO_EPISODE_START, False):
+            self.episode_starts.append(len(self.prev_reward) - 1)
+
+    def to_trajectory(
+        self, env_id: str = "", actor_id: int = 0, policy_version: int = 0
+    ) -> Trajectory:
+        """The recorded timesteps as a :class:`Trajectory` (``time_idx = t``)."""
+        n = len(self)
+        meta = TrajectoryMeta(
+            env_id=env_id,
+            actor_id=actor_id,
+            policy_version=policy_version,
+            episode_starts=list(self.episode_starts),
+            info=dict(self.info),
+        )
+        return Trajectory(
+            obs={k: np.stack(v) for k, v in self.obs.items()},
+            prev_action=np.stack(self.prev_action).astype(np.float32, copy=False),
+            prev_reward=np.asarray(self.prev_reward, dtype=np.float32),
+            time_idx=np.arange(n, dtype=np.int32),
+            terminated=np.asarray(self.terminated, dtype=bool),
+            truncated=np.asarray(self.truncated, dtype=bool),
+            extras={
+                k: np.stack(v).astype(self.spec.extras[k].dtype, copy=False)
+                for k, v in self.extras.items()
+            },
+            meta=meta,
+        )
+
+
 def rollout(
     env: gym.Env,
     spec: EnvSpec,
@@ -47,46 +130,9 @@ def rollout(
 ) -> Trajectory:
     """Reset ``env``, act with ``policy`` until the rollout ends, return the trajectory."""
     obs, info = env.reset(seed=seed)
-    meta = TrajectoryMeta(
-        env_id=env_id,
-        actor_id=actor_id,
-        policy_version=policy_version,
-        episode_starts=[],
-        info=dict(info.get(INFO_TRAJ, {})),
-    )
-    steps: dict[str, list] = {k: [] for k in ("prev_action", "prev_reward", "term", "trunc")}
-    obs_lists: dict[str, list[np.ndarray]] = {k: [] for k in spec.obs}
-    extras_lists: dict[str, list[np.ndarray]] = {k: [] for k in spec.extras}
-    prev_action = np.zeros(spec.action_dim, dtype=np.float32)
-    reward, terminated, truncated = 0.0, False, False
-    t = 0
-    while True:
-        for k in obs_lists:
-            obs_lists[k].append(np.array(obs[k]))
-        for k in extras_lists:
-            extras_lists[k].append(np.array(info[INFO_EXTRAS][k]))
-        if info.get(INFO_EPISODE_START, t == 0):
-            meta.episode_starts.append(t)
-        steps["prev_action"].append(prev_action)
-        steps["prev_reward"].append(reward)
-        steps["term"].append(terminated)
-        steps["trunc"].append(truncated)
-        if terminated or truncated:
-            break
+    rec = TrajectoryRecorder(spec, obs, info)
+    while not rec.done:
         action = policy(obs, info)
-        prev_action = action_record(action, spec)
         obs, reward, terminated, truncated, info = env.step(action)
-        t += 1
-    n = t + 1
-    return Trajectory(
-        obs={k: np.stack(v) for k, v in obs_lists.items()},
-        prev_action=np.stack(steps["prev_action"]).astype(np.float32),
-        prev_reward=np.asarray(steps["prev_reward"], dtype=np.float32),
-        time_idx=np.arange(n, dtype=np.int32),
-        terminated=np.asarray(steps["term"], dtype=bool),
-        truncated=np.asarray(steps["trunc"], dtype=bool),
-        extras={
-            k: np.stack(v).astype(spec.extras[k].dtype, copy=False) for k, v in extras_lists.items()
-        },
-        meta=meta,
-    )
+        rec.append(action, obs, reward, terminated, truncated, info)
+    return rec.to_trajectory(env_id=env_id, actor_id=actor_id, policy_version=policy_version)

@@ -1,0 +1,182 @@
+"""Builds a run's processes and hands each the factories it needs (Acme's ``make_actor`` /
+``make_policy`` pattern), so that peer packages never import each other: ``actors/`` gets a
+policy factory (the learner's inference policy), an env factory and a replay-writer factory;
+``learner/`` gets a replay-sampler factory. Everything here is picklable (Ray ships it to the
+processes, which call the factories in their own address space).
+
+    workers = build_workers(cfg, spec, run_dir, use_gpu)
+    workers.learner, workers.actors, workers.evaluator, workers.broker
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.envs.config import EnvConfig
+from common.spec import EnvSpec
+from deploy.config import TrainConfig
+from learner.config import LearnerConfig
+from replay_service.config import ReplayConfig
+
+
+# -- factories (module-level so Ray pickles them by reference) --------------------------------
+def make_env(env: EnvConfig, seed: int):
+    """Env factory: the standardised env (``common.envs.factory.make_env``)."""
+    from common.envs.factory import make_env as build
+
+    return build(env, seed=seed)
+
+
+def make_policy(learner: LearnerConfig, spec: EnvSpec, num_slots: int):
+    """Policy factory: the learner's KV-cached inference policy; its context is the training
+    window (``learner.max_seq_len`` timesteps per slot)."""
+    from learner.inference import InferencePolicy
+
+    return InferencePolicy(
+        spec, learner, num_slots=num_slots, context_len=learner.max_seq_len, device="cpu"
+    )
+
+
+def make_writer(replay: ReplayConfig):
+    """Replay-writer factory: a store on the run's Redis."""
+    from replay_service import ReplayStore, connect
+
+    return ReplayStore(connect(replay.redis), replay)
+
+
+def make_sampler(replay: ReplayConfig, seed: int):
+    """Replay-sampler factory: windows with the configured relabeling."""
+    from replay_service import Sampler, connect, get_relabeler
+
+    relabel = get_relabeler(replay.relabel, **dict(replay.relabel_kwargs))
+    return Sampler(connect(replay.redis), replay, relabel=relabel, seed=seed)
+
+
+# -- processes -------------------------------------------------------------------------------
+@dataclass
+class Workers:
+    """The Ray actors of one run."""
+
+    broker: object
+    learner: object
+    actors: list
+    evaluator: object
+
+    def all(self) -> list:
+        return [self.learner, *self.actors, self.evaluator]
+
+
+def start_broker():
+    import ray
+
+    from common.weights import WeightBroker
+
+    return ray.remote(WeightBroker).options(num_cpus=0).remote()
+
+
+def start_learner(cfg: TrainConfig, spec: EnvSpec, broker, run_dir: Path, use_gpu: bool):
+    """The learner actor (restartable: a restart resumes from the run's newest checkpoint)."""
+    import ray
+
+    from learner.worker import LearnerActor, LearnerSetup
+
+    setup = LearnerSetup(
+        spec=spec,
+        learner=cfg.learner,
+        make_sampler=functools.partial(make_sampler, cfg.replay, cfg.learner.seed),
+        run_dir=str(run_dir),
+        resume_from=cfg.run.resume_from,
+        metrics_host=cfg.deploy.metrics_host,
+        serve_metrics=cfg.deploy.serve_metrics,
+    )
+    return (
+        ray.remote(LearnerActor)
+        .options(
+            num_cpus=cfg.learner.worker.num_cpus,
+            num_gpus=1 if use_gpu else 0,
+            max_restarts=cfg.learner.worker.max_restarts,
+            max_task_retries=0,
+        )
+        .remote(setup, broker)
+    )
+
+
+def start_rollout_actor(
+    cfg: TrainConfig,
+    broker,
+    index: int,
+    evaluation: bool = False,
+    strategy: str = "DEFAULT",
+    spec: EnvSpec | None = None,
+):
+    """Rollout actor ``index`` (an evaluation actor, writing nothing to replay, if
+    ``evaluation``) as a restartable Ray actor with a second thread for control calls.
+    ``spec``: the env's (built from ``cfg.env`` when not given)."""
+    import ray
+
+    from actors.worker import ActorSetup, RolloutActor
+
+    if spec is None:
+        from common.envs.factory import env_spec
+
+        spec = env_spec(cfg.env)
+    setup = ActorSetup(
+        actor_id=index,
+        num_actors=cfg.actors.num_actors,
+        actors=cfg.actors,
+        spec=spec,
+        env_id=cfg.env.id,
+        make_env=functools.partial(make_env, cfg.env),
+        make_policy=functools.partial(make_policy, cfg.learner),
+        make_writer=None if evaluation else functools.partial(make_writer, cfg.replay),
+        metrics_host=cfg.deploy.metrics_host,
+        serve_metrics=cfg.deploy.serve_metrics,
+    )
+    return (
+        ray.remote(RolloutActor)
+        .options(
+            num_cpus=0 if evaluation else cfg.actors.num_cpus,
+            max_restarts=cfg.actors.max_restarts,
+            max_task_retries=0,
+            max_concurrency=2,
+            scheduling_strategy=strategy,
+        )
+        .remote(setup, broker)
+    )
+
+
+def build_workers(
+    cfg: TrainConfig, spec: EnvSpec, run_dir: Path, use_gpu: bool, started: list
+) -> Workers:
+    """Start the broker, the learner (waiting for its first published version: a failed
+    start-up surfaces here), the rollout actors and the evaluation actor, in that order.
+    Every handle is appended to ``started`` as soon as it exists (so the caller can kill what
+    was started when a later step fails)."""
+    import ray
+
+    broker = start_broker()
+    started.append(broker)
+    learner = start_learner(cfg, spec, broker, run_dir, use_gpu)
+    started.append(learner)
+    ray.get(learner.version.remote())
+    d = cfg.deploy
+    strategy = "SPREAD" if (d.ray_address and d.spread_actors) else "DEFAULT"
+    start = functools.partial(start_rollout_actor, cfg, broker, strategy=strategy, spec=spec)
+    actors = [start(i) for i in range(cfg.actors.num_actors)]
+    evaluator = start(cfg.actors.num_actors, evaluation=True)
+    started += [*actors, evaluator]
+    ray.get([a.ping.remote() for a in [*actors, evaluator]])
+    return Workers(broker, learner, actors, evaluator)
+
+
+__all__ = [
+    "Workers",
+    "build_workers",
+    "make_env",
+    "make_policy",
+    "make_sampler",
+    "make_writer",
+    "start_rollout_actor",
+]
