@@ -27,7 +27,7 @@ import numpy as np
 
 from actors.config import ActorConfig
 from actors.exploration import Exploration
-from actors.rollout import RolloutStats, RolloutLoop
+from actors.rollout import RolloutLoop, RolloutStats
 from common.codec import RecordError
 from common.core import Policy, ReplayWriter
 from common.metrics import Metrics, process_memory_mb
