@@ -77,6 +77,12 @@ METRICS: dict[str, MetricDef] = {
     "amago_replay_rejected": MetricDef(
         "gauge", "Records rejected at ingest, by reason (all writers)", ("reason",)
     ),
+    "amago_replay_corrupt": MetricDef(
+        "gauge",
+        "Stored records skipped at sample time (corrupt blob, schema, relabel, collate, "
+        "missing), by reason (all samplers)",
+        ("reason",),
+    ),
     "amago_replay_sample_wait_seconds": MetricDef(
         "counter", "Time the learner's sampler waited on the rate limiter or an empty store"
     ),

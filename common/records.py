@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 #: Version of the in-memory layout and of the wire format (see ``common.codec``).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: Core per-timestep arrays every trajectory holds (besides ``obs`` and ``extras``).
 CORE_KEYS = ("prev_action", "prev_reward", "time_idx", "terminated", "truncated")
@@ -39,6 +39,12 @@ class TrajectoryMeta:
     ``episode_starts`` lists the timestep index at which each episode of the rollout begins
     (``[0]`` for a single episode; several for a meta-RL trial of k episodes). ``info`` holds
     small free-form scalars/strings (e.g. the goal task's reward-function name).
+
+    Types are strict (``common.codec`` refuses anything else, never coerces): ``env_id`` a
+    ``str``; ``actor_id``/``policy_version`` ``int`` (not bool) within int64; ``info`` a dict
+    with ``str`` keys whose values are None, bool, int (int64), finite float, str, or lists /
+    dicts of those, nested at most ``Limits.max_info_depth`` deep with at most
+    ``Limits.max_info_entries`` entries in all (numpy scalars are converted on encode).
     """
 
     env_id: str = ""

@@ -46,12 +46,13 @@ def make_writer(replay: ReplayConfig):
     return ReplayStore(connect(replay.redis), replay)
 
 
-def make_sampler(replay: ReplayConfig, seed: int):
-    """Replay-sampler factory: windows with the configured relabeling."""
+def make_sampler(replay: ReplayConfig, seed: int, spec: EnvSpec | None = None):
+    """Replay-sampler factory: windows with the configured relabeling; ``spec`` fixes the
+    batch layout (records that do not match it are skipped and counted as "schema")."""
     from replay_service import Sampler, connect, get_relabeler
 
     relabel = get_relabeler(replay.relabel, **dict(replay.relabel_kwargs))
-    return Sampler(connect(replay.redis), replay, relabel=relabel, seed=seed)
+    return Sampler(connect(replay.redis), replay, relabel=relabel, seed=seed, spec=spec)
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -85,7 +86,7 @@ def start_learner(cfg: TrainConfig, spec: EnvSpec, broker, run_dir: Path, use_gp
     setup = LearnerSetup(
         spec=spec,
         learner=cfg.learner,
-        make_sampler=functools.partial(make_sampler, cfg.replay, cfg.learner.seed),
+        make_sampler=functools.partial(make_sampler, cfg.replay, cfg.learner.seed, spec),
         run_dir=str(run_dir),
         resume_from=cfg.run.resume_from,
         metrics_host=cfg.deploy.metrics_host,

@@ -11,6 +11,7 @@ field name.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ class DeployConfig:
     # persists the store (AOF + RDB) across server restarts.
     embedded_maxmemory_mb: int = 2048
     embedded_data_dir: str = ""
-    # Serve each process's Prometheus metrics on this host (0.0.0.0 is refused locally);
+    # Serve each process's Prometheus metrics on this host (loopback only locally; wildcards
+    # such as 0.0.0.0 or :: are refused everywhere);
     # "node" = the Ray node address of each process (cluster runs: a Prometheus on the head
     # can scrape processes on every node).
     metrics_host: str = "127.0.0.1"
@@ -63,18 +65,34 @@ class DeployConfig:
     def validate(self) -> None:
         require(self.num_cpus >= 0, "num_cpus", "must be >= 0")
         require(self.embedded_maxmemory_mb >= 16, "embedded_maxmemory_mb", "must be >= 16")
+        require(bool(self.metrics_host), "metrics_host", "must be a host, an IP or 'node'")
         if not self.ray_address:
             require(
                 self.metrics_host.startswith("127."),
                 "metrics_host",
                 "local runs serve metrics on loopback only",
             )
-        require(bool(self.metrics_host), "metrics_host", "must be a host, an IP or 'node'")
+        require(
+            not _is_wildcard(self.metrics_host),
+            "metrics_host",
+            f"{self.metrics_host!r} binds every interface: use 'node' (each process's Ray "
+            "node address) or an explicit address",
+        )
         require(
             not (self.metrics_sd_file and self.metrics_sd_dir),
             "metrics_sd_dir",
             "set metrics_sd_file or metrics_sd_dir, not both",
         )
+
+
+def _is_wildcard(host: str) -> bool:
+    """Whether binding ``host`` listens on every interface (0.0.0.0, ::, *, [::], ...)."""
+    if host.strip() in ("*", "", "-::*"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_unspecified
+    except ValueError:
+        return False
 
 
 @dataclass

@@ -39,20 +39,41 @@ log = logging.getLogger("amago")
 @contextlib.contextmanager
 def replay_endpoint(cfg: TrainConfig) -> Iterator[TrainConfig]:
     """Yield ``cfg`` with a reachable ``replay.redis.url``, starting an embedded server
-    (stopped on exit) when the config names none."""
+    (stopped on exit) when the config names none.
+
+    The embedded server always requires a password: the config's, or a random one made for
+    this run. The yielded config carries it to the run's clients (actors and learner get
+    the config); the run's ``config.yaml`` is written before, so it never holds it."""
     if cfg.replay.redis.url:
+        _check_external_server(cfg)
         yield cfg
         return
     from replay_service.server import EmbeddedServer
 
     d = cfg.deploy
     with EmbeddedServer(
-        password=cfg.replay.redis.password,
+        password=cfg.replay.redis.password,  # "" = a random one
         maxmemory_bytes=d.embedded_maxmemory_mb * 2**20,
         data_dir=d.embedded_data_dir or None,
     ) as server:
-        redis_cfg = dataclasses.replace(cfg.replay.redis, url=server.url)
+        redis_cfg = dataclasses.replace(cfg.replay.redis, url=server.url, password=server.password)
         yield dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, redis=redis_cfg))
+
+
+def _check_external_server(cfg: TrainConfig) -> None:
+    """An external replay server must run ``maxmemory-policy noeviction`` (``ConfigError``
+    naming ``replay.redis.url`` otherwise). One that cannot be reached yet is left to the
+    workers, which wait out outages."""
+    import redis
+
+    from common.replay import ReplayUnavailable
+    from replay_service import connect
+    from replay_service.client import check_server
+
+    try:
+        check_server(connect(cfg.replay.redis))
+    except (redis.exceptions.RedisError, ReplayUnavailable) as e:  # not a policy problem
+        log.warning("replay server not checked at start-up (%s); workers will wait for it", e)
 
 
 class RunLog:
@@ -200,9 +221,13 @@ def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
 
 
 def _save_config(cfg: TrainConfig, path: Path) -> None:
-    """The resolved config a run uses (derived fields filled in) as YAML."""
+    """The resolved config a run uses (derived fields filled in) as YAML, without secrets (a
+    password given on the command line is left out: pass it through the environment variable
+    ``deploy.redis_password_env`` names)."""
     from omegaconf import OmegaConf
 
+    redis = dataclasses.replace(cfg.replay.redis, password="")
+    cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, redis=redis))
     OmegaConf.save(OmegaConf.structured(cfg), path)
 
 

@@ -231,6 +231,8 @@ class LearnerActor:
             m.set(f"amago_replay_{key}", float(getattr(st, key)))
         for reason, n in st.rejected.items():
             m.set("amago_replay_rejected", float(n), reason=reason)
+        for reason, n in st.corrupt.items():
+            m.set("amago_replay_corrupt", float(n), reason=reason)
         return st
 
     def version(self) -> int:

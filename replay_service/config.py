@@ -10,14 +10,38 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from common.codec import COMPRESSIONS
 from common.config_utils import ConfigError, prefixed, require
 
-_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # fullmatch: no trailing newline
 SAMPLING_MODES = ("uniform", "length")
+_SECRET = "***"
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password in it (``redis://user:PASSWORD@host``, ``?password=``)
+    replaced by ``***``: what may appear in reprs, logs and error messages."""
+    m = _SCHEME_RE.match(url)
+    if m:
+        rest = url[m.end() :]
+        cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        userinfo, at, host = rest[:cut].rpartition("@")  # as urllib (and redis-py) split it
+        if at and ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            url = f"{m.group()}{user}:{_SECRET}@{host}{rest[cut:]}"
+    if "?" in url:
+        base, query = url.split("?", 1)
+        query, frag = query.split("#", 1) if "#" in query else (query, None)
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() == "password" for k, _ in pairs):
+            pairs = [(k, _SECRET if k.lower() == "password" else v) for k, v in pairs]
+            url = f"{base}?{urlencode(pairs, safe='*')}" + (f"#{frag}" if frag is not None else "")
+    return url
 
 
 @dataclass
@@ -42,14 +66,22 @@ class RedisConfig:
     # Reconnect attempts per command after a connection error before ReplayUnavailable.
     retries: int = 2
 
+    def __repr__(self) -> str:
+        """As the dataclass repr, but never a secret (the password, one inside the URL)."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["url"] = redact_url(self.url)
+        shown["password"] = _SECRET if self.password else ""
+        return f"RedisConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     def validate(self) -> None:
         require(
             self.url == "" or self.url.startswith(("redis://", "rediss://", "unix://")),
             "url",
-            f"must be '' or start with redis://, rediss:// or unix://, got {self.url!r}",
+            "must be '' or start with redis://, rediss:// or unix://, got "
+            f"{redact_url(self.url)!r}",
         )
         require(
-            bool(_NAMESPACE_RE.match(self.namespace)),
+            bool(_NAMESPACE_RE.fullmatch(self.namespace)),
             "namespace",
             f"must match {_NAMESPACE_RE.pattern}, got {self.namespace!r}",
         )

@@ -35,6 +35,11 @@ come out unchanged are returned as the very same object (no copy). With ``0 < p_
 one uniform number is drawn per goal trajectory; non-goal trajectories draw nothing, so the
 sampler's random stream (window starts) is the same as with ``"none"``. The result depends
 only on the trajectory and the generator's state; the input is never written to.
+
+A goal trajectory whose goal arrays are inconsistent (zero-width or mis-shaped achieved goals,
+an instruction not a whole number of goals, an unknown reward function) raises ``ValueError``
+(:func:`check_goal_arrays`) when it is drawn for relabeling; the sampler then skips it and
+counts it under reason ``"relabel"`` (a record's second failure drops it).
 """
 
 from __future__ import annotations
@@ -115,6 +120,27 @@ def is_goal_trajectory(traj: Trajectory) -> bool:
     )
 
 
+def check_goal_arrays(traj: Trajectory) -> None:
+    """Raise ``ValueError`` unless the goal arrays of a goal trajectory fit together:
+    ``achieved (N, M, G)`` with G >= 1 and M >= 1, ``achieved_mask (N, M)``, the instruction
+    ``(N, k * G)`` with k >= 1, and a registered reward function."""
+    n = len(traj)
+    achieved = traj.extras[ACHIEVED_KEY]
+    mask = traj.extras[ACHIEVED_MASK_KEY]
+    goals = traj.obs[GOALS_KEY]
+    if achieved.ndim != 3 or achieved.shape[0] != n or min(achieved.shape[1:]) < 1:
+        raise ValueError(f"extras {ACHIEVED_KEY!r} must be (N={n}, M>=1, G>=1): {achieved.shape}")
+    if mask.shape != achieved.shape[:2]:
+        raise ValueError(f"extras {ACHIEVED_MASK_KEY!r} {mask.shape} != {achieved.shape[:2]}")
+    g = achieved.shape[2]
+    if goals.ndim != 2 or goals.shape[0] != n or goals.shape[1] < g or goals.shape[1] % g:
+        raise ValueError(f"obs {GOALS_KEY!r} {goals.shape} is not (N={n}, k * G) with G={g}")
+    try:
+        reward_fn_of(traj)
+    except KeyError as e:
+        raise ValueError(str(e).strip('"')) from None
+
+
 class HindsightRelabeler:
     """``relabel(traj, rng) -> traj`` (a :data:`~replay_service.relabel.Relabeler`)."""
 
@@ -134,6 +160,7 @@ class HindsightRelabeler:
         p = float(self.cfg.p_relabel)
         if not is_goal_trajectory(traj) or p <= 0.0 or (p < 1.0 and rng.random() >= p):
             return None
+        check_goal_arrays(traj)
         fn = reward_fn_of(traj)
         achieved = np.asarray(traj.extras[ACHIEVED_KEY], dtype=np.float32)  # (N, M, G)
         mask = np.asarray(traj.extras[ACHIEVED_MASK_KEY], dtype=bool)  # (N, M)
@@ -203,6 +230,7 @@ __all__ = [
     "EpisodePlan",
     "HindsightConfig",
     "HindsightRelabeler",
+    "check_goal_arrays",
     "is_goal_trajectory",
     "make_hindsight",
 ]

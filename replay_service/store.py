@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import redis
 
-from common.codec import Limits, RecordError, decode, encode, validate
+from common.codec import Limits, RecordError, decode, encode
 from common.records import Trajectory
 from replay_service.config import ReplayConfig
 from replay_service.errors import (
@@ -27,7 +27,7 @@ from replay_service.errors import (
     ReplayError,
     translated_errors,
 )
-from replay_service.lua import Keys, Scripts
+from replay_service.lua import Keys, Scripts, token_grace_ms
 from replay_service.rate_limiter import RateLimits
 from replay_service.stats import RateMeter, ReplayStats, read_stats
 
@@ -49,12 +49,14 @@ class ReplayStore:
         self._meter = RateMeter()
         self._backpressure_events = 0
         lim = self._limits
+        self._tomb_args = [self.keys.token_prefix, token_grace_ms(cfg.insert_timeout_s)]
         self._static_args = [  # commit ARGV after blob_prefix and epoch
             cfg.max_steps,
             cfg.max_bytes,
             repr(float(lim.samples_per_insert)),
             lim.min_size,
             repr(float(lim.max_diff)),
+            *self._tomb_args,
         ]
 
     @property
@@ -75,8 +77,10 @@ class ReplayStore:
         unchanged), :class:`ReplayBackpressure` if Redis is out of memory (nothing written)
         and :class:`ReplayUnavailable` if the server cannot be reached. ``token`` (any
         unique string) makes the insert idempotent across the caller's own retries: a token
-        is stored at most once. A fresh one is drawn per call when omitted; the service's
-        internal retries always reuse it.
+        is stored at most once, also when its record was evicted meanwhile (the token is
+        remembered for ``lua.token_grace_ms`` after the removal: at least 600 s; a retry
+        then returns the evicted id). A fresh one is drawn per call when omitted; the
+        service's internal retries always reuse it.
         """
         return self.insert_many([traj], timeout_s, None if token is None else [token])[0]
 
@@ -190,9 +194,11 @@ class ReplayStore:
         """(encoded record, timesteps), or RecordError after counting the rejection."""
         try:
             if isinstance(traj, Trajectory):
-                validate(traj, self._codec_limits)
-                blob: bytes | memoryview = encode(
-                    traj, self._cfg.compression, self._cfg.compress_min_bytes
+                blob: bytes | memoryview = encode(  # validates with the store's limits
+                    traj,
+                    self._cfg.compression,
+                    self._cfg.compress_min_bytes,
+                    limits=self._codec_limits,
                 )
                 if len(blob) > self._cfg.max_record_bytes:
                     raise RecordError(
@@ -224,7 +230,8 @@ class ReplayStore:
         with translated_errors("evict"):
             return int(
                 self._scripts.evict(
-                    keys=self.keys.record_keys(), args=[self.keys.blob_prefix, n_trajectories]
+                    keys=self.keys.record_keys(),
+                    args=[self.keys.blob_prefix, n_trajectories, *self._tomb_args],
                 )
             )
 

@@ -67,7 +67,11 @@ def redis_backend(request: pytest.FixtureRequest) -> RedisBackend:
         host, port = tcp.server_address[:2]
         return RedisBackend("fakeredis", f"redis://{host}:{port}", tcp.fake_server)
     server = request.getfixturevalue("embedded_server")
-    return RedisBackend("valkey", server.url)
+    # The embedded server always requires a password (a random one here); tests pass this
+    # URL around as the one address, so it carries the password (tests only: a run's URL
+    # never holds one, RedisConfig.password does).
+    host_port = server.url.split("://", 1)[1]
+    return RedisBackend("valkey", f"redis://:{server.password}@{host_port}")
 
 
 def _make_trajectory(

@@ -593,3 +593,59 @@ def test_sampler_with_p_relabel_zero_gives_the_same_batches_as_none():
                     np.testing.assert_array_equal(va[key], vb[key])
             else:
                 np.testing.assert_array_equal(va, vb)
+
+
+# --------------------------------------------------------------------------------------------
+# malformed goal records never crash the sampler (skipped, counted, dropped at the 2nd failure)
+# --------------------------------------------------------------------------------------------
+
+
+def _with(traj: Trajectory, tag: int, info: dict | None = None, **arrays) -> Trajectory:
+    """A copy of ``traj`` (actor_id ``tag``) with some arrays (flat names) or info replaced."""
+    a = dict(traj.arrays())
+    a.update(arrays)
+    meta = dataclasses.replace(traj.meta, actor_id=tag, info=dict(traj.meta.info, **(info or {})))
+    return Trajectory.from_arrays(a, meta)
+
+
+def _malformed_goal_records(t: Trajectory) -> list[Trajectory]:
+    n = len(t)
+    m = t.extras[ACHIEVED_KEY].shape[1]
+    return [
+        # zero-width achieved goals (G = 0: a division by zero in goal_shape)
+        _with(t, 901, **{"extras/" + ACHIEVED_KEY: np.zeros((n, m, 0), np.float32)}),
+        # a reward function nobody registered (KeyError)
+        _with(t, 902, info={"goal_reward_fn": "no_such_reward_fn"}),
+        # an instruction that is not a whole number of goals (ValueError in reshape)
+        _with(t, 903, **{"obs/" + GOALS_KEY: np.ascontiguousarray(t.obs[GOALS_KEY][:, :-1])}),
+    ]
+
+
+@pytest.mark.parametrize("with_spec", [False, True])
+def test_malformed_goal_records_are_skipped_counted_and_dropped(with_spec):
+    singles = [t for t, src in _dataset() if len(src) == 1][:20]
+    bad = _malformed_goal_records(singles[0])
+    for b in bad:
+        with pytest.raises((ValueError, KeyError, ZeroDivisionError)):
+            HindsightRelabeler(HindsightConfig(p_relabel=1.0))(b, np.random.default_rng(0))
+    client = fakeredis.FakeRedis()
+    cfg = ReplayConfig(
+        redis=RedisConfig(namespace=f"t{uuid.uuid4().hex[:10]}"),
+        max_seq_len=16,
+        batch_size=24,
+        relabel="hindsight",
+        relabel_kwargs={"p_relabel": 1.0, "amount": "all"},
+    )
+    store = ReplayStore(client, cfg)
+    for t in [bad[0], *singles[:10], bad[1], *singles[10:], bad[2]]:
+        store.insert(t)
+    spec = env_spec(EnvConfig(id="amago/GoalGrid-v0", kwargs=GRID_KW)) if with_spec else None
+    sampler = Sampler(client, cfg, seed=3, spec=spec)
+    batches = [sampler.sample(timeout_s=1) for _ in range(30)]  # never raises
+    _check_windows(batches, k=2, trial=False)
+    s = store.stats()
+    assert (s.trajectories, s.dropped_trajectories) == (20, 3)
+    # without a spec all three fail in the relabeler; with one, the two mis-shaped records
+    # are refused before relabeling
+    assert s.corrupt == ({"schema": 4, "relabel": 2} if with_spec else {"relabel": 6})
+    assert s.timesteps == sum(len(t) for t in singles)

@@ -152,6 +152,27 @@ def test_connect_options():
     assert plain.connection_pool.connection_class is redis.Connection
 
 
+def test_connect_password_sources_and_reprs():
+    # The config's password wins over one in the URL; a URL's is used when the config has none.
+    both = connect(RedisConfig(url="redis://:from-url@127.0.0.1:1", password="from-config"))
+    assert both.connection_pool.connection_kwargs["password"] == "from-config"
+    url_only = connect(RedisConfig(url="redis://:from-url@127.0.0.1:1"))
+    assert url_only.connection_pool.connection_kwargs["password"] == "from-url"
+    for c in (both, url_only):  # neither the client's repr nor the config's shows them
+        assert "from-config" not in repr(c) and "from-url" not in repr(c)
+    cfg = RedisConfig(url="redis://:from-url@127.0.0.1:1", password="from-config")
+    assert "from-config" not in repr(cfg) and "from-url" not in repr(cfg)
+    assert "from-config" not in repr(ReplayConfig(redis=cfg))
+
+
+def test_redis_config_is_still_a_structured_config_schema():
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(RedisConfig(password="pw"))
+    assert node.password == "pw"  # the schema keeps the field: only reprs hide it
+    assert OmegaConf.to_object(node) == RedisConfig(password="pw")
+
+
 def test_relabel_registry():
     assert "none" in relabeler_names()
     ident = get_relabeler("none")

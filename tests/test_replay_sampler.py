@@ -358,3 +358,233 @@ def test_large_batches_are_reserved_in_chunks(client, make_cfg, make_trajectory)
     b = sampler.sample(7, timeout_s=0)  # 7 windows > batch_size 2: reserved 2 + 2 + 2 + 1
     assert b.shape == (7, 5)
     assert store.stats().sampled_timesteps == 35
+
+
+# -- records that break relabeling, windowing or collation; the env spec -------------------
+
+
+@register_relabeler("test_faulty")
+def _make_faulty():
+    """Identity, except for the records whose actor_id names a failure."""
+
+    def relabel(traj: Trajectory, rng: np.random.Generator) -> Trajectory:
+        tag = traj.meta.actor_id
+        if tag == 101:
+            raise KeyError("no such reward function")
+        out = traj.window(0, len(traj))
+        if tag == 102:
+            out.meta.policy_version = 2**63  # does not fit the int64 version column
+        elif tag == 103:
+            out.prev_reward = out.prev_reward[:-1]  # shorter than the other arrays
+        elif tag == 104:
+            out = traj.window(0, 0)  # no timesteps
+        elif tag == 105:
+            return "not a trajectory"  # type: ignore[return-value]
+        return out
+
+    return relabel
+
+
+def _namespace_totals(client, keys) -> tuple[int, int, int]:
+    """(count, steps, bytes) summed straight from the info hash."""
+    from replay_service.lua import parse_info
+
+    vals = [parse_info(v) for v in client.hgetall(keys.info).values()]
+    return len(vals), sum(v[0] for v in vals), sum(v[1] for v in vals)
+
+
+def _assert_totals(client, store) -> None:
+    s = store.stats()
+    assert (s.trajectories, s.timesteps, s.bytes) == _namespace_totals(client, store.keys)
+
+
+def test_records_that_break_relabel_or_collate_are_skipped_then_dropped(
+    client, make_cfg, make_trajectory
+):
+    cfg = make_cfg(max_seq_len=4, relabel="test_faulty")
+    store = ReplayStore(client, cfg)
+    for tag in [0, 101, 1, 102, 2, 103, 3, 104, 105]:
+        store.insert(make_trajectory(10, tag=tag))
+    sampler = Sampler(client, cfg, seed=0)
+    rows = 0
+    for _ in range(40):
+        b = sampler.sample(6, timeout_s=1)  # never raises
+        assert b.shape == (6, 4) and b.mask.all()
+        assert set(b.policy_version.tolist()) <= {0, 1, 2, 3}
+        rows += 6
+    s = store.stats()
+    assert (s.trajectories, s.timesteps, s.dropped_trajectories) == (4, 40, 5)
+    # each bad record failed twice (counted twice), the second time it was dropped
+    assert s.corrupt == {"relabel": 2, "collate": 8}
+    assert (s.sampled_windows, s.sampled_timesteps) == (rows, 4 * rows)  # refunds exact
+    _assert_totals(client, store)
+
+
+def test_a_collation_failure_is_isolated_to_its_record(
+    client, make_cfg, make_trajectory, monkeypatch
+):
+    import replay_service.sampler as sampler_module
+
+    real = sampler_module.collate
+
+    def picky(windows, length):
+        if any(t.meta.actor_id == 7 for t, _, _ in windows):
+            raise RuntimeError("cannot collate this one")
+        return real(windows, length)
+
+    monkeypatch.setattr(sampler_module, "collate", picky)
+    cfg = make_cfg(max_seq_len=4)
+    store = ReplayStore(client, cfg)
+    for tag in (1, 7, 2):
+        store.insert(make_trajectory(10, tag=tag))
+    sampler = Sampler(client, cfg, seed=0)
+    for _ in range(20):
+        assert set(sampler.sample(4, timeout_s=1).policy_version.tolist()) <= {1, 2}
+    s = store.stats()
+    assert s.trajectories == 2 and s.dropped_trajectories == 1 and s.corrupt == {"collate": 2}
+    _assert_totals(client, store)
+
+
+def test_a_version_beyond_int64_never_crashes_the_sampler(client, make_cfg, make_trajectory):
+    import msgpack
+
+    cfg = make_cfg(max_seq_len=4)
+    store = ReplayStore(client, cfg)
+    for tag in range(3):
+        store.insert(make_trajectory(10, tag=tag))
+    doc = msgpack.unpackb(client.get(store.keys.blob(1)), raw=False)
+    doc["meta"]["policy_version"] = 2**63  # valid msgpack (uint64); the codec may refuse it
+    client.set(store.keys.blob(1), msgpack.packb(doc, use_bin_type=True))
+    sampler = Sampler(client, cfg, seed=0)
+    for _ in range(20):
+        assert set(sampler.sample(4, timeout_s=1).policy_version.tolist()) <= {0, 2}
+    s = store.stats()
+    assert s.trajectories == 2 and s.dropped_trajectories == 1
+    assert set(s.corrupt) <= {"collate", "schema"}  # refused at batching, or by the codec
+
+
+def _spec(obs_dim: int = 3, action_dim: int = 2, extras=None):
+    from common.spec import ArraySpec, EnvSpec
+
+    return EnvSpec(
+        obs={"observation": ArraySpec((obs_dim,), "float32")},
+        action_dim=action_dim,
+        discrete=True,
+        max_episode_steps=100,
+        extras=extras or {},
+    )
+
+
+def test_the_env_spec_fixes_the_layout_not_the_first_row(client, make_cfg, make_trajectory):
+    cfg = make_cfg(max_seq_len=4)
+    store = ReplayStore(client, cfg)
+    store.insert(make_trajectory(10, tag=9, obs_dim=5))  # odd record, drawn first
+    sampler = Sampler(client, cfg, seed=0, spec=_spec())
+    store.insert(make_trajectory(10, tag=1))
+    store.insert(make_trajectory(10, tag=2, action_dim=3))  # odd action size
+    versions = set()
+    for _ in range(20):
+        b = sampler.sample(4, timeout_s=1)
+        assert b.obs["observation"].shape == (4, 4, 3) and b.prev_action.shape == (4, 4, 2)
+        versions |= set(b.policy_version.tolist())
+    assert versions == {1}
+    s = store.stats()
+    assert s.corrupt == {"schema": 4} and s.trajectories == 1 and s.dropped_trajectories == 2
+    _assert_totals(client, store)
+
+
+def test_the_env_spec_checks_extras(client, make_cfg, make_trajectory):
+    from common.spec import ArraySpec
+
+    cfg = make_cfg(max_seq_len=4)
+    store = ReplayStore(client, cfg)
+    good = make_trajectory(10, tag=1)
+    good.extras = {"achieved": np.zeros((10, 1, 2), np.float32)}
+    store.insert(good)
+    zero_width = make_trajectory(10, tag=2)
+    zero_width.extras = {"achieved": np.zeros((10, 1, 0), np.float32)}
+    store.insert(zero_width)
+    store.insert(make_trajectory(10, tag=3))  # no extras at all
+    spec = _spec(extras={"achieved": ArraySpec((1, 2), "float32")})
+    sampler = Sampler(client, cfg, seed=0, spec=spec)
+    for _ in range(20):
+        assert set(sampler.sample(4, timeout_s=1).policy_version.tolist()) == {1}
+    s = store.stats()
+    assert s.corrupt == {"schema": 4} and s.trajectories == 1
+
+
+# -- vanished blobs, server rewinds ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("cache_mb", [0, 64])
+def test_index_entries_without_their_blob_are_removed_and_totals_repaired(
+    client, make_cfg, make_trajectory, cache_mb
+):
+    cfg = make_cfg(max_seq_len=4, sample_cache_mb=cache_mb)
+    store = ReplayStore(client, cfg)
+    for tag in range(6):
+        store.insert(make_trajectory(10 + tag, tag=tag))
+    client.delete(store.keys.blob(2), store.keys.blob(4))  # e.g. an evicting external server
+    sampler = Sampler(client, cfg, seed=0)
+    for _ in range(20):
+        assert set(sampler.sample(6, timeout_s=1).policy_version.tolist()) <= {0, 1, 3, 5}
+    s = store.stats()
+    assert (s.trajectories, s.timesteps) == (4, 10 + 11 + 13 + 15)
+    assert s.dropped_trajectories == 2 and s.corrupt == {"missing": 2}
+    assert s.evicted_trajectories == 0
+    assert sorted(int(k) for k in client.hkeys(store.keys.info)) == [0, 1, 3, 5]
+    _assert_totals(client, store)
+    # the insert tokens of the removed records stay known (a retry is still a duplicate)
+    assert client.hlen(store.keys.tokens) == 4
+
+
+def _snapshot(client, prefix: str) -> dict:
+    """Every key of a namespace (strings and hashes) as it is now."""
+    out = {}
+    for key in client.scan_iter(match=prefix + "*"):
+        if client.type(key) == b"hash":
+            out[key] = ("hash", client.hgetall(key))
+        else:
+            out[key] = ("string", client.get(key), client.pttl(key))
+    return out
+
+
+def _rewind(client, prefix: str, snap: dict) -> None:
+    """Put the namespace back into the snapshot's state (a restart from an older AOF/RDB)."""
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+    for key, (kind, value, *rest) in snap.items():
+        if kind == "hash":
+            client.hset(key, mapping=value)
+        else:
+            ttl = rest[0]
+            client.set(key, value, px=ttl if ttl and ttl > 0 else None)
+
+
+@pytest.mark.parametrize("reinsert", [0, 3, 6])
+def test_a_rewind_to_older_data_invalidates_the_sampler_cache(
+    client, make_cfg, make_trajectory, reinsert
+):
+    cfg = make_cfg(max_seq_len=4, sample_cache_mb=64)
+    store = ReplayStore(client, cfg)
+    for tag in range(5):
+        store.insert(make_trajectory(10, tag=tag))
+    snap = _snapshot(client, store.keys.prefix)
+    for tag in range(5, 8):
+        store.insert(make_trajectory(10, tag=tag))
+    sampler = Sampler(client, cfg, seed=0)
+    assert set(sampler.sample(96, timeout_s=1).policy_version.tolist()) == set(range(8))
+    assert all(i in sampler._cache for i in range(8))  # everything cached
+    store.insert(make_trajectory(10, tag=8))  # a normal insert keeps the cache
+    assert set(sampler.sample(96, timeout_s=1).policy_version.tolist()) == set(range(9))
+    assert all(i in sampler._cache for i in range(9))
+    _rewind(client, store.keys.prefix, snap)  # same epoch, next id back at 5
+    new = list(range(100, 100 + reinsert))
+    for tag in new:  # reuse ids 5.. (with 3: the id counter is back where it was)
+        store.insert(make_trajectory(10, tag=tag))
+    seen = set()
+    for _ in range(6):
+        seen |= set(sampler.sample(64, timeout_s=1).policy_version.tolist())
+    assert seen == set(range(5)) | set(new)  # never the lost records 5..8
+    assert store.stats().corrupt == {}

@@ -486,3 +486,110 @@ def test_restart_with_persistence_resumes(tmp_path, make_trajectory):
         assert store.insert(make_trajectory(10, tag=5)) == 5
         assert store.stats().sampled_windows == 4 + 64 + 4
         client.close()
+
+
+# -- exactly-once across eviction ----------------------------------------------------------
+
+
+def test_a_retry_after_eviction_is_still_a_duplicate(client, redis_backend, make_trajectory):
+    from replay_service.lua import TOKEN_GRACE_S
+
+    cfg = _cfg(redis_backend.url, max_steps=30, max_traj_steps=10)
+    store = ReplayStore(client, cfg)
+    try:
+        assert store.insert(make_trajectory(10, tag=0), token="first") == 0
+        assert store.insert_many(
+            [make_trajectory(10, tag=i) for i in (1, 2)], tokens=["second", "third"]
+        ) == [1, 2]
+        for i in range(3, 6):  # evicts 0, 1, 2 (FIFO)
+            store.insert(make_trajectory(10, tag=i))
+        assert _assert_consistent(client, store.keys)["ids"] == [3, 4, 5]
+        before = store.stats()
+        # the writer's retries (e.g. its first reply was lost) come back after the eviction
+        assert store.insert(make_trajectory(10, tag=0), token="first") == 0
+        assert store.insert_many(
+            [make_trajectory(10, tag=i) for i in (1, 2, 6)], tokens=["second", "third", "new"]
+        ) == [1, 2, 6]
+        after = store.stats()
+        assert after.inserted_trajectories == before.inserted_trajectories + 1  # only "new"
+        c = _assert_consistent(client, store.keys)
+        assert c["ids"] == [4, 5, 6]
+        assert not list(client.scan_iter(match=store.keys.prefix + "p:*"))
+        # removed records' tokens are kept for a bounded time (they expire)
+        for token in ("first", "second", "third"):
+            ttl = client.pttl(store.keys.token(token))
+            assert 0 < ttl <= 1000 * TOKEN_GRACE_S
+        # evict() and sample-time drops keep the tokens too
+        token4 = c_token(client, store, 4)
+        assert store.evict(1) == 1
+        assert store.insert(make_trajectory(10, tag=4), token=token4) == 4
+        assert store.stats().inserted_trajectories == after.inserted_trajectories
+    finally:
+        store.clear()
+    assert not list(client.scan_iter(match=store.keys.prefix + "*"))  # clear() took all
+
+
+def c_token(client, store, traj_id: int) -> str:
+    """The insert token of a live trajectory, from the info hash."""
+    return parse_info(client.hget(store.keys.info, str(traj_id)))[2]
+
+
+def test_a_dropped_record_keeps_its_token(client, cfg, make_trajectory):
+    store = ReplayStore(client, cfg)
+    store.insert(make_trajectory(10, tag=0), token="a")
+    store.insert(make_trajectory(10, tag=1), token="b")
+    client.set(store.keys.blob(0), b"\x93garbage")
+    sampler = Sampler(client, cfg, seed=0)
+    for _ in range(5):
+        sampler.sample(4, timeout_s=1)
+    assert store.stats().dropped_trajectories == 1
+    assert store.insert(make_trajectory(10, tag=0), token="a") == 0  # not stored again
+    assert _assert_consistent(client, store.keys)["ids"] == [1]
+
+
+# -- start-up check of an external server's eviction policy ----------------------------------
+
+
+def test_check_server_requires_noeviction():
+    from common.config_utils import ConfigError
+    from replay_service.client import check_server
+
+    with EmbeddedServer() as server:
+        client = connect(server.redis_config(retries=0))
+        assert check_server(client) == "noeviction"
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        with pytest.raises(ConfigError, match="allkeys-lru.*noeviction"):
+            check_server(client)
+        client.config_set("maxmemory-policy", "volatile-ttl")  # evicts pending uploads, tokens
+        with pytest.raises(ConfigError, match="volatile-ttl"):
+            check_server(client)
+        client.close()
+
+
+def test_check_server_warns_when_the_server_will_not_say(redis_backend, client):
+    from replay_service.client import check_server
+
+    class Refusing:
+        def config_get(self, *a):
+            raise redis.exceptions.NoPermissionError("NOPERM this user has no permissions")
+
+        def info(self, *a):
+            raise redis.exceptions.ResponseError("unknown command 'INFO'")
+
+    with pytest.warns(RuntimeWarning, match="maxmemory-policy"):
+        assert check_server(Refusing()) is None
+
+    class InfoOnly(Refusing):  # managed servers: CONFIG renamed away, INFO answers
+        def info(self, *a):
+            return {"maxmemory_policy": "allkeys-lfu"}
+
+    from common.config_utils import ConfigError
+
+    with pytest.raises(ConfigError, match="allkeys-lfu"):
+        check_server(InfoOnly())
+    # both backends: noeviction, or (fakeredis has no CONFIG GET) a warning
+    if redis_backend.name == "valkey":
+        assert check_server(client) == "noeviction"
+    else:
+        with pytest.warns(RuntimeWarning):
+            assert check_server(client) is None
