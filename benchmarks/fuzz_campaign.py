@@ -33,7 +33,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from common.codec import Limits, RecordError, decode, encode, record_digest, validate
+from common.codec import Limits, RecordError, decode, encode, pack_sealed, validate
 from common.records import Trajectory, TrajectoryMeta
 
 #: Limits of the campaign (and of tests/test_fuzz.py): small enough that a bomb past the cap
@@ -81,17 +81,7 @@ def seal(doc: Any) -> bytes:
     """Pack ``doc`` as the encoder does: its entries, then a correct "c" checksum last."""
     if not isinstance(doc, dict):
         return msgpack.packb(doc, use_bin_type=True)
-    d = {k: v for k, v in doc.items() if k != "c"}
-    p = msgpack.Packer(autoreset=False, use_bin_type=True)
-    p.pack_map_header(len(d) + 1)
-    for k, v in d.items():
-        p.pack(k)
-        p.pack(v)
-    with p.getbuffer() as mv:
-        digest = record_digest(mv)
-    p.pack("c")
-    p.pack(digest)
-    return p.bytes()
+    return pack_sealed({k: v for k, v in doc.items() if k != "c"})
 
 
 def _deep(depth: int, leaf: Any = 1, kind: str = "list") -> Any:

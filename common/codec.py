@@ -422,14 +422,17 @@ def encode(
     arrays = {
         k: _encode_array(v, compression, compress_min_bytes) for k, v in traj.arrays().items()
     }
+    return pack_sealed({"v": FORMAT_VERSION, "meta": meta, "arrays": arrays})
+
+
+def pack_sealed(entries: dict[str, Any]) -> bytes:
+    """A msgpack map of ``entries`` in order, then ``"c"``: the :func:`record_digest` of
+    every byte before it (how every record ends)."""
     p = msgpack.Packer(autoreset=False, use_bin_type=True)
-    p.pack_map_header(4)
-    p.pack("v")
-    p.pack(FORMAT_VERSION)
-    p.pack("meta")
-    p.pack(meta)
-    p.pack("arrays")
-    p.pack(arrays)
+    p.pack_map_header(len(entries) + 1)
+    for k, v in entries.items():
+        p.pack(k)
+        p.pack(v)
     with p.getbuffer() as mv:
         digest = record_digest(mv)
     p.pack("c")
