@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import _make_trajectory
 from prometheus_client import generate_latest
 
 from common.codec import RecordError
@@ -38,7 +39,8 @@ def exported_name(name: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    """A tiny T-Maze run against its own Valkey (with a password and one bad record)."""
+    """A tiny T-Maze run against its own Valkey (with a password, one bad record refused at
+    ingest and one stored record that rots)."""
     import torch
 
     torch.set_num_threads(1)
@@ -58,6 +60,9 @@ def real_run(tmp_path_factory):
         store = ReplayStore(connect(cfg.replay.redis), cfg.replay)
         with pytest.raises(RecordError):  # a bad writer: counted, exported as rejected
             store.insert(b"\x00 this is not a record")
+        # a stored record whose blob rots: the learner skips and drops it (exported as corrupt)
+        rotten = store.insert(_make_trajectory(20, obs_dim=3, action_dim=4))
+        connect(cfg.replay.redis).set(store.keys.blob(rotten), b"\x93rotten")
         summary = run_training(cfg, tmp / "run")
     return summary, read_dump(Path(summary["metrics_dump"])), tmp
 
