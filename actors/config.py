@@ -8,6 +8,26 @@ from common.config_utils import prefixed, require
 
 
 @dataclass
+class StepWindow:
+    """A fixed epsilon over part of every rollout (AMAGO's per-timestep schedules).
+
+    Covers rollout steps ``start <= t < stop`` (t = steps taken so far in the rollout, 0 at
+    its first action); a ``stop <= 0`` counts back from the rollout horizon (``stop: -3`` ends
+    three steps before it, ``stop: 0`` at it). Inside the window epsilon is ``epsilon``
+    whatever the schedule says, e.g. a near-greedy corridor between an explored start and end.
+    """
+
+    start: int = 0  # first rollout step the window covers
+    stop: int = 0  # one past the last step; <= 0 counts from the rollout horizon
+    epsilon: float = 0.0  # epsilon inside the window
+
+    def validate(self) -> None:
+        require(self.start >= 0, "start", "must be >= 0")
+        require(0.0 <= self.epsilon <= 1.0, "epsilon", f"must lie in [0, 1], got {self.epsilon}")
+        require(self.stop <= 0 or self.stop > self.start, "stop", "must be > start (or <= 0)")
+
+
+@dataclass
 class ExplorationConfig:
     """Per-actor exploration schedule.
 
@@ -17,6 +37,11 @@ class ExplorationConfig:
     linearly from ``start`` to the actor's final value over ``anneal_steps`` of its own env
     steps. Final values are spread geometrically across actors between ``end_min`` and
     ``end_max`` (Ape-X style), so some actors stay greedy while others keep exploring.
+
+    Within a rollout (AMAGO's bi-level schedule): epsilon is scaled linearly from 1 at the
+    rollout's first step to ``rollout_end_scale`` at its horizon, so later steps of a long
+    rollout or a meta-RL trial exploit more; ``step_windows`` then fix epsilon over ranges of
+    rollout steps. The defaults (scale 1, no windows) make the schedule the same at every step.
     """
 
     start: float = 1.0  # epsilon at the actor's first step
@@ -24,13 +49,19 @@ class ExplorationConfig:
     end_max: float = 0.2  # final epsilon of the most exploratory actor
     anneal_steps: int = 5_000  # env steps (per actor) over which epsilon anneals
     sample_actions: bool = True  # sample from the policy (else act greedily) before epsilon
+    rollout_end_scale: float = 1.0  # epsilon multiplier at the rollout horizon (1 = flat)
+    step_windows: list[StepWindow] = field(default_factory=list)  # fixed-epsilon step ranges
 
     def validate(self) -> None:
-        for f in ("start", "end_min", "end_max"):
+        for f in ("start", "end_min", "end_max", "rollout_end_scale"):
             v = getattr(self, f)
             require(0.0 <= v <= 1.0, f, f"must lie in [0, 1], got {v}")
         require(self.end_min <= self.end_max, "end_min", "must be <= end_max")
         require(self.anneal_steps >= 0, "anneal_steps", "must be >= 0")
+        for i, w in enumerate(self.step_windows):
+            if not isinstance(w, StepWindow):
+                w = StepWindow(**dict(w))
+            prefixed(f"step_windows[{i}]", w.validate)
 
 
 @dataclass

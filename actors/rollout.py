@@ -176,11 +176,12 @@ class RolloutLoop:
         greedy = self.greedy or (
             self.exploration is not None and not self.exploration.sample_actions
         )
-        actions = self.policy.act(self._step_input(), self.slots_idx, greedy=greedy)
+        inp = self._step_input()
+        actions = self.policy.act(inp, self.slots_idx, greedy=greedy)
         st.act_seconds += time.perf_counter() - t0
         st.act_calls += 1
         if self.exploration is not None:
-            actions = self.exploration(actions)
+            actions = self.exploration(actions, inp.time_idx)
         for i, env in enumerate(self.envs):
             if self._step_env(i, env, actions[i], st) and finished is not None:
                 finished[i] += 1

@@ -81,6 +81,7 @@ class RolloutActor:
                 spec.discrete,
                 spec.action_dim,
                 np.random.default_rng(seed),
+                horizon=spec.max_episode_steps,
             )
         self.loop = RolloutLoop(
             envs,

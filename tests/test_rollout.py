@@ -6,7 +6,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from actors.config import ExplorationConfig
+from actors.config import ExplorationConfig, StepWindow
+from common.config_utils import ConfigError
 from actors.exploration import Exploration
 from actors.rollout import RolloutLoop
 from common.codec import validate
@@ -148,6 +149,31 @@ def test_exploration_schedule(discrete):
     out = e(acts)
     changed = (out != 0).mean() if discrete else np.abs(out).mean()
     assert changed < 0.05
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_exploration_within_rollout_schedule(discrete):
+    """Bi-level scale and step windows: epsilon depends on the rollout step, per env."""
+    windows = [StepWindow(start=1, stop=-3, epsilon=0.0)]
+    cfg = ExplorationConfig(
+        start=1.0, end_min=1.0, end_max=1.0, rollout_end_scale=0.5, step_windows=windows
+    )
+    e = Exploration(cfg, 0, 1, discrete, 4, np.random.default_rng(0), horizon=20)
+    eps = e.step_epsilon(np.arange(22))
+    assert eps[0] == 1.0 and (eps[1:17] == 0.0).all()  # window: steps 1 .. 16 (20 - 3 - 1)
+    assert eps[17:21] == pytest.approx([1 - 0.5 * t / 20 for t in range(17, 21)])
+    assert eps[21] == 0.5  # past the horizon the scale stays at rollout_end_scale
+    # perturbation follows each env's own step: envs in the window keep the policy's action
+    n = 4000
+    acts = np.zeros(n, np.int64) if discrete else np.zeros((n, 4), np.float32)
+    steps = np.where(np.arange(n) % 2 == 0, 5, 0)  # even envs inside the window, odd at t=0
+    out = e(acts, steps)
+    moved = (out != 0) if discrete else (out != 0).any(-1)
+    assert not moved[0::2].any()
+    assert moved[1::2].mean() > 0.6
+    bad = ExplorationConfig(step_windows=[StepWindow(start=5, stop=3, epsilon=0.1)])
+    with pytest.raises(ConfigError, match=r"step_windows\[0\]\.stop"):
+        bad.validate()
 
 
 @pytest.mark.parametrize("sample_actions", [True, False])
