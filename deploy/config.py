@@ -117,8 +117,16 @@ class RunConfig:
     # newest checkpoint). Restores weights, optimizer, normalisers and the update counter;
     # the replay starts from what the replay server holds. "" = start fresh.
     resume_from: str = ""
+    # Experiment trackers every metrics.jsonl row also goes to (deploy/tracking.py):
+    # tensorboard (event files in the run directory), wandb (offline unless WANDB_MODE is set),
+    # mlflow (a file store in the run directory unless MLFLOW_TRACKING_URI is set); [] = none.
+    tracking: list[str] = field(default_factory=lambda: ["tensorboard"])
 
     def validate(self) -> None:
+        from deploy.tracking import check_backends
+
+        problem = check_backends(self.tracking)
+        require(problem is None, "tracking", problem or "")
         require(self.max_env_steps >= 0, "max_env_steps", "must be >= 0")
         require(self.max_updates >= 0, "max_updates", "must be >= 0")
         require(self.max_seconds >= 0, "max_seconds", "must be >= 0")
@@ -185,14 +193,20 @@ class Derived:
         return f"{self.field}={self.value} ({self.reason})"
 
 
-def derive_defaults(cfg: TrainConfig, horizon: int) -> tuple[TrainConfig, list[Derived]]:
+def derive_defaults(
+    cfg: TrainConfig, horizon: int, reward_probe: float | None = None
+) -> tuple[TrainConfig, list[Derived]]:
     """``cfg`` with the fields it leaves to the run filled in from the env's rollout
     ``horizon`` (steps), and what was derived. Fields set explicitly are kept.
 
     * ``learner.max_seq_len = 0``: whole rollouts, ``horizon + 1`` timesteps, capped at
       ``learner.seq_len_cap`` (longer rollouts are trained, and acted on, through a sliding
       window of that many timesteps);
-    * ``replay.max_seq_len = 0`` (its default interpolates the learner's): the learner's.
+    * ``replay.max_seq_len = 0`` (its default interpolates the learner's): the learner's;
+    * ``learner.bc_weight = null``: the variant's own;
+    * two-hot bounds left null (``amago2``): +- :func:`learner.config.twohot_bound`, with
+      ``learner.reward_bound`` raised to ``reward_probe`` (largest |reward| a random-action
+      probe of the env saw) when that is larger.
     """
     out: list[Derived] = []
     learner, replay = cfg.learner, cfg.replay
@@ -209,6 +223,17 @@ def derive_defaults(cfg: TrainConfig, horizon: int) -> tuple[TrainConfig, list[D
     if replay.max_seq_len == 0:
         replay = dataclasses.replace(replay, max_seq_len=learner.max_seq_len)
         out.append(Derived("replay.max_seq_len", learner.max_seq_len, "= learner.max_seq_len"))
+    if learner.bc_weight is None:
+        learner = dataclasses.replace(learner, bc_weight=learner.bc_weight_value)
+        out.append(Derived("learner.bc_weight", learner.bc_weight, f"{learner.variant}'s own"))
+    if learner.variant == "amago2" and None in (learner.twohot_min, learner.twohot_max):
+        if reward_probe is not None and reward_probe > learner.reward_bound:
+            learner = dataclasses.replace(learner, reward_bound=float(reward_probe))
+            out.append(Derived("learner.reward_bound", reward_probe, "random-action env probe"))
+        lo, hi = learner.twohot_range(horizon)
+        learner = dataclasses.replace(learner, twohot_min=lo, twohot_max=hi)
+        why = f"2 x reward_scale x reward_bound x discounted horizon {horizon}"
+        out.append(Derived("learner.twohot_min/max", f"{lo:.4g}/{hi:.4g}", why))
     return dataclasses.replace(cfg, learner=learner, replay=replay), out
 
 
@@ -234,7 +259,7 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, EnvSpec, list[Derived]]:
     prefixed("env", cfg.env.validate)
     spec = prefixed("env", env_spec, cfg.env)
     horizon = spec.max_episode_steps
-    cfg, derived = derive_defaults(cfg, horizon)
+    cfg, derived = derive_defaults(cfg, horizon, _reward_probe(cfg))
     cfg.validate()
     require(
         horizon + 1 <= cfg.replay.max_traj_steps,
@@ -242,6 +267,16 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, EnvSpec, list[Derived]]:
         f"must hold a whole rollout ({horizon + 1} timesteps for {cfg.env.id})",
     )
     return cfg, spec, derived
+
+
+def _reward_probe(cfg: TrainConfig) -> float | None:
+    """What :func:`derive_defaults` needs of the env's reward scale (only amago2 bins do)."""
+    learner = cfg.learner
+    if learner.variant != "amago2" or None not in (learner.twohot_min, learner.twohot_max):
+        return None
+    from common.envs.factory import reward_probe
+
+    return reward_probe(cfg.env)
 
 
 def compose(overrides: Sequence[str] = (), resolved: bool = True):
@@ -262,11 +297,10 @@ def compose(overrides: Sequence[str] = (), resolved: bool = True):
     if not resolved:
         return dcfg
     cfg = OmegaConf.to_object(dcfg)
-    if cfg.learner.max_seq_len and cfg.replay.max_seq_len:
-        return cfg
     from common.envs.factory import env_spec
 
-    return derive_defaults(cfg, prefixed("env", env_spec, cfg.env).max_episode_steps)[0]
+    horizon = prefixed("env", env_spec, cfg.env).max_episode_steps
+    return derive_defaults(cfg, horizon, _reward_probe(cfg))[0]
 
 
 def register_schemas() -> None:

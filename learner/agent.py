@@ -284,7 +284,8 @@ class AmagoAgent(nn.Module):
         )
         self.register_buffer("gammas", torch.tensor(cfg.gammas, dtype=torch.float32))
         if cfg.variant == "amago2":
-            lo, hi = symlog(torch.tensor([cfg.twohot_min, cfg.twohot_max], dtype=torch.float64))
+            bounds = cfg.twohot_range(spec.max_episode_steps)
+            lo, hi = symlog(torch.tensor(bounds, dtype=torch.float64))
             self.register_buffer("bins", torch.linspace(float(lo), float(hi), cfg.num_bins))
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -280,7 +280,7 @@ class AmagoLearner:
         loss = (
             cfg.critic_loss_weight * critic_loss
             + (cfg.online_actor_weight * online_loss if online_el is not None else zero)
-            + cfg.bc_weight * bc_loss
+            + cfg.bc_weight_value * bc_loss
         )
         with torch.no_grad():
             main = (slice(None),) * (q_raw.dim() - 1) + (-1,)

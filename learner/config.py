@@ -114,6 +114,13 @@ class ModelConfig:
         require(self.log_std_min < self.log_std_max, "log_std_min", "must be < log_std_max")
 
 
+def twohot_bound(reward_scale: float, reward_bound: float, gamma: float, horizon: int) -> float:
+    """Twice the largest |discounted return| of a rollout: ``2 c_r r_max sum_{t<H} gamma^t``
+    (the factor 2 is headroom; in symlog space it costs log 2 of range)."""
+    discounted = (1.0 - gamma ** max(int(horizon), 1)) / (1.0 - gamma)
+    return float(2.0 * reward_scale * reward_bound * discounted)
+
+
 @dataclass
 class LearnerConfig:
     """The AMAGO update (SPEC section 5) and where it runs."""
@@ -140,8 +147,10 @@ class LearnerConfig:
     critic_loss_weight: float = 10.0
     # Weight of the online actor term -Q(s, a ~ pi(s)) (variant "amago" only).
     online_actor_weight: float = 1.0
-    # Weight of the filtered behaviour-cloning term -1[A > 0] log pi(a|s).
-    bc_weight: float = 0.1
+    # Weight of the filtered behaviour-cloning term -1[A > 0] log pi(a|s); null takes the
+    # variant's own: 0.1 for "amago" (next to the online term), 1.0 for "amago2" (where BC is
+    # the only actor term, as in AMAGO-2).
+    bc_weight: float | None = None
     # Reward scale c_r applied inside the TD target.
     reward_scale: float = 10.0
     # PopArt value normalisation (variant "amago"; the two-hot critic needs none).
@@ -154,10 +163,14 @@ class LearnerConfig:
     # "amago2": two-hot classification critics over symlog bins, filtered-BC actor only.
     variant: str = "amago"
     # Two-hot critic (amago2): number of bins and the raw (reward-scaled) return range that
-    # the bins cover, evenly spaced in symlog space.
+    # the bins cover, evenly spaced in symlog space. null bounds are derived from the task
+    # (twohot_bound): +-2 x reward_scale x reward_bound x the discounted horizon.
     num_bins: int = 128
-    twohot_min: float = -1.0e5
-    twohot_max: float = 1.0e5
+    twohot_min: float | None = None
+    twohot_max: float | None = None
+    # Largest |reward| of one step assumed when deriving the two-hot bounds (the entrypoint
+    # raises it to what a short random-action probe of the env sees).
+    reward_bound: float = 1.0
     # AdamW learning rate, weight decay, linear warm-up length (updates) and grad-norm clip.
     lr: float = 1e-4
     weight_decay: float = 1e-3
@@ -208,7 +221,6 @@ class LearnerConfig:
         for name in (
             "critic_loss_weight",
             "online_actor_weight",
-            "bc_weight",
             "weight_decay",
             "grad_clip",
             "popart_beta",
@@ -219,7 +231,10 @@ class LearnerConfig:
         require(self.popart_init_nu > 0, "popart_init_nu", "must be > 0")
         require(self.variant in VARIANTS, "variant", f"must be one of {VARIANTS}")
         require(self.num_bins >= 2, "num_bins", "must be >= 2")
-        require(self.twohot_min < self.twohot_max, "twohot_min", "must be < twohot_max")
+        require(self.bc_weight is None or self.bc_weight >= 0, "bc_weight", "must be >= 0")
+        require(self.reward_bound > 0, "reward_bound", "must be > 0")
+        if self.twohot_min is not None and self.twohot_max is not None:
+            require(self.twohot_min < self.twohot_max, "twohot_min", "must be < twohot_max")
         require(self.lr > 0, "lr", "must be > 0")
         require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         require(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
@@ -227,6 +242,21 @@ class LearnerConfig:
         require(self.device in DEVICES, "device", f"must be one of {DEVICES}")
         require(self.num_threads >= 0, "num_threads", "must be >= 0")
         require(self.bf16 in BF16_MODES, "bf16", f"must be one of {BF16_MODES}")
+
+    @property
+    def bc_weight_value(self) -> float:
+        """``bc_weight``, or the variant's own when it is null."""
+        if self.bc_weight is not None:
+            return float(self.bc_weight)
+        return 1.0 if self.variant == "amago2" else 0.1
+
+    def twohot_range(self, horizon: int) -> tuple[float, float]:
+        """The raw return range of the two-hot bins: the explicit bounds, else +-
+        :func:`twohot_bound` for a rollout ``horizon`` (each null bound on its own)."""
+        b = twohot_bound(self.reward_scale, self.reward_bound, max(self.gammas), horizon)
+        lo = -b if self.twohot_min is None else float(self.twohot_min)
+        hi = b if self.twohot_max is None else float(self.twohot_max)
+        return lo, hi
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what checkpoints store and compare)."""

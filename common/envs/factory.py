@@ -114,3 +114,22 @@ def env_spec(cfg: EnvConfig) -> EnvSpec:
         return spec_of(env, horizon)
     finally:
         env.close()
+
+
+def reward_probe(cfg: EnvConfig, max_steps: int = 1000, seed: int = 0) -> float:
+    """Largest |reward| of ``make_env(cfg)`` under uniformly random actions over up to
+    ``max_steps`` steps (a scale hint for value bins; an env that raises ends the probe)."""
+    env = make_env(cfg, seed=seed)
+    biggest = 0.0
+    try:
+        env.reset(seed=seed)
+        for _ in range(max_steps):
+            _, r, terminated, truncated, _ = env.step(env.action_space.sample())
+            biggest = max(biggest, abs(float(r)))
+            if terminated or truncated:
+                env.reset()
+    except Exception:  # the probe is a hint: what it saw so far stands
+        pass
+    finally:
+        env.close()
+    return biggest

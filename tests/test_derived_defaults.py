@@ -1,0 +1,81 @@
+"""Run-derived learner defaults (deploy.config.derive_defaults): the variant's BC weight and
+two-hot bins that cover the task's return range."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from common.envs.factory import reward_probe
+from common.envs.config import EnvConfig
+from deploy.config import compose, prepare
+from learner.agent import AmagoAgent
+from learner.config import LearnerConfig, twohot_bound
+from learner.losses import symexp
+from learner.synthetic import tiny_model
+from tests.test_learner_offline import tmaze_spec
+
+
+def _prepared(*overrides: str):
+    cfg, _spec, derived = prepare(OmegaConf.to_object(compose(list(overrides), resolved=False)))
+    return cfg, {d.field: d for d in derived}
+
+
+@pytest.mark.parametrize("variant, weight", [("amago", 0.1), ("amago2", 1.0)])
+def test_bc_weight_is_the_variants_own_unless_set(variant, weight):
+    cfg, derived = _prepared("experiment=tmaze", f"learner.variant={variant}")
+    assert cfg.learner.bc_weight == weight and "learner.bc_weight" in derived
+    cfg, derived = _prepared("experiment=tmaze", f"learner.variant={variant}", "learner.bc_weight=0.3")
+    assert cfg.learner.bc_weight == 0.3 and "learner.bc_weight" not in derived
+    assert LearnerConfig(variant=variant).bc_weight_value == weight  # direct use, no entrypoint
+
+
+def test_twohot_bound_formula():
+    assert twohot_bound(10.0, 1.0, 0.999, 11) == pytest.approx(2 * 10 * sum(0.999**t for t in range(11)))
+    assert twohot_bound(1.0, 2.0, 0.5, 10_000) == pytest.approx(2 * 2 * 2)  # 1 / (1 - gamma)
+
+
+def test_amago2_bins_cover_the_tasks_returns_tightly():
+    """T-Maze H=10: returns are at most reward_scale x 1; the bins span +-2x the discounted
+    horizon, so the return range [0, 10] covers far more bins than the old +-1e5 did."""
+    cfg, derived = _prepared("experiment=tmaze", "learner.variant=amago2")
+    lo, hi = cfg.learner.twohot_min, cfg.learner.twohot_max
+    assert -hi == lo and 10.0 * 2 < hi < 10.0 * 2 * 12
+    assert "learner.twohot_min/max" in derived
+    def bins_in_return_range(learner: LearnerConfig) -> int:
+        raw = symexp(AmagoAgent(tmaze_spec(), learner).bins)
+        return int(((raw >= 0) & (raw <= 10.0)).sum())
+
+    used = bins_in_return_range(cfg.learner)
+    old = bins_in_return_range(LearnerConfig(variant="amago2", twohot_min=-1e5, twohot_max=1e5))
+    assert used > 2 * old, (used, old)
+    # explicit bounds are kept as given
+    cfg, derived = _prepared(
+        "experiment=tmaze", "learner.variant=amago2", "learner.twohot_min=-5", "learner.twohot_max=50"
+    )
+    assert (cfg.learner.twohot_min, cfg.learner.twohot_max) == (-5, 50)
+    assert "learner.twohot_min/max" not in derived
+
+
+def test_reward_probe_raises_the_bound_for_large_rewards():
+    """Pendulum's rewards reach about -16 a step: the probe sees it and the bins widen."""
+    big = reward_probe(EnvConfig(id="Pendulum-v1"), max_steps=400)
+    assert 5.0 < big <= 16.3
+    cfg, derived = _prepared("env.id=Pendulum-v1", "learner.variant=amago2")
+    assert cfg.learner.reward_bound == pytest.approx(big, rel=0.5)
+    assert cfg.learner.twohot_max > 2 * 10 * 10 * (1 - 0.999**200) / 0.001
+    # scalar critics do not probe
+    cfg, derived = _prepared("env.id=Pendulum-v1")
+    assert "learner.reward_bound" not in derived and cfg.learner.twohot_min is None
+
+
+def test_direct_learner_derives_bins_from_the_spec_horizon():
+    cfg = LearnerConfig(model=tiny_model(32), variant="amago2", max_seq_len=12, device="cpu")
+    agent = AmagoAgent(tmaze_spec(), cfg)
+    hi = float(symexp(agent.bins[-1]))
+    assert hi == pytest.approx(twohot_bound(10.0, 1.0, max(cfg.gammas), 11), rel=1e-4)
+    assert math.isclose(float(symexp(agent.bins[0])), -hi, rel_tol=1e-4)
+    assert torch.all(agent.bins[1:] > agent.bins[:-1])
