@@ -1,0 +1,302 @@
+"""One learning suite: named sets of tasks x seeds through the full distributed path.
+
+    python -m benchmarks.learning_suite --suite cpu [--seeds 2] [--tasks tmaze_h10 ...]
+        [--out results/learning] [hydra overrides applied to every run ...]
+
+Each task is a list of ``deploy.train`` overrides plus its budget and the bar it must clear:
+``threshold`` (the return that counts as solved) and a ``baseline`` a policy without memory
+(or a random one) reaches, stated with where it comes from. Every run goes through
+``deploy.train.run_training`` (Ray rollout actors, embedded Valkey, the learner actor). The
+script writes ``<out>/learning_suite.md`` (task, return reached, baseline, env steps, updates,
+wall-clock, seeds solved; for meta-RL trials the mean return of the first and last episode of
+a trial) and ``<out>/learning_curves.png`` (periodic greedy evaluations), and prints the table.
+
+Suites: ``ci`` (T-Maze H=10, what CI's learning tests cover in brief), ``cpu`` (everything that
+fits a 2-core machine in tens of minutes), ``gpu`` (longer memory and the paper-size model, run
+where a device is lent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Task:
+    """One row of the suite."""
+
+    name: str
+    overrides: tuple[str, ...]  # deploy.train overrides (the budget included)
+    threshold: float  # greedy return that counts as solved
+    baseline: float  # what a memoryless / random policy reaches
+    baseline_note: str  # where the baseline comes from
+    # what is compared with threshold: "return" (final greedy return of a rollout),
+    # "success" (final greedy success rate), "late" (mean return of the second half of the
+    # episodes of a meta-RL trial), "adapt" (last minus first episode of a trial)
+    metric: str = "return"
+
+
+TASKS = {
+    t.name: t
+    for t in (
+        Task("tmaze_h10", ("experiment=tmaze",), 1.0, 0.5, "memoryless optimum (guess the arm)"),
+        Task(
+            "tmaze_h100",
+            ("experiment=tmaze_long", "run.max_env_steps=300000"),
+            1.0,
+            0.5,
+            "memoryless optimum (guess the arm)",
+        ),
+        Task(
+            "tmaze_h10_amago2",
+            ("experiment=tmaze", "learner.variant=amago2", "run.max_env_steps=80000"),
+            1.0,
+            0.5,
+            "memoryless optimum",
+        ),
+        Task(
+            "bandit",
+            ("experiment=bandit", "run.max_seconds=420"),
+            0.56,
+            0.26,
+            "memoryless: the mean arm payoff per pull",
+            "late",
+        ),
+        Task(
+            "dark_key_door",
+            ("experiment=dark_key_door", "run.max_env_steps=150000"),
+            0.1,
+            0.0,
+            "a memoryless policy cannot improve within a trial",
+            "adapt",
+        ),
+        Task(
+            "goal_grid_relabel",
+            ("experiment=goal_grid", "run.max_updates=4000"),
+            0.5,
+            0.0,
+            "random policy (success)",
+            "success",
+        ),
+        Task(
+            "goal_grid_no_relabel",
+            ("experiment=goal_grid", "run.max_updates=4000", "replay.relabel_kwargs.p_relabel=0"),
+            0.5,
+            0.0,
+            "random policy (success)",
+            "success",
+        ),
+        Task(
+            "popgym_repeat_previous",
+            ("env=popgym", "env.id=popgym-RepeatPreviousEasy-v0", "run.max_env_steps=100000"),
+            0.9,
+            -0.5,
+            "memoryless (MLP), benchmarks/popgym_suite.py",
+        ),
+        Task(
+            "popgym_count_recall",
+            ("env=popgym", "env.id=popgym-CountRecallEasy-v0", "run.max_env_steps=100000"),
+            -0.4,
+            -0.496,
+            "memoryless (MLP), benchmarks/popgym_suite.py",
+        ),
+        Task(
+            "pendulum",
+            ("env.id=Pendulum-v1", "run.max_env_steps=60000"),
+            -300.0,
+            -1200.0,
+            "random policy (about -1,200)",
+        ),
+        Task(
+            "tmaze_h1000_gpu",
+            (
+                "experiment=tmaze_long",
+                "env.kwargs.corridor_length=1000",
+                "learner=amago",
+                "learner.max_seq_len=0",
+                "learner.seq_len_cap=1002",
+                "replay.max_traj_steps=2048",
+                "run.max_env_steps=3000000",
+            ),
+            1.0,
+            0.5,
+            "memoryless optimum",
+        ),
+    )
+}
+
+SUITES = {
+    "ci": ("tmaze_h10",),
+    "cpu": (
+        "tmaze_h10",
+        "tmaze_h100",
+        "tmaze_h10_amago2",
+        "bandit",
+        "dark_key_door",
+        "goal_grid_relabel",
+        "goal_grid_no_relabel",
+        "popgym_repeat_previous",
+        "popgym_count_recall",
+        "pendulum",
+    ),
+    "gpu": ("tmaze_h100", "tmaze_h1000_gpu", "dark_key_door", "pendulum"),
+}
+
+
+@dataclass
+class Result:
+    task: str
+    seed: int
+    final: float
+    success: float
+    by_episode: list[float]
+    env_steps: int
+    updates: int
+    wall_s: float
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (time s, greedy return)
+
+
+def run_one(task: Task, seed: int, extra: list[str]) -> Result:
+    """One training run of ``task`` through ``deploy.train.run_training``."""
+    from deploy.config import compose
+    from deploy.train import run_training
+
+    overrides = [
+        *task.overrides,
+        f"learner.seed={seed}",
+        f"actors.seed={seed}",
+        "run.plot=false",
+        "deploy.serve_metrics=false",
+        *extra,
+    ]
+    cfg = compose(overrides)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        s = run_training(cfg, tmp)
+    return Result(
+        task=task.name,
+        seed=seed,
+        final=float(s["final_eval_return"]),
+        success=float(s.get("final_eval_success") or 0.0),
+        by_episode=[float(x) for x in s.get("final_eval_by_episode") or []],
+        env_steps=int(s["env_steps"]),
+        updates=int(s["updates"]),
+        wall_s=time.perf_counter() - t0,
+        curve=[(float(e["time_s"]), float(e["return"])) for e in s["evals"]],
+    )
+
+
+def score(task: Task, r: Result) -> float:
+    """The number ``task.threshold`` is compared with (see :attr:`Task.metric`)."""
+    ep = r.by_episode
+    if task.metric == "success":
+        return r.success
+    if task.metric == "late":
+        return float(np.mean(ep[len(ep) // 2 :])) if ep else float("nan")
+    if task.metric == "adapt":
+        return ep[-1] - ep[0] if len(ep) >= 2 else float("nan")
+    return r.final
+
+
+def solved(task: Task, r: Result) -> bool:
+    return score(task, r) >= task.threshold - 1e-6
+
+
+def table(results: dict[str, list[Result]]) -> str:
+    rows = [
+        f"Learning suite, {time.strftime('%Y-%m-%d')}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU",
+        "",
+        "| task | metric: median (range) | final greedy return | first / last episode "
+        "| threshold | baseline | env steps | updates | wall s | seeds solved |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, rs in results.items():
+        t = TASKS[name]
+        finals = np.array([r.final for r in rs])
+        scores = np.array([score(t, r) for r in rs])
+        eps = [r.by_episode for r in rs if len(r.by_episode) >= 2]
+        fl = (
+            f"{np.mean([e[0] for e in eps]):.2f} / {np.mean([e[-1] for e in eps]):.2f}"
+            if eps
+            else "-"
+        )
+        rows.append(
+            f"| {name} | {t.metric}: {np.median(scores):.3f} ({scores.min():.3f} .. "
+            f"{scores.max():.3f}) | {np.median(finals):.3f} | {fl} "
+            f"| {t.threshold:g} | {t.baseline:g} ({t.baseline_note}) "
+            f"| {int(np.median([r.env_steps for r in rs])):,} "
+            f"| {int(np.median([r.updates for r in rs])):,} "
+            f"| {np.median([r.wall_s for r in rs]):.0f} "
+            f"| {sum(solved(t, r) for r in rs)}/{len(rs)} |"
+        )
+    return "\n".join(rows)
+
+
+def plot(results: dict[str, list[Result]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(results)
+    cols = min(n, 4)
+    fig, axes = plt.subplots(
+        (n + cols - 1) // cols, cols, figsize=(4 * cols, 3 * ((n + cols - 1) // cols))
+    )
+    for ax, (name, rs) in zip(np.atleast_1d(axes).ravel(), results.items()):
+        for r in rs:
+            if r.curve:
+                ax.plot(*zip(*r.curve), label=f"seed {r.seed}")
+        ax.axhline(TASKS[name].baseline, color="grey", ls="--", lw=1)
+        ax.set_title(name)
+        ax.set_xlabel("s")
+        ax.set_ylabel("greedy return")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--suite", choices=sorted(SUITES), default="ci")
+    ap.add_argument("--tasks", nargs="+", default=None, help="a subset of the suite's tasks")
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--out", default="results/learning")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    names = args.tasks or list(SUITES[args.suite])
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise SystemExit(f"error: unknown task(s) {unknown}; known: {sorted(TASKS)}")
+
+    import ray
+
+    from common.ray_utils import init_ray
+
+    init_ray(num_cpus=os.cpu_count())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[Result]] = {}
+    for name in names:
+        for seed in range(args.seeds):
+            r = run_one(TASKS[name], seed, list(args.overrides))
+            results.setdefault(name, []).append(r)
+            print(json.dumps(r.__dict__), flush=True)
+    ray.shutdown()
+    md = table(results)
+    (out / "learning_suite.md").write_text(md + "\n")
+    plot(results, out / "learning_curves.png")
+    print("\n" + md)
+
+
+if __name__ == "__main__":
+    main()

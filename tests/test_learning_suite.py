@@ -1,0 +1,31 @@
+"""benchmarks/learning_suite.py: every task of every suite composes into a valid run config,
+and the table scores each task by its own metric."""
+
+from __future__ import annotations
+
+import pytest
+
+import benchmarks.learning_suite as suite
+from deploy.config import compose
+
+
+@pytest.mark.parametrize("name", sorted(suite.TASKS))
+def test_every_task_composes_and_validates(name):
+    cfg = compose(list(suite.TASKS[name].overrides))
+    cfg.validate()
+
+
+def test_suites_name_known_tasks():
+    for names in suite.SUITES.values():
+        assert set(names) <= set(suite.TASKS)
+
+
+def test_scores_follow_the_metric():
+    r = suite.Result("bandit", 0, 9.0, 0.25, [0.1] * 10 + [0.7] * 10, 10, 1, 1.0)
+    assert suite.score(suite.TASKS["bandit"], r) == pytest.approx(0.7)
+    assert suite.solved(suite.TASKS["bandit"], r)
+    r = suite.Result("dark_key_door", 0, 3.0, 0.0, [1.0, 1.0, 1.0], 10, 1, 1.0)
+    assert not suite.solved(suite.TASKS["dark_key_door"], r)  # no in-context improvement
+    assert "0/1" in suite.table({"dark_key_door": [r]})
+    r = suite.Result("goal_grid_relabel", 0, 0.0, 0.9, [], 10, 1, 1.0)
+    assert suite.solved(suite.TASKS["goal_grid_relabel"], r)
