@@ -38,7 +38,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from common.config_utils import ConfigError, prefixed, require
@@ -47,6 +47,7 @@ from deploy.local_cluster import LocalRayConfig
 from deploy.prometheus import (
     PrometheusClient,
     PrometheusConfig,
+    PrometheusUnavailable,
     ensure_prometheus,
     prometheus_command,
     render_config,
@@ -405,6 +406,8 @@ def prometheus_up(cfg: ClusterConfig, st: State) -> str:
     _require_free(port, "prometheus")
     try:
         binary = ensure_prometheus()
+    except PrometheusUnavailable:
+        raise  # up() goes on without it
     except RuntimeError as e:
         raise RuntimeError(f"{e}\n(or start the cluster without it: --no-prometheus)") from None
     (st.prom / "data").mkdir(parents=True, exist_ok=True)
@@ -459,7 +462,11 @@ def up(cfg: ClusterConfig) -> int:
     print(redis_up(cfg, st), flush=True)
     print(ray_up(cfg, st), flush=True)
     if cfg.prometheus:
-        print(prometheus_up(cfg, st), flush=True)
+        try:
+            print(prometheus_up(cfg, st), flush=True)
+        except PrometheusUnavailable as e:  # a platform without it: the cluster works without
+            print(f"prometheus: skipped, not available on this platform: {e}", flush=True)
+            cfg = replace(cfg, prometheus=False)
     write_env(cfg, st)
     dash = f"http://{LOOPBACK}:{cfg.ray.dashboard_port}"
     print(

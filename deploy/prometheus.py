@@ -1,8 +1,8 @@
 """Our own Prometheus instance: its scrape config, its command line, and a small client.
 
-Prometheus is Debian's package (``deploy/install_prometheus.sh`` installs it when it is not on
-PATH, keeping the packaged service off); we run it on 127.0.0.1 with our config and data
-directory. Targets come from Prometheus file service discovery: Ray's metrics agents (Ray
+Prometheus is the platform's package (``deploy/install_prometheus.sh`` installs it when it is
+not on PATH, keeping the packaged service off; Debian's on CI); we run it on 127.0.0.1 with
+our config and data directory. Targets come from Prometheus file service discovery: Ray's metrics agents (Ray
 writes ``prom_metrics_service_discovery.json`` in its temp dir) and every amago process (the
 driver writes ``deploy.metrics_sd_file`` / one file per run in ``deploy.metrics_sd_dir``).
 
@@ -80,15 +80,24 @@ def render_config(cfg: PrometheusConfig, file_sd: dict[str, list[str]]) -> str:
     )
 
 
-def ensure_prometheus() -> str:
-    """Path of the ``prometheus`` binary, installed with apt first if needed.
+class PrometheusUnavailable(RuntimeError):
+    """Prometheus is not installed and this platform gives no way to install it here (no
+    supported package manager, no package, no root): callers may go on without it."""
 
-    Raises ``RuntimeError`` saying why when it can be neither found nor installed.
+
+def ensure_prometheus() -> str:
+    """Path of the ``prometheus`` binary, installed with the platform's package manager
+    first if needed (``deploy/install_prometheus.sh``).
+
+    Raises :class:`PrometheusUnavailable` when the platform gives no way to install it, and
+    ``RuntimeError`` saying why when an install was tried and failed.
     """
     found = shutil.which("prometheus")
     if found and shutil.which("promtool"):
         return found
     res = subprocess.run(["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True)
+    if res.returncode == 3:
+        raise PrometheusUnavailable(res.stderr.strip().removeprefix("install_prometheus: "))
     found = shutil.which("prometheus")
     if res.returncode != 0 or not found:
         raise RuntimeError(

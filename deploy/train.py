@@ -9,8 +9,9 @@ them to a budget, evaluates greedily along the way and writes a run directory.
         python -m deploy.train deploy=cluster run.max_env_steps=20000
 
 The run directory holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoints/``,
-``learning_curve.png``, ``summary.json`` and ``metrics_final.prom`` (a last scrape of every
-process's metrics endpoint, ``deploy.dump_final_metrics``).
+``learning_curve.png``, ``summary.json``, ``metrics_final.prom`` (a last scrape of every
+process's metrics endpoint, ``deploy.dump_final_metrics``) and what the trackers of
+``run.tracking`` write (``deploy/tracking.py``; TensorBoard event files by default).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from common.reports import ActorReport, EvalReport, LearnerReport
 from common.spec import EnvSpec
 from deploy.config import RunConfig, TrainConfig, prepare, resolve_environment
 from deploy.supervisor import ACTOR_RULE, EVAL_RULE, Supervisor, learner_rule
+from deploy.tracking import Tracker, TrackerSet, make_trackers
 
 log = logging.getLogger("amago")
 
@@ -77,12 +79,14 @@ def _check_external_server(cfg: TrainConfig) -> None:
 
 
 class RunLog:
-    """metrics.jsonl rows, the console line and the driver's own Prometheus metrics."""
+    """metrics.jsonl rows (each also sent to the run's trackers, ``deploy/tracking.py``), the
+    console line and the driver's own Prometheus metrics."""
 
-    def __init__(self, run_dir: Path, metrics):
+    def __init__(self, run_dir: Path, metrics, trackers: Iterable[Tracker] = ()):
         self.path = run_dir / "metrics.jsonl"
         self.file = self.path.open("a", buffering=1)
         self.metrics = metrics
+        self.trackers = TrackerSet(trackers)
         self.t0 = time.monotonic()
         self._last = (self.t0, 0, 0)
 
@@ -92,6 +96,7 @@ class RunLog:
     def row(self, **fields) -> dict:
         fields = {"time_s": round(self.elapsed(), 3), **fields}
         self.file.write(json.dumps(fields) + "\n")
+        self.trackers.log_row(fields)
         return fields
 
     def progress(self, p: RunProgress) -> None:
@@ -127,6 +132,7 @@ class RunLog:
 
     def close(self) -> None:
         self.file.close()
+        self.trackers.close()
 
 
 def _node_address(_actor) -> str:
@@ -238,6 +244,7 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path) -> dict:
     from common.ray_utils import init_ray
     from deploy.builder import build_workers
 
+    trackers = make_trackers(cfg, run_dir)  # before Ray: a backend that cannot start fails first
     started_ray = not ray.is_initialized()
     d = cfg.deploy
     init_ray(d.ray_address, num_cpus=(d.num_cpus or os.cpu_count()) if not d.ray_address else None)
@@ -248,7 +255,7 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path) -> dict:
     driver_addr = ""
     if d.serve_metrics:
         driver_addr = f"{resolve_metrics_host(d.metrics_host)}:{metrics.serve(d.metrics_host)}"
-    runlog = RunLog(run_dir, metrics)
+    runlog = RunLog(run_dir, metrics, trackers)
     sd_path, sd_temporary = _sd_path(cfg, run_dir)
     handles: list = []
     try:
@@ -411,7 +418,9 @@ def main() -> None:
     config_dir = str(Path(__file__).resolve().parent.parent / "configs")
 
     @hydra.main(config_path=config_dir, config_name="config", version_base="1.3")
-    def _main(dcfg) -> None:
+    def _main(dcfg) -> float | None:
+        """One run; returns its final greedy evaluation return (the objective a Hydra
+        sweeper such as Optuna's maximises; None without a final evaluation)."""
         from common.config_utils import ConfigError
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -425,6 +434,7 @@ def main() -> None:
         if summary.get("plot"):
             print(f"learning curve: {summary['plot']}")
         print(f"checkpoint: {summary['final_checkpoint']}")
+        return summary["final_eval_return"]
 
     _main()
 

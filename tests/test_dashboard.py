@@ -1,6 +1,6 @@
 """The Grafana dashboard: well-formed Grafana JSON wired to the provisioned datasource, every
-query accepted by a real Prometheus (Debian's package, installed when missing: a failed
-install fails these tests), and every query answered with data while Prometheus scrapes a
+query accepted by a real Prometheus (the platform's package, installed when missing: a failed
+install fails these tests; a platform with no way to install it skips them, saying why), and every query answered with data while Prometheus scrapes a
 short real training run."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from deploy.metrics_png import SMOKE_OVERRIDES, recorded_run
 from deploy.prometheus import (
     PrometheusConfig,
     PrometheusServer,
+    PrometheusUnavailable,
     PromQLError,
     ensure_prometheus,
     render_config,
@@ -117,12 +118,20 @@ def test_dashboard_covers_every_monitored_quantity():
     assert required <= used, required - used
 
 
-@pytest.fixture(scope="module")
-def prometheus(tmp_path_factory):
+def need_prometheus() -> str:
+    """The ``prometheus`` binary (installed if missing); skips where the platform cannot
+    install it, fails where an install was tried and failed."""
     try:
-        ensure_prometheus()
+        return ensure_prometheus()
+    except PrometheusUnavailable as e:
+        pytest.skip(f"Prometheus is not available on this platform: {e}")
     except RuntimeError as e:
         pytest.fail(f"Prometheus is needed and could not be installed: {e}")
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory):
+    need_prometheus()
     cfg = PrometheusConfig(listen=f"127.0.0.1:{free_port()}")
     with PrometheusServer(tmp_path_factory.mktemp("prometheus"), {}, cfg) as server:
         yield server
@@ -137,7 +146,7 @@ def test_every_query_is_accepted_by_prometheus(prometheus):
 
 
 def test_rendered_scrape_config_passes_promtool(tmp_path):
-    ensure_prometheus()
+    need_prometheus()
     cfg_file = tmp_path / "prometheus.yml"
     cfg_file.write_text(
         render_config(
@@ -155,6 +164,7 @@ def test_rendered_scrape_config_passes_promtool(tmp_path):
 def test_every_query_returns_data_for_a_real_run(tmp_path):
     """Prometheus (1 s scrapes) records a short real run; every panel query then has data
     within the run's time range, and names only series that the run exported."""
+    need_prometheus()
     namespace, password = "dashboard-test", "dashboard-test-password"
     with EmbeddedServer(password=password) as server:
         redis_cfg = server.redis_config(namespace=namespace)
