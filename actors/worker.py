@@ -56,6 +56,7 @@ class ActorSetup:
     make_writer: Callable[[], ReplayWriter] | None  # None = evaluation actor (stores nothing)
     metrics_host: str = "127.0.0.1"
     serve_metrics: bool = True
+    eval_sample: bool = False  # an evaluation actor samples its actions instead of greedy ones
 
 
 class RolloutActor:
@@ -92,7 +93,7 @@ class RolloutActor:
             actor_id=setup.actor_id,
             env_id=setup.env_id,
             seed=seed,
-            greedy=self.evaluating,
+            greedy=self.evaluating and not setup.eval_sample,
         )
         self.metrics = Metrics()
         self.metrics_port = self.metrics.serve(setup.metrics_host) if setup.serve_metrics else 0
@@ -165,8 +166,9 @@ class RolloutActor:
             )
 
     def evaluate(self, episodes: int) -> EvalReport:
-        """Greedy returns of fresh rollouts with the newest weights: ``episodes`` rounded up
-        to a multiple of the number of envs (each env contributes the same number)."""
+        """Returns of fresh rollouts with the newest weights (greedy actions unless
+        ``eval_sample``): ``episodes`` rounded up to a multiple of the number of envs (each
+        env contributes the same number)."""
         per_slot = -(-episodes // len(self.loop.envs))
         horizon = self.loop.spec.max_episode_steps + 1
         with self._rollout_lock:

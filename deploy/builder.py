@@ -113,27 +113,31 @@ def start_rollout_actor(
     spec: EnvSpec | None = None,
 ):
     """Rollout actor ``index`` (an evaluation actor, writing nothing to replay, if
-    ``evaluation``) as a restartable Ray actor with a second thread for control calls.
-    ``spec``: the env's (built from ``cfg.env`` when not given)."""
+    ``evaluation``: its env is ``run.eval_env``'s, its actions sampled if ``run.eval_sample``)
+    as a restartable Ray actor with a second thread for control calls. ``spec``: the training
+    env's (built from ``cfg.env`` when not given)."""
     import ray
 
     from actors.worker import ActorSetup, RolloutActor
+    from deploy.config import eval_env_config
 
-    if spec is None:
+    env = eval_env_config(cfg) if evaluation else cfg.env
+    if spec is None or env is not cfg.env:
         from common.envs.factory import env_spec
 
-        spec = env_spec(cfg.env)
+        spec = env_spec(env)
     setup = ActorSetup(
         actor_id=index,
         num_actors=cfg.actors.num_actors,
         actors=cfg.actors,
         spec=spec,
-        env_id=cfg.env.id,
-        make_env=functools.partial(make_env, cfg.env),
+        env_id=env.id,
+        make_env=functools.partial(make_env, env),
         make_policy=functools.partial(make_policy, cfg.learner),
         make_writer=None if evaluation else functools.partial(make_writer, cfg.replay),
         metrics_host=cfg.deploy.metrics_host,
         serve_metrics=cfg.deploy.serve_metrics,
+        eval_sample=evaluation and cfg.run.eval_sample,
     )
     return (
         ray.remote(RolloutActor)

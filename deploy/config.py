@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from actors.config import ActorConfig
 from common.config_utils import prefixed, require
@@ -110,6 +111,13 @@ class RunConfig:
     eval_every_s: float = 20.0  # greedy evaluation period (wall-clock seconds; 0 = off)
     eval_episodes: int = 20  # rollouts per periodic evaluation
     final_eval_episodes: int = 50  # rollouts of the final evaluation
+    # The evaluation actor's env (periodic and final evaluations): overrides of the env
+    # section, {} = the training env; e.g. {kwargs: {corridor_length: 20}}, or on the command
+    # line +run.eval_env.kwargs.corridor_length=20. kwargs merge key by key into the training
+    # env's (unless the overrides name another id). The observation and action spaces must
+    # stay the training env's (checked at start-up, see eval_env_config).
+    eval_env: dict[str, Any] = field(default_factory=dict)
+    eval_sample: bool = False  # evaluate with actions sampled from the policy, not greedy
     log_every_s: float = 5.0  # console line + metrics.jsonl row period
     updates_per_call: int = 20  # learner updates per driver round trip
     plot: bool = True  # write learning_curve.png at the end
@@ -138,6 +146,13 @@ class RunConfig:
         require(self.eval_every_s >= 0, "eval_every_s", "must be >= 0")
         require(self.eval_episodes >= 1, "eval_episodes", "must be >= 1")
         require(self.final_eval_episodes >= 0, "final_eval_episodes", "must be >= 0")
+        env_fields = [f.name for f in dataclasses.fields(EnvConfig)]
+        for key in self.eval_env:
+            require(key in env_fields, f"eval_env.{key}", f"not an env field ({env_fields})")
+        kwargs = self.eval_env.get("kwargs")
+        require(
+            kwargs is None or isinstance(kwargs, Mapping), "eval_env.kwargs", "must be a mapping"
+        )
         require(self.log_every_s > 0, "log_every_s", "must be > 0")
         require(self.updates_per_call >= 1, "updates_per_call", "must be >= 1")
         if self.resume_from:
@@ -266,7 +281,25 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, EnvSpec, list[Derived]]:
         "replay.max_traj_steps",
         f"must hold a whole rollout ({horizon + 1} timesteps for {cfg.env.id})",
     )
+    if cfg.run.eval_env:
+        from learner.export import compatible
+
+        eval_spec = prefixed("run.eval_env", env_spec, eval_env_config(cfg))
+        problems = compatible(spec, eval_spec, "the training env's")
+        require(not problems, "run.eval_env", "; ".join(problems))
     return cfg, spec, derived
+
+
+def eval_env_config(cfg: TrainConfig) -> EnvConfig:
+    """The evaluation actor's env section: ``cfg.env`` with ``run.eval_env``'s overrides
+    (``kwargs`` merged key by key, or only the overrides' when they name another id)."""
+    over = dict(cfg.run.eval_env)
+    if not over:
+        return cfg.env
+    kwargs = dict(over.pop("kwargs", None) or {})
+    if over.get("id", cfg.env.id) == cfg.env.id:
+        kwargs = {**cfg.env.kwargs, **kwargs}
+    return dataclasses.replace(cfg.env, **over, kwargs=kwargs)
 
 
 def _reward_probe(cfg: TrainConfig) -> float | None:

@@ -6,7 +6,9 @@ command that stops working fails this test.
 Parsed from README.md: ``$ python -m deploy.train ...`` lines and ``ray job submit ... --
 python -m deploy.train ...`` (continuation lines joined), ``make run [EXPERIMENT=...] [ARGS="..."]`` (inline code too),
 and the ``# <module>.py`` Python block of the bring-your-own-env section, written to a temporary
-directory so its ``module:Id`` commands resolve as they do for a user.
+directory so its ``module:Id`` commands resolve as they do for a user. The ``$ python -m
+deploy.evaluate|export`` lines and the ``load_policy`` snippet of "Evaluate and export" run
+for real on a run directory built by the test.
 """
 
 from __future__ import annotations
@@ -131,3 +133,35 @@ def test_env_id_alone_inherits_no_preset():
     assert cfg.learner.model == generic.learner.model and cfg.learner.lr == generic.learner.lr
     assert cfg.replay.rate_limit == generic.replay.rate_limit
     assert cfg.learner.max_seq_len == 256  # CartPole's 500-step limit + 1, capped
+
+
+# -- "Evaluate and export": the commands run for real on a run directory built here ---------
+AROUND = re.compile(r"^\$ python -m deploy\.(evaluate|export)\b([^\n#`]*)", re.M)
+SNIPPET = re.compile(r"```python\n(# acting with an exported policy[^\n]*\n.*?)```", re.S)
+
+
+def test_documented_evaluate_and_export_commands_run(tmp_path, monkeypatch, capsys):
+    """Every ``$ python -m deploy.evaluate|export`` line of the README, in order, with ``$RUN``
+    a T-Maze run directory (a learner checkpoint after a few updates), then the
+    ``load_policy`` snippet on the policy those commands exported."""
+    from test_export import make_run
+
+    from deploy.evaluate import main as evaluate_main
+    from deploy.export import main as export_main
+
+    commands = [(m.group(1), shlex.split(m.group(2))) for m in AROUND.finditer(TEXT)]
+    assert {c for c, _ in commands} == {"evaluate", "export"} and len(commands) >= 5
+    snippet = SNIPPET.search(TEXT)
+    assert snippet, "README lost its load_policy snippet"
+    run = tmp_path / "runs" / "tmaze" / "2026-11-21_14-40-41"
+    make_run(run, "experiment=tmaze")
+    monkeypatch.chdir(tmp_path)
+    for command, args in commands:
+        args = [str(run) if a == "$RUN" else a for a in args]
+        (evaluate_main if command == "evaluate" else export_main)(args)
+        out = capsys.readouterr().out
+        assert ("return mean" in out) if command == "evaluate" else ("exported policy" in out)
+        if "video=true" in args:
+            assert any((run / "videos").iterdir())
+    exec(compile(snippet.group(1), "README snippet", "exec"), {"__name__": "__main__"})
+    assert re.fullmatch(r"return -?\d+\.\d\d\n", capsys.readouterr().out)

@@ -20,6 +20,9 @@ Actions (Discrete 4): 0 up (y+1), 1 down (y-1), 2 left (x-1), 3 right (x+1); mov
 wall or the border leaves the agent in place.
 
 ``amago/GoalGrid-v0`` is this env already wrapped in ``GoalConditioned`` (:func:`make_goal_grid`).
+
+Rendering (``render_mode="rgb_array"``): a header row with the instruction's object types in
+order, then the room with y up: walls dark, each object type its own colour, the agent white.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def _connected(free: np.ndarray) -> bool:
 class GoalGrid(gym.Env):
     """The unwrapped gridworld; implements :class:`common.goals.GoalTask` (module doc)."""
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -69,7 +72,11 @@ class GoalGrid(gym.Env):
         num_obstacles: int = 4,
         max_steps: int | None = None,
         observation: str = "grid",
+        render_mode: str | None = None,
     ):
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
         if size < 2:
             raise ValueError(f"size must be >= 2, got {size}")
         if not 1 <= num_goals <= num_object_types:
@@ -176,6 +183,44 @@ class GoalGrid(gym.Env):
         self._t += 1
         truncated = self._t >= self.max_steps
         return self._obs(), 0.0, False, truncated, {}
+
+    def render(self) -> np.ndarray | None:
+        """An ``rgb_array`` frame (uint8, 32 px per cell, one header row), or None when the env
+        was not made with ``render_mode="rgb_array"``."""
+        if self.render_mode != "rgb_array":
+            return None
+        n, c = self.size, 32
+        img = np.full(((n + 1) * c, n * c, 3), 220, dtype=np.uint8)
+        img[:c] = 255
+
+        def fill(row: int, col: int, color, margin: int) -> None:
+            y0, x0 = row * c + margin, col * c + margin
+            img[y0 : y0 + c - 2 * margin, x0 : x0 + c - 2 * margin] = color
+
+        for i, kind in enumerate(self.instruction_types[:n]):  # the instruction, in order
+            fill(0, i, _PALETTE[int(kind) % len(_PALETTE)], 6)
+        for x in range(n):
+            for y in range(n):
+                row = n - y  # y grows upwards, below the header
+                fill(row, x, (50, 50, 50) if self.walls[x, y] else (200, 200, 200), 1)
+                kind = self.objects[x, y]
+                if kind >= 0:
+                    fill(row, x, _PALETTE[int(kind) % len(_PALETTE)], 4)
+        fill(n - int(self.pos[1]), int(self.pos[0]), (255, 255, 255), 10)
+        return img
+
+
+#: Colours of object types in :meth:`GoalGrid.render` (cycled past 8 types).
+_PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+]
 
 
 def make_goal_grid(**kwargs) -> gym.Env:

@@ -14,6 +14,10 @@ into the wall leave the agent in place.
 Time limit: ``max_steps`` (default ``4 * size`` = 20 for the default 5x5 room; the informed
 path start -> key -> door is at most ``4 * (size - 1) - 1`` = 15 steps, so an agent that
 knows the task always gets the full return).
+
+Rendering (``render_mode="rgb_array"``, for a viewer: the agent sees none of it): the room
+with y up, the start cell light grey, the key yellow until it is picked up, the door brown,
+and the agent blue (with a yellow core once it holds the key).
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ class DarkKeyToDoor(gym.Env):
     A task is an int64 array ``[[start_x, start_y], [key_x, key_y], [door_x, door_y]]``.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
-    def __init__(self, size: int = 5, max_steps: int | None = None):
+    def __init__(self, size: int = 5, max_steps: int | None = None, render_mode: str | None = None):
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
         if size < 2:
             raise ValueError(f"size must be >= 2, got {size}")
         self.size = int(size)
@@ -100,3 +107,26 @@ class DarkKeyToDoor(gym.Env):
         truncated = not terminated and self._t >= self.max_steps
         info = {"has_key": self.has_key, "success": terminated}
         return self._obs(), reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        """An ``rgb_array`` frame (uint8, 32 px per cell), or None when the env was not made
+        with ``render_mode="rgb_array"``."""
+        if self.render_mode != "rgb_array":
+            return None
+        n, c = self.size, 32
+        img = np.full((n * c, n * c, 3), 60, dtype=np.uint8)
+        img[::c, :] = img[:, ::c] = 90  # grid lines
+
+        def fill(xy, color, margin: int) -> None:
+            row = n - 1 - int(xy[1])  # y grows upwards
+            y0, x0 = row * c + margin, int(xy[0]) * c + margin
+            img[y0 : y0 + c - 2 * margin, x0 : x0 + c - 2 * margin] = color
+
+        fill(self.task[0], (150, 150, 150), 2)
+        fill(self.door, (140, 90, 40), 2)
+        if not self.has_key:
+            fill(self.key, (240, 200, 40), 8)
+        fill(self.pos, (30, 90, 220), 6)
+        if self.has_key:
+            fill(self.pos, (240, 200, 40), 12)
+        return img
