@@ -375,7 +375,8 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w) -> dict:
     if final_return is not None:
         runlog.row(env_steps=p.env_steps, updates=p.updates, eval_return=final_return, final=True)
         print(
-            f"final greedy evaluation over {len(res.returns)} rollouts: return {final_return:.3f}",
+            f"final {'sampled' if r.eval_sample else 'greedy'} evaluation over "
+            f"{len(res.returns)} rollouts: return {final_return:.3f}",
             flush=True,
         )
     elif res is not None:  # every rollout hit the step cap (an env without a working limit)
