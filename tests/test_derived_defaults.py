@@ -28,13 +28,17 @@ def _prepared(*overrides: str):
 def test_bc_weight_is_the_variants_own_unless_set(variant, weight):
     cfg, derived = _prepared("experiment=tmaze", f"learner.variant={variant}")
     assert cfg.learner.bc_weight == weight and "learner.bc_weight" in derived
-    cfg, derived = _prepared("experiment=tmaze", f"learner.variant={variant}", "learner.bc_weight=0.3")
+    cfg, derived = _prepared(
+        "experiment=tmaze", f"learner.variant={variant}", "learner.bc_weight=0.3"
+    )
     assert cfg.learner.bc_weight == 0.3 and "learner.bc_weight" not in derived
     assert LearnerConfig(variant=variant).bc_weight_value == weight  # direct use, no entrypoint
 
 
 def test_twohot_bound_formula():
-    assert twohot_bound(10.0, 1.0, 0.999, 11) == pytest.approx(2 * 10 * sum(0.999**t for t in range(11)))
+    assert twohot_bound(10.0, 1.0, 0.999, 11) == pytest.approx(
+        2 * 10 * sum(0.999**t for t in range(11))
+    )
     assert twohot_bound(1.0, 2.0, 0.5, 10_000) == pytest.approx(2 * 2 * 2)  # 1 / (1 - gamma)
 
 
@@ -45,6 +49,7 @@ def test_amago2_bins_cover_the_tasks_returns_tightly():
     lo, hi = cfg.learner.twohot_min, cfg.learner.twohot_max
     assert -hi == lo and 10.0 * 2 < hi < 10.0 * 2 * 12
     assert "learner.twohot_min/max" in derived
+
     def bins_in_return_range(learner: LearnerConfig) -> int:
         raw = symexp(AmagoAgent(tmaze_spec(), learner).bins)
         return int(((raw >= 0) & (raw <= 10.0)).sum())
@@ -54,7 +59,10 @@ def test_amago2_bins_cover_the_tasks_returns_tightly():
     assert used > 2 * old, (used, old)
     # explicit bounds are kept as given
     cfg, derived = _prepared(
-        "experiment=tmaze", "learner.variant=amago2", "learner.twohot_min=-5", "learner.twohot_max=50"
+        "experiment=tmaze",
+        "learner.variant=amago2",
+        "learner.twohot_min=-5",
+        "learner.twohot_max=50",
     )
     assert (cfg.learner.twohot_min, cfg.learner.twohot_max) == (-5, 50)
     assert "learner.twohot_min/max" not in derived
