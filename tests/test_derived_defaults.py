@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from common.envs.factory import reward_probe
 from common.envs.config import EnvConfig
+from common.envs.factory import reward_probe
 from deploy.config import compose, prepare
 from learner.agent import AmagoAgent
 from learner.config import LearnerConfig, twohot_bound

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from actors.config import ExplorationConfig, StepWindow
-from common.config_utils import ConfigError
 from actors.exploration import Exploration
 from actors.rollout import RolloutLoop
 from common.codec import validate
+from common.config_utils import ConfigError
 from common.envs.config import EnvConfig
 from common.envs.factory import env_spec, make_env
 from common.records import StepInput, Trajectory
