@@ -59,8 +59,6 @@ class ExplorationConfig:
         require(self.end_min <= self.end_max, "end_min", "must be <= end_max")
         require(self.anneal_steps >= 0, "anneal_steps", "must be >= 0")
         for i, w in enumerate(self.step_windows):
-            if not isinstance(w, StepWindow):
-                w = StepWindow(**dict(w))
             prefixed(f"step_windows[{i}]", w.validate)
 
 

@@ -330,6 +330,12 @@ def compose(overrides: Sequence[str] = (), resolved: bool = True):
     if not resolved:
         return dcfg
     cfg = OmegaConf.to_object(dcfg)
+    learner = cfg.learner
+    needs_env = not (learner.max_seq_len and cfg.replay.max_seq_len) or (
+        learner.variant == "amago2" and None in (learner.twohot_min, learner.twohot_max)
+    )
+    if not needs_env:  # nothing to derive needs the env's horizon: do not build it
+        return derive_defaults(cfg, 0)[0]
     from common.envs.factory import env_spec
 
     horizon = prefixed("env", env_spec, cfg.env).max_episode_steps
