@@ -128,6 +128,39 @@ class RateLimitConfig:
 
 
 @dataclass
+class PrefillConfig:
+    """A second replay partition, filled once at start-up from replay dumps
+    (``replay_service.dump``) and sampled alongside the fresh data
+    (``replay_service.prefill``). FIFO eviction and the rate limiter never touch it."""
+
+    # Replay dumps to load: dump directories (python -m deploy.replay_dump) or run
+    # directories whose run wrote one (run.dump_replay_on_exit).
+    paths: list[str] = field(default_factory=list)
+    # Fraction of every batch drawn from the prefill partition: 0 = off (nothing loaded),
+    # 1 = prefill only (then the fresh partition's rate limiter is off: nothing samples it).
+    mix: float = 0.0
+
+    def validate(self) -> None:
+        require(
+            isinstance(self.mix, (int, float)) and math.isfinite(self.mix) and 0 <= self.mix <= 1,
+            "mix",
+            f"must be a number in [0, 1], got {self.mix!r}",
+        )
+        require(
+            all(isinstance(p, str) and p for p in self.paths), "paths", "must be non-empty paths"
+        )
+        require(
+            self.mix == 0 or bool(self.paths),
+            "paths",
+            f"empty, but mix={self.mix}: name the replay dumps to prefill from",
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.mix > 0
+
+
+@dataclass
 class ReplayConfig:
     """Capacity, ingest caps, sampling and rate limiting of one replay namespace."""
 
@@ -161,6 +194,8 @@ class ReplayConfig:
     relabel_kwargs: dict[str, Any] = field(default_factory=dict)
     # Sample-to-insert ratio limiter.
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    # Offline data: a partition prefilled from replay dumps and its share of every batch.
+    prefill: PrefillConfig = field(default_factory=PrefillConfig)
     # Seconds insert() waits for the rate limiter before RateLimitTimeout (0 = do not wait).
     insert_timeout_s: float = 60.0
     # Seconds sample() waits for data / the rate limiter before RateLimitTimeout (0 = no wait).
@@ -204,6 +239,12 @@ class ReplayConfig:
     def validate(self) -> None:
         prefixed("redis", self.redis.validate)
         prefixed("rate_limit", self.rate_limit.validate)
+        prefixed("prefill", self.prefill.validate)
+        require(
+            not self.prefill.enabled or len(self.redis.namespace) <= 64 - len(".prefill"),
+            "redis.namespace",
+            "must leave room for the prefill partition's '<namespace>.prefill' (64 characters)",
+        )
         require(self.max_steps >= 1, "max_steps", "must be >= 1")
         require(self.max_bytes >= 1, "max_bytes", "must be >= 1")
         require(self.max_traj_steps >= 1, "max_traj_steps", "must be >= 1")
