@@ -82,7 +82,8 @@ class RolloutLoop:
     Env exceptions never escape: the faulty env is reset, its rollout dropped and the fault
     counted. ``sink`` receives every finished rollout; it may block (replay backpressure).
     The policy acts greedily when ``greedy`` (evaluation) or when ``exploration`` says not to
-    sample (``sample_actions: false``); ``exploration`` then perturbs its actions.
+    sample (``sample_actions: false``); ``exploration`` then perturbs its actions. ``task``
+    (multi-task runs) goes into every rollout's ``meta.info["task"]``.
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class RolloutLoop:
         env_id: str = "",
         seed: int = 0,
         greedy: bool = False,
+        task: str = "",
     ):
         self.envs, self.spec, self.policy, self.sink = envs, spec, policy, sink
         self.exploration, self.actor_id, self.env_id, self.greedy = (
@@ -104,6 +106,7 @@ class RolloutLoop:
             env_id,
             greedy,
         )
+        self.task = task  # meta.info["task"] of every rollout (multi-task runs; "" = none)
         self.slots_idx = np.arange(len(envs))
         self._seed = seed
         self._resets = 0
@@ -201,6 +204,8 @@ class RolloutLoop:
         if not (terminated or truncated):
             return False
         traj = slot.to_trajectory(self.env_id, self.actor_id, slot.version)
+        if self.task:
+            traj.meta.info["task"] = self.task
         st.returns.append(traj.total_return)
         st.lengths.append(len(traj))
         st.successes.append(slot.success)

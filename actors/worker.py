@@ -57,6 +57,9 @@ class ActorSetup:
     metrics_host: str = "127.0.0.1"
     serve_metrics: bool = True
     eval_sample: bool = False  # an evaluation actor samples its actions instead of greedy ones
+    # the task of a multi-task run this actor steps ("" = a single-task run): recorded as
+    # meta.info["task"] of every rollout, and the ``task`` label of its return metrics
+    task: str = ""
 
 
 class RolloutActor:
@@ -92,6 +95,7 @@ class RolloutActor:
             explore,
             actor_id=setup.actor_id,
             env_id=setup.env_id,
+            task=setup.task,
             seed=seed,
             greedy=self.evaluating and not setup.eval_sample,
         )
@@ -163,6 +167,7 @@ class RolloutActor:
                 epsilon=self._epsilon(),
                 insert_retries=self.insert_retries,
                 rejected=self.rejected,
+                task=self.setup.task,
             )
 
     def evaluate(self, episodes: int) -> EvalReport:
@@ -182,6 +187,7 @@ class RolloutActor:
                 successes=st.successes,
                 lengths=st.lengths,
                 episode_returns=st.episode_returns,
+                task=self.setup.task,
             )
 
     def _epsilon(self) -> float:
@@ -193,7 +199,12 @@ class RolloutActor:
         m.inc("amago_actor_episodes", len(st.returns), actor=lab)
         m.inc("amago_actor_env_faults", st.env_faults, actor=lab)
         if st.returns:
-            m.set("amago_actor_episode_return", float(np.mean(st.returns)), actor=lab)
+            m.set(
+                "amago_actor_episode_return",
+                float(np.mean(st.returns)),
+                actor=lab,
+                task=self.setup.task,
+            )
         if st.act_calls:
             m.observe(
                 "amago_actor_inference_latency_seconds", st.act_seconds / st.act_calls, actor=lab

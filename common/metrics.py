@@ -44,7 +44,10 @@ METRICS: dict[str, MetricDef] = {
         "counter", "Rollouts (episodes or meta-RL trials) finished", ("actor",)
     ),
     "amago_actor_episode_return": MetricDef(
-        "gauge", "Mean return of the rollouts finished in the last chunk", ("actor",)
+        "gauge",
+        "Mean return of the rollouts finished in the last chunk, by task (multi-task runs; "
+        '"" otherwise)',
+        ("actor", "task"),
     ),
     "amago_actor_inference_latency_seconds": MetricDef(
         "histogram", "Batched policy.act latency per env step", ("actor",), _LAT_BUCKETS
@@ -112,7 +115,11 @@ METRICS: dict[str, MetricDef] = {
         "counter", "Learner restarts seen by the driver (resumed from the newest checkpoint)"
     ),
     "amago_driver_actors_alive": MetricDef("gauge", "Rollout actors answering"),
-    "amago_eval_return": MetricDef("gauge", "Mean greedy return on fresh evaluation episodes"),
+    "amago_eval_return": MetricDef(
+        "gauge",
+        'Mean greedy return on fresh evaluation episodes, by task (multi-task runs; "" otherwise)',
+        ("task",),
+    ),
     "amago_driver_env_steps_per_second": MetricDef(
         "gauge", "Env steps per second over the last report interval"
     ),

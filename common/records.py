@@ -19,6 +19,7 @@ done_t = terminated[t+1], o_{t+1})``. The last timestep of a rollout outputs no 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,11 @@ import numpy as np
 
 #: Version of the in-memory layout and of the wire format (see ``common.codec``).
 FORMAT_VERSION = 2
+
+#: What a task name (``meta.info["task"]`` of a multi-task run's rollouts) may be: also a
+#: Prometheus label value, a metrics.jsonl key part and the replay index's tag
+#: (``replay_service.lua``), hence no spaces, ``~``, ``,``, ``/`` or ``:``.
+TASK_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 #: Core per-timestep arrays every trajectory holds (besides ``obs`` and ``extras``).
 CORE_KEYS = ("prev_action", "prev_reward", "time_idx", "terminated", "truncated")
@@ -38,7 +44,9 @@ class TrajectoryMeta:
 
     ``episode_starts`` lists the timestep index at which each episode of the rollout begins
     (``[0]`` for a single episode; several for a meta-RL trial of k episodes). ``info`` holds
-    small free-form scalars/strings (e.g. the goal task's reward-function name).
+    small free-form scalars/strings (e.g. the goal task's reward-function name); in a
+    multi-task run ``info["task"]`` names the task the rollout came from (a
+    :data:`TASK_NAME_RE` name; the replay index keeps it, for task-balanced sampling).
 
     Types are strict (``common.codec`` refuses anything else, never coerces): ``env_id`` a
     ``str``; ``actor_id``/``policy_version`` ``int`` (not bool) within int64; ``info`` a dict

@@ -36,6 +36,7 @@ class ActorReport:
     epsilon: float  # exploration at the end of the call
     insert_retries: int  # total since the actor started
     rejected: int  # rollouts the replay refused as malformed, since the actor started
+    task: str = ""  # the task the actor steps (multi-task runs; "" = single task)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class EvalReport:
     successes: list[float]
     lengths: list[int]
     episode_returns: list[list[float]]  # per rollout, the return of each inner episode
+    task: str = ""  # the task evaluated (multi-task runs; "" = single task)
 
     def mean_return(self) -> float | None:
         return float(np.mean(self.returns)) if self.returns else None

@@ -6,15 +6,19 @@ processes, which call the factories in their own address space).
 
     workers = build_workers(cfg, spec, run_dir, use_gpu)
     workers.learner, workers.actors, workers.evaluator, workers.broker
+
+A multi-task run (``env.tasks``) spreads its rollout actors over the tasks
+(:func:`deploy.config.assign_tasks`: in proportion to the weights, at least one each) and starts
+one evaluation actor per task (``workers.evaluators``, in task order).
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.envs.config import EnvConfig
+from common.envs.config import EnvConfig, Task
 from common.spec import EnvSpec
 from deploy.config import TrainConfig
 from learner.config import LearnerConfig
@@ -52,6 +56,10 @@ def make_sampler(replay: ReplayConfig, seed: int, spec: EnvSpec | None = None):
     from replay_service import Sampler, connect, get_relabeler
 
     relabel = get_relabeler(replay.relabel, **dict(replay.relabel_kwargs))
+    if replay.prefill.enabled:  # offline data: replay.prefill.mix of every batch from it
+        from replay_service.prefill import make_mixed_sampler
+
+        return make_mixed_sampler(replay, connect(replay.redis), relabel, seed, spec)
     return Sampler(connect(replay.redis), replay, relabel=relabel, seed=seed, spec=spec)
 
 
@@ -63,10 +71,16 @@ class Workers:
     broker: object
     learner: object
     actors: list
-    evaluator: object
+    evaluators: list  # one per task (one for a single-task run)
+    tasks: list[str] = field(default_factory=list)  # task names ([] = single task)
+    actor_tasks: list[str] = field(default_factory=list)  # the task of each rollout actor
+
+    @property
+    def evaluator(self) -> object:
+        return self.evaluators[0]
 
     def all(self) -> list:
-        return [self.learner, *self.actors, self.evaluator]
+        return [self.learner, *self.actors, *self.evaluators]
 
 
 def start_broker():
@@ -111,17 +125,20 @@ def start_rollout_actor(
     evaluation: bool = False,
     strategy: str = "DEFAULT",
     spec: EnvSpec | None = None,
+    task: Task | None = None,
 ):
     """Rollout actor ``index`` (an evaluation actor, writing nothing to replay, if
     ``evaluation``: its env is ``run.eval_env``'s, its actions sampled if ``run.eval_sample``)
     as a restartable Ray actor with a second thread for control calls. ``spec``: the training
-    env's (built from ``cfg.env`` when not given)."""
+    env's (built from ``cfg.env`` when not given). ``task``: the task of a multi-task run it
+    steps (its env, and the name its rollouts and metrics carry)."""
     import ray
 
     from actors.worker import ActorSetup, RolloutActor
     from deploy.config import eval_env_config
 
-    env = eval_env_config(cfg) if evaluation else cfg.env
+    base = cfg.env if task is None else task.env
+    env = eval_env_config(cfg, base) if evaluation else base
     if spec is None or env is not cfg.env:
         from common.envs.factory import env_spec
 
@@ -138,6 +155,7 @@ def start_rollout_actor(
         metrics_host=cfg.deploy.metrics_host,
         serve_metrics=cfg.deploy.serve_metrics,
         eval_sample=evaluation and cfg.run.eval_sample,
+        task="" if task is None else task.name,
     )
     return (
         ray.remote(RolloutActor)
@@ -169,11 +187,22 @@ def build_workers(
     d = cfg.deploy
     strategy = "SPREAD" if (d.ray_address and d.spread_actors) else "DEFAULT"
     start = functools.partial(start_rollout_actor, cfg, broker, strategy=strategy, spec=spec)
-    actors = [start(i) for i in range(cfg.actors.num_actors)]
-    evaluator = start(cfg.actors.num_actors, evaluation=True)
-    started += [*actors, evaluator]
-    ray.get([a.ping.remote() for a in [*actors, evaluator]])
-    return Workers(broker, learner, actors, evaluator)
+    tasks = cfg.env.task_list()
+    n = cfg.actors.num_actors
+    if not tasks:
+        actors = [start(i) for i in range(n)]
+        evaluators = [start(n, evaluation=True)]
+        actor_tasks: list[str] = []
+    else:
+        from deploy.config import assign_tasks
+
+        which = assign_tasks([t.weight for t in tasks], n)
+        actors = [start(i, task=tasks[k]) for i, k in enumerate(which)]
+        evaluators = [start(n + k, evaluation=True, task=t) for k, t in enumerate(tasks)]
+        actor_tasks = [tasks[k].name for k in which]
+    started += [*actors, *evaluators]
+    ray.get([a.ping.remote() for a in [*actors, *evaluators]])
+    return Workers(broker, learner, actors, evaluators, [t.name for t in tasks], actor_tasks)
 
 
 __all__ = [

@@ -129,6 +129,9 @@ class RunConfig:
     # tensorboard (event files in the run directory), wandb (offline unless WANDB_MODE is set),
     # mlflow (a file store in the run directory unless MLFLOW_TRACKING_URI is set); [] = none.
     tracking: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # Export the replay (fresh partition) to <run_dir>/replay_dump when the run ends, for
+    # replay.prefill.paths of later runs (or: python -m deploy.replay_dump).
+    dump_replay_on_exit: bool = False
 
     def validate(self) -> None:
         from deploy.tracking import check_backends
@@ -267,39 +270,130 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, EnvSpec, list[Derived]]:
     """Everything a run checks before it starts a process: the env section, then the env
     itself (built once and reset: an unknown id, an unimportable module, kwargs its
     constructor rejects, no time limit all raise :class:`ConfigError` naming the ``env.``
-    field), then the values derived from it (:func:`derive_defaults`), then every other
-    field. Returns the config to run, the env's spec and what was derived."""
+    field; in a multi-task run every task's, whose spaces must agree), then the values
+    derived from it (:func:`derive_defaults`), then every other field. Returns the config to
+    run, the env's spec (a multi-task run's: the longest task horizon) and what was derived."""
     from common.envs.factory import env_spec
 
     prefixed("env", cfg.env.validate)
-    spec = prefixed("env", env_spec, cfg.env)
+    spec = run_spec(cfg)
     horizon = spec.max_episode_steps
     cfg, derived = derive_defaults(cfg, horizon, _reward_probe(cfg))
     cfg.validate()
+    tasks = cfg.env.task_list()
+    require(
+        len(tasks) <= cfg.actors.num_actors,
+        "actors.num_actors",
+        f"{cfg.actors.num_actors} rollout actors for {len(tasks)} tasks: every task needs one",
+    )
     require(
         horizon + 1 <= cfg.replay.max_traj_steps,
         "replay.max_traj_steps",
-        f"must hold a whole rollout ({horizon + 1} timesteps for {cfg.env.id})",
+        f"must hold a whole rollout ({horizon + 1} timesteps for {_what(cfg)})",
     )
     if cfg.run.eval_env:
         from learner.export import compatible
 
-        eval_spec = prefixed("run.eval_env", env_spec, eval_env_config(cfg))
-        problems = compatible(spec, eval_spec, "the training env's")
-        require(not problems, "run.eval_env", "; ".join(problems))
+        for i, env in enumerate(eval_env_configs(cfg)):
+            eval_spec = prefixed("run.eval_env", env_spec, env)
+            problems = compatible(spec, eval_spec, "the training env's")
+            where = f" (task {tasks[i].name!r})" if tasks else ""
+            require(not problems, "run.eval_env", "; ".join(problems) + where)
+    if cfg.replay.prefill.enabled:  # offline data: dumps checked against the env now
+        from replay_service.prefill import check_dumps, fresh_rate_limit
+
+        check_dumps(cfg.replay, spec)
+        replay, why = fresh_rate_limit(cfg.replay)
+        if why:
+            cfg = dataclasses.replace(cfg, replay=replay)
+            derived.append(Derived("replay.rate_limit.samples_per_insert", 0.0, why))
     return cfg, spec, derived
 
 
-def eval_env_config(cfg: TrainConfig) -> EnvConfig:
-    """The evaluation actor's env section: ``cfg.env`` with ``run.eval_env``'s overrides
-    (``kwargs`` merged key by key, or only the overrides' when they name another id)."""
+def _what(cfg: TrainConfig) -> str:
+    tasks = cfg.env.task_list()
+    return cfg.env.id if not tasks else "the longest task"
+
+
+def task_specs(env: EnvConfig) -> list[tuple[str, EnvSpec]]:
+    """(name, spec) of each task of a multi-task run (``[]`` for a single task); each env is
+    built once (errors name ``env.tasks[i].<field>``)."""
+    from common.envs.factory import env_spec
+
+    return [
+        (t.name, prefixed(f"env.tasks[{i}]", env_spec, t.env))
+        for i, t in enumerate(env.task_list())
+    ]
+
+
+def run_spec(cfg: TrainConfig) -> EnvSpec:
+    """The spec the learner trains on: the env's, or for a multi-task run the tasks' common
+    one with the longest task horizon. Tasks whose observation or action spaces (or goal
+    keys, extras) differ are refused with :class:`ConfigError` naming both tasks: one
+    network acts in all of them, so give them one space (pad observations to a common
+    shape, map actions onto a common set) in a wrapper of your own."""
+    from common.envs.factory import env_spec
+
+    specs = task_specs(cfg.env)
+    if not specs:
+        return prefixed("env", env_spec, cfg.env)
+    from learner.export import compatible
+
+    (first, s0), rest = specs[0], specs[1:]
+    for name, s in rest:
+        problems = compatible(s0, s, f"task {first!r}'s")
+        if (s.goal_keys, s.extras) != (s0.goal_keys, s0.extras):
+            problems.append(f"goal keys / extras differ from task {first!r}'s")
+        require(
+            not problems,
+            "env.tasks",
+            f"tasks {first!r} and {name!r} have different spaces ({'; '.join(problems)}); "
+            "a multi-task run needs one observation and action space for all its tasks",
+        )
+    return dataclasses.replace(s0, max_episode_steps=max(s.max_episode_steps for _, s in specs))
+
+
+def assign_tasks(weights: Sequence[float], num_actors: int) -> list[int]:
+    """The task index of each of ``num_actors`` rollout actors: task i's share is
+    ``num_actors * w_i / sum(w)`` rounded by largest remainder, but at least one actor each;
+    actors of one task are contiguous, ties go to the earlier task. Deterministic; ``[]``
+    when there are no tasks."""
+    n = len(weights)
+    if n == 0:
+        return []
+    if num_actors < n:
+        raise ValueError(f"{num_actors} actors for {n} tasks")
+    total = float(sum(weights))
+    quota = [num_actors * w / total for w in weights]
+    counts = [max(1, int(q)) for q in quota]
+    while sum(counts) < num_actors:  # the largest shortfall first
+        counts[max(range(n), key=lambda i: (quota[i] - counts[i], -i))] += 1
+    while sum(counts) > num_actors:  # the minimum of one pushed us over: the largest surplus
+        spare = [i for i in range(n) if counts[i] > 1]
+        counts[min(spare, key=lambda i: (quota[i] - counts[i], -i))] -= 1
+    return [i for i, c in enumerate(counts) for _ in range(c)]
+
+
+def eval_env_config(cfg: TrainConfig, env: EnvConfig | None = None) -> EnvConfig:
+    """The evaluation actor's env section: ``env`` (default ``cfg.env``; a task's in a
+    multi-task run) with ``run.eval_env``'s overrides (``kwargs`` merged key by key, or only
+    the overrides' when they name another id)."""
+    env = cfg.env if env is None else env
     over = dict(cfg.run.eval_env)
     if not over:
-        return cfg.env
+        return env
     kwargs = dict(over.pop("kwargs", None) or {})
-    if over.get("id", cfg.env.id) == cfg.env.id:
-        kwargs = {**cfg.env.kwargs, **kwargs}
-    return dataclasses.replace(cfg.env, **over, kwargs=kwargs)
+    if over.get("id", env.id) == env.id:
+        kwargs = {**env.kwargs, **kwargs}
+    return dataclasses.replace(env, **over, kwargs=kwargs)
+
+
+def eval_env_configs(cfg: TrainConfig) -> list[EnvConfig]:
+    """The env section of each evaluation actor: one per task (one for a single task)."""
+    tasks = cfg.env.task_list()
+    if not tasks:
+        return [eval_env_config(cfg)]
+    return [eval_env_config(cfg, t.env) for t in tasks]
 
 
 def _reward_probe(cfg: TrainConfig) -> float | None:
@@ -309,7 +403,8 @@ def _reward_probe(cfg: TrainConfig) -> float | None:
         return None
     from common.envs.factory import reward_probe
 
-    return reward_probe(cfg.env)
+    tasks = cfg.env.task_list()
+    return max(reward_probe(t.env) for t in tasks) if tasks else reward_probe(cfg.env)
 
 
 def compose(overrides: Sequence[str] = (), resolved: bool = True):
@@ -336,9 +431,7 @@ def compose(overrides: Sequence[str] = (), resolved: bool = True):
     )
     if not needs_env:  # nothing to derive needs the env's horizon: do not build it
         return derive_defaults(cfg, 0)[0]
-    from common.envs.factory import env_spec
-
-    horizon = prefixed("env", env_spec, cfg.env).max_episode_steps
+    horizon = run_spec(cfg).max_episode_steps
     return derive_defaults(cfg, horizon, _reward_probe(cfg))[0]
 
 

@@ -108,6 +108,8 @@ class RunLog:
         self.metrics.set("amago_driver_env_steps_per_second", sps)
         self.metrics.set("amago_driver_updates_per_second", ups)
         ret = float(np.mean(p.recent)) if p.recent else None
+        by_task = {t: float(np.mean(v)) if v else None for t, v in p.recent_by_task.items()}
+        by_task = {t: by_task.get(t) for t in p.tasks}
         lr = p.last_learner
         stored = lr.replay.timesteps if lr and lr.replay else None
         lag = lr.policy_lag if lr else None
@@ -120,13 +122,20 @@ class RunLog:
             replay_timesteps=stored,
             policy_lag=lag,
         )
+        named.update({f"return_mean/{t}": v for t, v in by_task.items()})
         self.row(**{**(lr.losses if lr else {}), **named})  # learner means, then the driver's
         fmt = lambda v: "   -" if v is None else f"{v:6.3f}"  # noqa: E731
+        tasks = ""
+        if by_task:  # multi-task: recent return per task, then the last evaluation's
+            last = p.evals[-1].get("by_task", {}) if p.evals else {}
+            tasks = " | " + " ".join(
+                f"{t} {fmt(v).strip()}/{fmt(last.get(t)).strip()}" for t, v in by_task.items()
+            )
         print(
             f"[{self.elapsed():7.1f}s] steps {p.env_steps:>9,d} ({sps:6.0f}/s) | "
             f"updates {p.updates:>7,d} ({ups:5.1f}/s) | return {fmt(ret)} | "
             f"eval {fmt(p.evals[-1]['return'] if p.evals else None)} | "
-            f"replay {stored or 0:>9,} steps | lag {lag or 0.0:5.1f}",
+            f"replay {stored or 0:>9,} steps | lag {lag or 0.0:5.1f}{tasks}",
             flush=True,
         )
 
@@ -220,7 +229,14 @@ def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
         print(f"derived: {d}", flush=True)
     cfg = resolve_environment(cfg)
     with replay_endpoint(cfg) as cfg:
+        from deploy.replay_dump import dump_run_replay, load_run_prefill
+
+        prefill = load_run_prefill(cfg, spec)  # offline data, before the learner samples
         summary = _train(cfg, spec, run_dir)
+        if prefill is not None:
+            summary["prefill"] = prefill
+        if cfg.run.dump_replay_on_exit:
+            summary["replay_dump"] = dump_run_replay(cfg, spec, run_dir)
     summary["derived"] = {d.field: d.value for d in derived}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -298,7 +314,13 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path) -> dict:
 
 @dataclass
 class RunProgress:
-    """What the driver knows of the run so far, updated from the workers' reports."""
+    """What the driver knows of the run so far, updated from the workers' reports.
+
+    Multi-task runs (``tasks`` non-empty) also keep recent returns per task and evaluate in
+    rounds (one evaluation actor per task): a round's row holds each task's return and their
+    mean (``return``), and the run is solved at the first round where every task with a
+    threshold (``thresholds``: its ``stop_at_return``, else ``run.stop_at_return``) reached it.
+    """
 
     env_steps: int = 0
     updates: int = 0
@@ -306,10 +328,17 @@ class RunProgress:
     evals: list[dict] = field(default_factory=list)  # periodic greedy evaluations
     solved: dict | None = None  # the first evaluation at or above run.stop_at_return
     last_learner: LearnerReport | None = None
+    tasks: list[str] = field(default_factory=list)  # multi-task runs: the task names
+    thresholds: dict[str, float] = field(default_factory=dict)  # task -> stop return
+    recent_by_task: dict[str, list[float]] = field(default_factory=dict)
+    _round: dict[str, EvalReport] = field(default_factory=dict)  # this round's evaluations
 
     def on_actor(self, r: ActorReport) -> None:
         self.env_steps += r.env_steps
         self.recent = (self.recent + r.returns)[-200:]
+        if r.task:
+            mine = self.recent_by_task.get(r.task, [])
+            self.recent_by_task[r.task] = (mine + r.returns)[-200:]
 
     def on_learner(self, r: LearnerReport) -> None:
         self.updates += r.updates
@@ -323,6 +352,34 @@ class RunProgress:
             self.solved = self.evals[-1]
         return self.evals[-1]
 
+    def start_round(self) -> None:
+        """A new evaluation round (multi-task): what the previous one missed is void."""
+        self._round = {}
+
+    def on_task_eval(self, r: EvalReport, time_s: float) -> dict | None:
+        """One task's evaluation (multi-task); the round's row once every task reported."""
+        self._round[r.task] = r
+        if set(self._round) != set(self.tasks):
+            return None
+        by_task = {t: self._round[t].mean_return() for t in self.tasks}
+        nan = float("nan")
+        row = {
+            "time_s": time_s,
+            "env_steps": self.env_steps,
+            "updates": self.updates,
+            "return": _task_mean(by_task.values()),
+            "by_task": {t: nan if v is None else v for t, v in by_task.items()},
+            "success_by_task": {t: self._round[t].success_rate() for t in self.tasks},
+        }
+        self._round = {}
+        self.evals.append(row)
+        reached = [
+            by_task[t] is not None and by_task[t] >= thr for t, thr in self.thresholds.items()
+        ]
+        if reached and all(reached) and self.solved is None:
+            self.solved = row
+        return row
+
     def out_of_budget(self, r: RunConfig, elapsed_s: float) -> bool:
         return bool(
             (r.max_env_steps and self.env_steps >= r.max_env_steps)
@@ -332,6 +389,22 @@ class RunProgress:
         )
 
 
+def _task_mean(values: Iterable[float | None]) -> float:
+    """Mean over tasks (each task counts once, whatever its number of rollouts)."""
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def task_thresholds(cfg: TrainConfig) -> dict[str, float]:
+    """Multi-task runs: each task's stop return (its own, else ``run.stop_at_return``)."""
+    out = {}
+    for t in cfg.env.task_list():
+        thr = t.stop_at_return if t.stop_at_return is not None else cfg.run.stop_at_return
+        if thr is not None:
+            out[t.name] = float(thr)
+    return out
+
+
 def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w) -> dict:
     r = cfg.run
     sup = Supervisor(metrics)
@@ -339,21 +412,31 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w) -> dict:
         sup.add("actor", i, a.collect.remote, ACTOR_RULE)
     rule = learner_rule(cfg.learner.worker.max_restarts, LEARNER_OUTAGE_S)
     sup.add("learner", 0, lambda: w.learner.train.remote(r.updates_per_call, 10.0), rule)
-    sup.add("eval", 0, lambda: w.evaluator.evaluate.remote(r.eval_episodes), EVAL_RULE)
-    p = RunProgress()
+    for k, ev_actor in enumerate(w.evaluators):
+        sup.add("eval", k, lambda a=ev_actor: a.evaluate.remote(r.eval_episodes), EVAL_RULE)
+    multi = bool(w.tasks)
+    p = RunProgress(tasks=list(w.tasks), thresholds=task_thresholds(cfg))
     sup.call_all("actor")
     sup.call("learner")
     next_log = r.log_every_s
     next_eval = r.eval_every_s if r.eval_every_s > 0 else float("inf")
+    evaluating = lambda: any(sup.busy("eval", k) for k in range(len(w.evaluators)))  # noqa: E731
     while not p.out_of_budget(r, runlog.elapsed()):
         for done in sup.poll(timeout_s=0.5):
             if done.kind == "actor":
                 p.on_actor(done.report)
             elif done.kind == "learner":
                 p.on_learner(done.report)
+            elif multi:
+                ev = p.on_task_eval(done.report, runlog.elapsed())
+                t = done.report.task
+                metrics.set("amago_eval_return", _nan(done.report.mean_return()), task=t)
+                if ev is not None:
+                    runlog.row(**_eval_fields(ev), eval_return=ev["return"])
+                continue
             else:
                 ev = p.on_eval(done.report, runlog.elapsed(), r.stop_at_return)
-                metrics.set("amago_eval_return", ev["return"])
+                metrics.set("amago_eval_return", ev["return"], task="")
                 runlog.row(
                     **{k: ev[k] for k in ("env_steps", "updates")},
                     eval_return=ev["return"],
@@ -361,14 +444,17 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w) -> dict:
                 )
                 continue
             sup.call(done.kind, done.index)
-        if runlog.elapsed() >= next_eval and not sup.busy("eval"):
-            sup.call("eval")
+        if runlog.elapsed() >= next_eval and not evaluating():
+            p.start_round()
+            sup.call_all("eval")
             next_eval = runlog.elapsed() + r.eval_every_s
         if runlog.elapsed() >= next_log:
             metrics.set("amago_driver_actors_alive", len(w.actors))
             runlog.progress(p)
             next_log = runlog.elapsed() + r.log_every_s
     train_time = runlog.elapsed()
+    if multi:
+        return _final_multi(cfg, runlog, sup, p, w, train_time)
     final = lambda: w.evaluator.evaluate.remote(r.final_eval_episodes)  # noqa: E731
     res = sup.call_blocking("eval", call=final) if r.final_eval_episodes else None
     final_return = res.mean_return() if res else None
@@ -382,6 +468,84 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w) -> dict:
     elif res is not None:  # every rollout hit the step cap (an env without a working limit)
         log.warning("final evaluation finished no rollout within its step cap")
     return _summary(cfg, p, sup, res if final_return is not None else None, train_time)
+
+
+def _nan(v: float | None) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _eval_fields(ev: dict) -> dict:
+    """metrics.jsonl fields of a multi-task evaluation round: ``eval_return/<task>``..."""
+    out = {k: ev[k] for k in ("env_steps", "updates")}
+    for t, v in ev["by_task"].items():
+        out[f"eval_return/{t}"] = v
+        out[f"eval_success/{t}"] = ev["success_by_task"][t]
+    return out
+
+
+def _final_multi(cfg, runlog: RunLog, sup: Supervisor, p: RunProgress, w, secs: float) -> dict:
+    """The final evaluation of a multi-task run: every task's evaluation actor at once."""
+    import ray
+
+    r = cfg.run
+    reports: dict[str, EvalReport] = {}
+    if r.final_eval_episodes:
+        refs = [e.evaluate.remote(r.final_eval_episodes) for e in w.evaluators]
+        for k, (name, ref) in enumerate(zip(w.tasks, refs)):
+            try:
+                reports[name] = ray.get(ref)
+            except ray.exceptions.RayActorError:  # restarting: ask again, as call_blocking does
+                call = lambda e=w.evaluators[k]: e.evaluate.remote(r.final_eval_episodes)  # noqa: E731
+                reports[name] = sup.call_blocking("eval", k, call=call)
+    by_task = {t: rep.mean_return() for t, rep in reports.items()}
+    final = _task_mean(by_task.values()) if reports else None
+    if final is not None and not np.isnan(final):
+        p.start_round()
+        row = {
+            "by_task": {t: _nan(v) for t, v in by_task.items()},
+            "success_by_task": {t: rep.success_rate() for t, rep in reports.items()},
+            "env_steps": p.env_steps,
+            "updates": p.updates,
+        }
+        runlog.row(**_eval_fields(row), eval_return=final, final=True)
+        per = ", ".join(f"{t} {_nan(v):.3f}" for t, v in by_task.items())
+        print(
+            f"final {'sampled' if r.eval_sample else 'greedy'} evaluation per task: {per} "
+            f"(mean {final:.3f})",
+            flush=True,
+        )
+    else:
+        final = None
+        if reports:
+            log.warning("final evaluation finished no rollout within its step cap")
+    merged = None
+    if final is not None:
+        reps = list(reports.values())
+        merged = EvalReport(
+            incarnation="",
+            policy_version=max(x.policy_version for x in reps),
+            returns=[v for x in reps for v in x.returns],
+            successes=[v for x in reps for v in x.successes],
+            lengths=[v for x in reps for v in x.lengths],
+            episode_returns=[v for x in reps for v in x.episode_returns],
+        )
+    out = _summary(cfg, p, sup, merged, secs)
+    if final is not None:
+        out["final_eval_return"] = final  # the mean over tasks, each counted once
+        succ = [rep.success_rate() for rep in reports.values()]
+        out["final_eval_success"] = None if None in succ else float(np.mean(succ))
+    out["tasks"] = list(w.tasks)
+    out["actor_tasks"] = list(w.actor_tasks)
+    out["final_eval_by_task"] = {
+        t: {
+            "return": rep.mean_return(),
+            "success": rep.success_rate(),
+            "by_episode": rep.by_episode(),
+            "rollouts": len(rep.returns),
+        }
+        for t, rep in reports.items()
+    }
+    return out
 
 
 def _summary(cfg, p: RunProgress, sup: Supervisor, final: EvalReport | None, secs: float) -> dict:

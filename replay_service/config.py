@@ -19,6 +19,7 @@ from common.config_utils import ConfigError, prefixed, require
 
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # fullmatch: no trailing newline
 SAMPLING_MODES = ("uniform", "length")
+TASK_SAMPLING_MODES = ("uniform_over_data", "uniform_over_tasks")
 _SECRET = "***"
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -182,6 +183,11 @@ class ReplayConfig:
     pad_to_max_seq_len: bool = True
     # How a trajectory is drawn: "uniform" or "length" (probability proportional to length).
     sampling: str = "uniform"
+    # Multi-task runs (trajectories tagged with meta.info["task"]): "uniform_over_data" draws
+    # as above over all trajectories (tasks in proportion to their stored data);
+    # "uniform_over_tasks" first draws a task uniformly among those stored, then a trajectory
+    # of it as above (untagged trajectories count as one more task).
+    task_sampling: str = "uniform_over_data"
     # Compression of arrays when inserting a Trajectory: "" or "zstd".
     compression: str = ""
     # Arrays smaller than this many bytes are stored raw even with compression on.
@@ -262,6 +268,11 @@ class ReplayConfig:
         require(self.max_seq_len >= 1, "max_seq_len", "must be >= 1")
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
         require(self.sampling in SAMPLING_MODES, "sampling", f"must be one of {SAMPLING_MODES}")
+        require(
+            self.task_sampling in TASK_SAMPLING_MODES,
+            "task_sampling",
+            f"must be one of {TASK_SAMPLING_MODES}, got {self.task_sampling!r}",
+        )
         require(self.compression in COMPRESSIONS, "compression", f"must be one of {COMPRESSIONS}")
         require(self.compress_min_bytes >= 0, "compress_min_bytes", "must be >= 0")
         require(self.sample_cache_mb >= 0, "sample_cache_mb", "must be >= 0")

@@ -14,7 +14,10 @@ Layout (``P`` = ``"{<namespace>}:"``; the hash tag keeps a namespace in one clus
                         (cumulative inserts), del_traj/del_steps/del_bytes (cumulative removals:
                         FIFO evictions + drops), drop_traj (drops: corrupt, unusable or
                         vanished records), samp_windows/samp_steps (cumulative samples)
-    P info      hash    id -> "<timesteps> <bytes> <insert token>" of each live trajectory
+    P info      hash    id -> "<timesteps> <bytes> <insert token>" of each live trajectory; the
+                        stored token of a multi-task run's trajectory is "<task>~<token>"
+                        (``task_token``: its ``meta.info["task"]``), which is how the index
+                        knows every trajectory's task without its blob
     P tok       hash    insert token -> id of each LIVE trajectory (idempotent inserts; removed
                         trajectories' tokens move to ``P t:<token>``)
     P rej       hash    reason -> records rejected at ingest
@@ -111,6 +114,23 @@ def token_grace_ms(insert_timeout_s: float) -> int:
     """How long a removed trajectory's token is kept: max(TOKEN_GRACE_S, 2 x insert timeout),
     longer than any insert retry (actors retry an unreachable replay for 120 s by default)."""
     return int(1000 * max(TOKEN_GRACE_S, 2 * float(insert_timeout_s)))
+
+
+def task_token(token: str, task: str | None) -> str:
+    """The token stored for an insert of ``token`` whose record names ``task`` (a
+    ``common.records.TASK_NAME_RE`` name; anything else counts as no task): ``<task>~<token>``,
+    else ``token`` itself (``~<token>`` if it holds a ``~``, so the tag stays unambiguous).
+    One-to-one, so dedup by token is unchanged."""
+    from common.records import TASK_NAME_RE
+
+    if isinstance(task, str) and TASK_NAME_RE.fullmatch(task):
+        return f"{task}~{token}"
+    return f"~{token}" if "~" in token else token
+
+
+def token_task(stored: str) -> str:
+    """The task of a stored token ("" = none): the inverse of :func:`task_token`'s tag."""
+    return stored.split("~", 1)[0] if "~" in stored else ""
 
 
 def parse_info(value: bytes) -> tuple[int, int, str]:
@@ -293,7 +313,8 @@ return n
 # check_id (if still in [head, next)) now holds another token: the server came back from an
 # older persisted state and reuses ids.
 # Returns {status, epoch, head, next, from, lengths csv of ids from..next-1 (0 = gone),
-# resync (1/0), newest live id of that range (-1: none), its token};
+# resync (1/0), newest live id of that range (-1: none), its token, tasks csv of the same ids
+# (the "<task>~" tag of each stored token, "" = none or gone)};
 # status 1 reserved / snapshot only, -1 empty store, -2 below min size, -3 ratio exhausted.
 RESERVE = """
 local meta, info = KEYS[1], KEYS[2]
@@ -314,7 +335,7 @@ elseif cid >= head then
   if not v or string.match(v, '^%d+ %d+ (.*)$') ~= ARGV[9] then from = head; resync = 1 end
 end
 if from < head then from = head end
-local out = {}
+local out, tasks = {}, {}
 local last_id, last_v = -1, nil
 local i = from
 while i < nxt do
@@ -326,9 +347,11 @@ while i < nxt do
     local v = vals[t]
     if v then
       out[#out + 1] = string.match(v, '^%d+')
+      tasks[#tasks + 1] = string.match(v, '^%d+ %d+ ([^~ ]*)~') or ''
       last_id, last_v = i + t - 1, v
     else
       out[#out + 1] = '0'
+      tasks[#tasks + 1] = ''
     end
   end
   i = j + 1
@@ -345,7 +368,7 @@ if k > 0 then
   end
 end
 return {status, epoch, fmt(head), fmt(nxt), fmt(from), table.concat(out, ','), resync,
-        fmt(last_id), last_tok}
+        fmt(last_id), last_tok, table.concat(tasks, ',')}
 """
 
 # Corrects the sample counters (refunds of reservations that were not used).

@@ -2,7 +2,9 @@
 
 One ``sample()`` is, per chunk of at most ``cfg.batch_size`` windows:
 
-1. draw trajectory ids from the local length index (uniform, or by length);
+1. draw trajectory ids from the local length index (uniform, or by length; with
+   ``task_sampling: uniform_over_tasks`` a task uniformly first, from the task tag the index
+   keeps for every id);
 2. one round trip: a Lua call that reserves the windows' real timesteps with the rate limiter
    AND returns the index delta (new ids' lengths, evictions), pipelined with an MGET of the
    blobs not in the decode cache. If the limiter refuses, back off and retry (reservation
@@ -134,38 +136,68 @@ class _LengthIndex:
 
     ``check`` is the newest live id seen and its insert token: the reserve script compares
     them with the server's to detect a rewind (ids reused after a restart from older data).
+    ``tasks`` holds each id's task (an index into ``names``; ``names[0]`` is "", untagged),
+    from the task tag of its stored insert token (``lua.task_token``).
     """
 
     def __init__(self) -> None:
         self.epoch = b"\x00unknown"
         self.base = 0
         self.lens = np.zeros(0, np.int64)
+        self.tasks = np.zeros(0, np.int32)
+        self.names: list[str] = [""]
+        self._codes: dict[bytes, int] = {b"": 0}
         self.check: tuple[int, bytes] = (-1, b"")
         self._live: np.ndarray | None = None  # positions with lens > 0
         self._cum: np.ndarray | None = None  # cumulative lengths
+        self._groups: list[np.ndarray] | None = None  # live positions of each present task
 
     @property
     def next_id(self) -> int:
         return self.base + len(self.lens)
 
+    def _task_codes(self, tcsv: bytes | None, n: int) -> np.ndarray:
+        parts = tcsv.split(b",") if tcsv else []
+        if len(parts) != n:  # an older server script (no tags): all untagged
+            return np.zeros(n, np.int32)
+        out = np.empty(n, np.int32)
+        for i, name in enumerate(parts):
+            code = self._codes.get(name)
+            if code is None:
+                code = self._codes[name] = len(self.names)
+                self.names.append(name.decode("utf-8", "replace"))
+            out[i] = code
+        return out
+
     def update(
-        self, epoch: bytes, head: int, frm: int, csv: bytes, resync: bool, cid: int, ctok: bytes
+        self,
+        epoch: bytes,
+        head: int,
+        frm: int,
+        csv: bytes,
+        resync: bool,
+        cid: int,
+        ctok: bytes,
+        tcsv: bytes | None = None,
     ) -> bool:
         """Apply a delta from the reserve script; True if the data was replaced (epoch changed
         or a rewind was detected): everything known about the old ids is void."""
         new = np.array(csv.split(b","), dtype=np.int64) if csv else np.zeros(0, np.int64)
+        new_tasks = self._task_codes(tcsv, len(new))
         changed = epoch != self.epoch or resync
         if changed or frm != self.next_id:
-            self.epoch, self.base, self.lens = epoch, frm, new
+            self.epoch, self.base, self.lens, self.tasks = epoch, frm, new, new_tasks
             self.check = (-1, b"")
         elif len(new):
             self.lens = np.concatenate([self.lens, new])
+            self.tasks = np.concatenate([self.tasks, new_tasks])
         if cid >= 0:
             self.check = (cid, ctok)
         if head > self.base:
-            self.lens = self.lens[min(head - self.base, len(self.lens)) :]
+            cut = min(head - self.base, len(self.lens))
+            self.lens, self.tasks = self.lens[cut:], self.tasks[cut:]
             self.base = head
-        self._live = self._cum = None
+        self._live = self._cum = self._groups = None
         return changed
 
     def forget(self, traj_id: int) -> None:
@@ -173,7 +205,7 @@ class _LengthIndex:
         if 0 <= pos < len(self.lens) and self.lens[pos]:
             self.lens = self.lens.copy()
             self.lens[pos] = 0
-            self._live = self._cum = None
+            self._live = self._cum = self._groups = None
 
     def is_live(self, ids: np.ndarray) -> np.ndarray:
         """Which of ``ids`` the index (as last refreshed) still holds."""
@@ -187,8 +219,32 @@ class _LengthIndex:
             self._live = np.flatnonzero(self.lens)
         return self._live
 
-    def draw(self, rng: np.random.Generator, m: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
-        """``m`` ids (with replacement) and their lengths; the index must not be empty."""
+    def task_counts(self) -> dict[str, int]:
+        """Live trajectories per task ("" = untagged)."""
+        codes, counts = np.unique(self.tasks[self.live()], return_counts=True)
+        return {self.names[c]: int(n) for c, n in zip(codes.tolist(), counts.tolist())}
+
+    def _task_groups(self) -> list[np.ndarray]:
+        if self._groups is None:
+            live = self.live()
+            codes = self.tasks[live]
+            self._groups = [live[codes == c] for c in np.unique(codes).tolist()]
+        return self._groups
+
+    def draw(
+        self, rng: np.random.Generator, m: int, mode: str, by_task: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``m`` ids (with replacement) and their lengths; the index must not be empty.
+        ``by_task``: each draw picks a task uniformly among those live, then an id of it."""
+        if by_task:
+            groups = self._task_groups()
+            if len(groups) > 1:
+                which = rng.integers(0, len(groups), size=m)
+                pos = np.empty(m, np.int64)
+                for g in np.unique(which).tolist():
+                    sel = np.flatnonzero(which == g)
+                    pos[sel] = _pick(rng, groups[g], self.lens, len(sel), mode)
+                return self.base + pos, self.lens[pos]
         if mode == "length":
             if self._cum is None:
                 self._cum = np.cumsum(self.lens)
@@ -197,6 +253,14 @@ class _LengthIndex:
             live = self.live()
             pos = live[rng.integers(0, len(live), size=m)]
         return self.base + pos, self.lens[pos]
+
+
+def _pick(rng: np.random.Generator, group: np.ndarray, lens: np.ndarray, k: int, mode: str):
+    """``k`` positions of ``group`` (uniform, or by length)."""
+    if mode == "length":
+        cum = np.cumsum(lens[group])
+        return group[np.searchsorted(cum, rng.random(k) * cum[-1], side="right")]
+    return group[rng.integers(0, len(group), size=k)]
 
 
 class _DecodeCache:
@@ -272,6 +336,7 @@ class Sampler:
         self._strikes: dict[int, int] = {}  # id -> failures seen here (below MAX_STRIKES)
         self._drop_args = [self.keys.token_prefix, token_grace_ms(cfg.insert_timeout_s)]
         self._meter = RateMeter()
+        self._by_task = cfg.task_sampling == "uniform_over_tasks"
 
     @property
     def config(self) -> ReplayConfig:
@@ -315,6 +380,10 @@ class Sampler:
         """Shared counters of this namespace plus rates since the previous call."""
         return self._meter.update(read_stats(self._client, self.keys))
 
+    def task_counts(self) -> dict[str, int]:
+        """Live trajectories per task ("" = untagged) as this sampler's index last saw them."""
+        return self._index.task_counts()
+
     # -- steps of sample() -------------------------------------------------------------
 
     def _reserve_and_fetch(
@@ -326,7 +395,7 @@ class Sampler:
         refused = False
         while True:
             if len(idx.live()):
-                ids, lens = idx.draw(self._rng, m, self._cfg.sampling)
+                ids, lens = idx.draw(self._rng, m, self._cfg.sampling, self._by_task)
                 widths = np.minimum(lens, self._cfg.max_seq_len)
                 k = int(widths.sum())
                 need = [i for i in dict.fromkeys(ids.tolist()) if i not in self._cache]
@@ -351,7 +420,14 @@ class Sampler:
                     blobs = None
             status = int(res[0])
             changed = idx.update(
-                res[1], int(res[2]), int(res[4]), res[5], int(res[6]) == 1, int(res[7]), res[8]
+                res[1],
+                int(res[2]),
+                int(res[4]),
+                res[5],
+                int(res[6]) == 1,
+                int(res[7]),
+                res[8],
+                res[9] if len(res) > 9 else None,
             )
             if changed:
                 self._cache.clear()  # ids now name other data

@@ -27,7 +27,7 @@ from replay_service.errors import (
     ReplayError,
     translated_errors,
 )
-from replay_service.lua import Keys, Scripts, token_grace_ms
+from replay_service.lua import Keys, Scripts, task_token, token_grace_ms
 from replay_service.rate_limiter import RateLimits
 from replay_service.stats import RateMeter, ReplayStats, read_stats
 
@@ -103,6 +103,7 @@ class ReplayStore:
             tokens = [secrets.token_hex(16) for _ in prepared]
         if len(tokens) != len(prepared) or len(set(tokens)) != len(tokens):
             raise ValueError("tokens must be unique, one per record")
+        tokens = [task_token(t, p[2]) for t, p in zip(tokens, prepared)]  # the index's task tag
         timeout = self._cfg.insert_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
         delay = min(0.001, self._cfg.poll_interval_s)
@@ -190,8 +191,11 @@ class ReplayStore:
             raise res
         return [(int(res[j]), int(res[j + 1]), res[j + 2]) for j in range(0, len(res), 3)]
 
-    def _prepare(self, traj: Trajectory | bytes | memoryview) -> tuple[bytes | memoryview, int]:
-        """(encoded record, timesteps), or RecordError after counting the rejection."""
+    def _prepare(
+        self, traj: Trajectory | bytes | memoryview
+    ) -> tuple[bytes | memoryview, int, object]:
+        """(encoded record, timesteps, its ``meta.info["task"]``), or RecordError after
+        counting the rejection."""
         try:
             if isinstance(traj, Trajectory):
                 blob: bytes | memoryview = encode(  # validates with the store's limits
@@ -206,10 +210,11 @@ class ReplayStore:
                         "oversize",
                         f"{len(blob)} encoded bytes > max {self._cfg.max_record_bytes}",
                     )
-                return blob, len(traj)
+                return blob, len(traj), traj.meta.info.get("task")
             if not isinstance(traj, (bytes, memoryview)):
                 raise TypeError(f"insert() takes a Trajectory or bytes, not {type(traj).__name__}")
-            return traj, len(decode(traj, self._codec_limits))
+            decoded = decode(traj, self._codec_limits)
+            return traj, len(decoded), decoded.meta.info.get("task")
         except RecordError as e:
             self._count_rejection(e.reason)
             raise

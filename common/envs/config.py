@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,8 +14,36 @@ import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
 
 import common.envs  # noqa: F401  (registers the built-in amago/ ids)
-from common.config_utils import ConfigError, require
+from common.config_utils import ConfigError, prefixed, require
 from common.envs.popgym_envs import import_popgym, is_popgym_id
+from common.records import TASK_NAME_RE
+
+
+@dataclass
+class TaskConfig:
+    """One task of a multi-task run (an entry of ``env.tasks``)."""
+
+    # label of the task in replay, metrics (the ``task`` label) and logs; "" = "task<i>"
+    name: str = ""
+    # gymnasium id; "" = the env section's id
+    id: str = ""
+    # constructor arguments; merged key by key into env.kwargs when the id is env.id's
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # share of the rollout actors this task gets (> 0; every task gets at least one)
+    weight: float = 1.0
+    # the run may stop early once a greedy evaluation of this task reaches this return and
+    # every other task has reached its own (None = run.stop_at_return)
+    stop_at_return: float | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """A resolved task: its name, the env section it runs and its sampling weight."""
+
+    name: str
+    env: EnvConfig
+    weight: float
+    stop_at_return: float | None
 
 
 @dataclass
@@ -32,9 +62,48 @@ class EnvConfig:
     # time limit of one (inner) episode in steps; 0 = the env's own limit (its registered
     # limit or the max_episode_steps it declares); an env with neither needs a value here
     max_episode_steps: int = 0
+    # Multi-task runs: several tasks in one run ([] = the single task above). Each entry runs
+    # this section with its own id/kwargs (trial_episodes and max_episode_steps are shared);
+    # their observation and action spaces must be the same (checked at start-up).
+    tasks: list[TaskConfig] = field(default_factory=list)
+
+    def task_list(self) -> list[Task]:
+        """The tasks of a multi-task run, resolved ([] for a single-task run)."""
+        out = []
+        for i, t in enumerate(self.tasks):
+            same_id = not t.id or t.id == self.id
+            kwargs = {**self.kwargs, **t.kwargs} if same_id else dict(t.kwargs)
+            env = dataclasses.replace(self, id=t.id or self.id, kwargs=kwargs, tasks=[])
+            out.append(Task(t.name or f"task{i}", env, float(t.weight), t.stop_at_return))
+        return out
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the bad field (relative: ``"id"``, ...)."""
+        self._validate_own()
+        seen: dict[str, int] = {}
+        for i, (t, task) in enumerate(zip(self.tasks, self.task_list())):
+            f = f"tasks[{i}]"
+            require(
+                bool(TASK_NAME_RE.fullmatch(task.name)),
+                f"{f}.name",
+                f"must match {TASK_NAME_RE.pattern}, got {task.name!r}",
+            )
+            require(
+                task.name not in seen,
+                f"{f}.name",
+                f"{task.name!r} is also the name of tasks[{seen.get(task.name)}]",
+            )
+            seen[task.name] = i
+            w = t.weight
+            require(
+                isinstance(w, (int, float)) and math.isfinite(w) and w > 0,
+                f"{f}.weight",
+                f"must be a finite number > 0, got {w!r}",
+            )
+            require(isinstance(t.kwargs, Mapping), f"{f}.kwargs", "must be a mapping")
+            prefixed(f, task.env._validate_own)
+
+    def _validate_own(self) -> None:
         require(isinstance(self.id, str) and bool(self.id.strip()), "id", "must be a non-empty id")
         require(isinstance(self.kwargs, Mapping), "kwargs", "must be a mapping")
         require(all(isinstance(k, str) for k in self.kwargs), "kwargs", "keys must be strings")
@@ -100,4 +169,4 @@ def resolve_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
     return gym.registry[name]
 
 
-__all__ = ["EnvConfig", "resolve_env_id"]
+__all__ = ["TASK_NAME_RE", "EnvConfig", "Task", "TaskConfig", "resolve_env_id"]
