@@ -41,7 +41,8 @@ class Task:
     baseline_note: str  # where the baseline comes from
     # what is compared with threshold: "return" (final greedy return of a rollout),
     # "success" (final greedy success rate), "late" (mean return of the second half of the
-    # episodes of a meta-RL trial), "adapt" (last minus first episode of a trial)
+    # episodes of a meta-RL trial), "adapt" (last minus first episode of a trial),
+    # "min_task" (multi-task runs: the lowest final greedy return over the tasks)
     metric: str = "return"
 
 
@@ -110,6 +111,14 @@ TASKS = {
             "memoryless (MLP), benchmarks/popgym_suite.py",
         ),
         Task(
+            "multitask",
+            ("experiment=multitask",),
+            0.9,
+            0.5,
+            "memoryless optimum on each task (T-Mazes H=4 and H=8 in one run)",
+            "min_task",
+        ),
+        Task(
             "pendulum",
             ("env.id=Pendulum-v1", "run.max_env_steps=60000"),
             -300.0,
@@ -146,6 +155,7 @@ SUITES = {
         "goal_grid_no_relabel",
         "popgym_repeat_previous",
         "popgym_count_recall",
+        "multitask",
         "pendulum",
     ),
     "gpu": ("tmaze_h100", "tmaze_h1000_gpu", "dark_key_door", "pendulum"),
@@ -163,6 +173,7 @@ class Result:
     updates: int
     wall_s: float
     curve: list[tuple[float, float]] = field(default_factory=list)  # (time s, greedy return)
+    by_task: dict[str, float] = field(default_factory=dict)  # multi-task: final return per task
 
 
 def run_one(task: Task, seed: int, extra: list[str]) -> Result:
@@ -192,6 +203,7 @@ def run_one(task: Task, seed: int, extra: list[str]) -> Result:
         updates=int(s["updates"]),
         wall_s=time.perf_counter() - t0,
         curve=[(float(e["time_s"]), float(e["return"])) for e in s["evals"]],
+        by_task={t: float(r["return"]) for t, r in (s.get("final_eval_by_task") or {}).items()},
     )
 
 
@@ -204,6 +216,8 @@ def score(task: Task, r: Result) -> float:
         return float(np.mean(ep[len(ep) // 2 :])) if ep else float("nan")
     if task.metric == "adapt":
         return ep[-1] - ep[0] if len(ep) >= 2 else float("nan")
+    if task.metric == "min_task":
+        return min(r.by_task.values()) if r.by_task else float("nan")
     return r.final
 
 

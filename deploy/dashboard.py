@@ -129,11 +129,26 @@ ROWS: tuple[Row, ...] = (
                         f'avg(amago_actor_episode_return{{{RUN},actor!="eval"}})',
                         "rollouts (exploring)",
                     ),
-                    _q(f"max(amago_eval_return{{{RUN}}})", "greedy evaluation"),
+                    _q(f"avg(amago_eval_return{{{RUN}}})", "greedy evaluation"),
                 ),
                 "short",
-                "Mean return of recent rollouts, and of the last greedy evaluation.",
+                "Mean return of recent rollouts, and of the last greedy evaluation (multi-task "
+                "runs: the mean over tasks).",
                 True,
+            ),
+            Panel(
+                "Return per task",
+                (
+                    _q(
+                        f'avg by (task) (amago_actor_episode_return{{{RUN},actor!="eval"}})',
+                        "{{task}} (exploring)",
+                    ),
+                    _q(f"max by (task) (amago_eval_return{{{RUN}}})", "{{task}} (greedy)"),
+                ),
+                "short",
+                "Multi-task runs (env.tasks): mean return of each task's recent rollouts and "
+                "of its last greedy evaluation (the `task` label; one unlabelled series in a "
+                "single-task run).",
             ),
             Panel(
                 "Losses",

@@ -15,6 +15,10 @@ success rate and, for trials, the mean return of each episode index within the t
 ``env.FIELD=VALUE`` overrides the run's env (``env.kwargs.corridor_length=20``: a longer
 T-Maze than trained on); the env must keep the policy's observation and action spaces.
 
+A multi-task run (``env.tasks``) is evaluated on every task, ``episodes`` rollouts each
+(``task=NAME``: that task only): the result holds each task's under ``by_task`` and, as
+``return_mean``, their mean (each task counted once). Overrides apply to every task's env.
+
 ``video=true`` records the first ``video_episodes`` rollouts of env copy 0 with gymnasium's
 ``RecordVideo`` into ``<run dir>/videos`` (or ``out=DIR``): MP4 when ``moviepy`` is installed
 (the ``video`` extra), else GIF through Pillow (which matplotlib already brings);
@@ -43,7 +47,7 @@ from deploy.export import UsageError, env_config, parse_args, resolve_source
 USAGE = (
     "python -m deploy.evaluate <run dir | checkpoint | exported policy dir> [episodes=N] "
     "[sample=true] [seed=N] [envs=N] [env.FIELD=VALUE ...] [video=true|mp4|gif] "
-    "[video_episodes=N] [out=DIR]"
+    "[video_episodes=N] [out=DIR] [task=NAME]"
 )
 OPTIONS: dict[str, Any] = {
     "episodes": 50,
@@ -53,6 +57,7 @@ OPTIONS: dict[str, Any] = {
     "video": "false",
     "video_episodes": 1,
     "out": "",
+    "task": "",  # multi-task runs: evaluate this task only ("" = every task)
 }
 MAX_ENVS = 16
 
@@ -179,7 +184,31 @@ def evaluate(argv: Sequence[str]) -> dict[str, Any]:
     if src.artifact is not None and parts.env is None:
         raise UsageError(f"the exported policy {path!r} names no env")
     env_cfg = env_config(src, overrides, base=parts.env if src.artifact is not None else None)
+    tasks = env_cfg.task_list()
+    if opts["task"]:
+        tasks = [t for t in tasks if t.name == opts["task"]]
+        if not tasks:
+            known = [t.name for t in env_cfg.task_list()]
+            raise UsageError(f"task={opts['task']!r}: the run's tasks are {known}")
+    if not tasks:
+        return _evaluate_env(src, parts, env_cfg, opts, fmt)
+    results = {}
+    for i, t in enumerate(tasks):  # a video of the first task only
+        results[t.name] = _evaluate_env(src, parts, t.env, opts, fmt if i == 0 else None)
+    means = [r["return_mean"] for r in results.values() if r["return_mean"] is not None]
+    first = next(iter(results.values()))
+    return {
+        **{k: first[k] for k in ("source", "artifact", "policy_version", "actions")},
+        "env": dataclasses.asdict(env_cfg),
+        "episodes": sum(r["episodes"] for r in results.values()),
+        "return_mean": float(np.mean(means)) if means else None,
+        "by_task": results,
+        "videos": first["videos"],
+    }
 
+
+def _evaluate_env(src, parts, env_cfg, opts: dict[str, Any], fmt: str | None) -> dict[str, Any]:
+    """One env's evaluation (``evaluate``'s, for one task of a multi-task run)."""
     from actors.rollout import RolloutLoop
     from common.config_utils import ConfigError, prefixed
     from common.envs.factory import env_spec, make_env
@@ -270,6 +299,11 @@ def _rendering_env(env_cfg, seed: int):
 
 
 def format_result(r: dict[str, Any]) -> str:
+    if "by_task" in r:  # a multi-task run: each task's block, then the mean over tasks
+        blocks = [f"task {name}:\n{format_result(t)}" for name, t in r["by_task"].items()]
+        mean = r["return_mean"]
+        tail = "-" if mean is None else f"{mean:.3f}"
+        return "\n".join([*blocks, f"mean return over {len(r['by_task'])} tasks: {tail}"])
     env = r["env"]
     kwargs = f" {env['kwargs']}" if env["kwargs"] else ""
     trial = f", trials of {env['trial_episodes']} episodes" if env["trial_episodes"] > 1 else ""

@@ -118,6 +118,15 @@ def test_dashboard_covers_every_monitored_quantity():
     assert required <= used, required - used
 
 
+def test_dashboard_has_a_per_task_return_panel():
+    (panel,) = [p for p in panels() if p.title == "Return per task"]
+    assert all("by (task)" in q.expr and "{{task}}" in q.legend for q in panel.queries)
+    assert {n for q in panel.queries for n in metric_names(q.expr)} == {
+        "amago_actor_episode_return",
+        "amago_eval_return",
+    }
+
+
 def need_prometheus() -> str:
     """The ``prometheus`` binary (installed if missing); skips where the platform cannot
     install it, fails where an install was tried and failed."""

@@ -106,3 +106,22 @@ def test_popgym_repeat_previous_learns_through_a_sliding_window(tmp_path):
     print({k: summary[k] for k in ("env_steps", "updates", "train_seconds", "final_eval_return")})
     assert cfg.learner.max_seq_len * 3 <= 52
     assert summary["final_eval_return"] >= threshold  # memoryless: about -0.5
+
+
+def test_two_tmazes_in_one_run(tmp_path):
+    """Multi-task (``experiment=multitask``): T-Mazes of 4 and 8 steps in one run, one actor
+    each, replay sampled uniformly over the tasks, evaluated per task. Stops at the first
+    evaluation round where each task reached its own threshold (0.95 and 0.9; a memoryless
+    policy gets at most 0.5 on either); the final per-task greedy returns must clear them."""
+    cfg = load_config("experiment=multitask", "run.max_seconds=300", *COMMON, "run.eval_every_s=8")
+    thresholds = {t.name: t.stop_at_return for t in cfg.env.task_list()}
+    assert thresholds == {"tmaze4": 0.95, "tmaze8": 0.9}
+    summary = run_training(cfg, tmp_path)
+    by_task = {t: r["return"] for t, r in summary["final_eval_by_task"].items()}
+    print({k: summary[k] for k in ("env_steps", "updates", "train_seconds")}, by_task)
+    assert summary["actor_tasks"] == ["tmaze4", "tmaze8"]
+    assert summary["solved"] is not None, summary["evals"]
+    assert all(summary["solved"]["by_task"][t] >= thr for t, thr in thresholds.items())
+    for t, thr in thresholds.items():
+        assert by_task[t] >= thr - 0.05, (t, by_task)  # final: 56 fresh rollouts per task
+    assert summary["actor_restarts"] == 0

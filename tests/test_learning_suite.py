@@ -29,3 +29,7 @@ def test_scores_follow_the_metric():
     assert "0/1" in suite.table({"dark_key_door": [r]})
     r = suite.Result("goal_grid_relabel", 0, 0.0, 0.9, [], 10, 1, 1.0)
     assert suite.solved(suite.TASKS["goal_grid_relabel"], r)
+    r = suite.Result("multitask", 0, 0.9, 1.0, [], 10, 1, 1.0, by_task={"a": 1.0, "b": 0.8})
+    assert suite.score(suite.TASKS["multitask"], r) == pytest.approx(0.8)  # the weakest task
+    assert not suite.solved(suite.TASKS["multitask"], r)
+    assert "multitask" in suite.SUITES["cpu"]

@@ -71,6 +71,8 @@ class EnvConfig:
         """The tasks of a multi-task run, resolved ([] for a single-task run)."""
         out = []
         for i, t in enumerate(self.tasks):
+            if isinstance(t, Mapping):  # e.g. from dataclasses.asdict / a JSON artifact
+                t = TaskConfig(**t)
             same_id = not t.id or t.id == self.id
             kwargs = {**self.kwargs, **t.kwargs} if same_id else dict(t.kwargs)
             env = dataclasses.replace(self, id=t.id or self.id, kwargs=kwargs, tasks=[])
