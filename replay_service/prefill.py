@@ -5,8 +5,8 @@ The prefill partition is its own namespace, ``<namespace>.prefill``, on the run'
 
 - loaded once at start-up, before the learner samples (:func:`load_prefill`): each dump of
   ``replay.prefill.paths`` (``replay_service.dump``) is read through the codec's validation,
-  checked against the env spec and inserted with a token per record content (a record found
-  twice is stored once); unusable records are skipped and counted, never fatal;
+  checked against the env spec and inserted (every record as often as the dumps hold it);
+  unusable records are skipped and counted, never fatal;
 - never evicted: its capacity is unbounded (the server's ``maxmemory`` remains the
   backstop) and nothing inserts into it after the load, so the FIFO eviction of the fresh
   partition, a different namespace, cannot reach it;
@@ -105,9 +105,11 @@ def check_dumps(cfg: ReplayConfig, spec: EnvSpec) -> list[Manifest]:
     return out
 
 
-def record_token(blob: bytes | memoryview) -> str:
-    """The insert token of a prefilled record: its content (duplicates are stored once)."""
-    return "pf-" + xxhash.xxh3_128_hexdigest(blob)
+def record_token(dump: int, index: int, blob: bytes | memoryview) -> str:
+    """The insert token of the ``index``-th record of the ``dump``-th dump: where it comes
+    from and its content. Identical rollouts are common in scripted data and weigh as
+    often as they occur: they are not merged."""
+    return f"pf-{dump}-{index}-{xxhash.xxh3_64_hexdigest(blob)}"
 
 
 @dataclasses.dataclass
@@ -117,7 +119,6 @@ class PrefillReport:
     namespace: str
     trajectories: int = 0  # stored
     timesteps: int = 0
-    duplicates: int = 0  # records found more than once (stored once)
     rejected: dict[str, int] = dataclasses.field(default_factory=dict)  # skipped, by reason
     dumps: list[dict] = dataclasses.field(default_factory=list)  # per dump: path, read, skipped
     seconds: float = 0.0
@@ -152,18 +153,13 @@ def load_prefill(
     store.clear()
     report = PrefillReport(pcfg.redis.namespace)
     limits = Limits(max_steps=cfg.max_traj_steps, max_bytes=cfg.max_record_bytes)
-    for m in manifests:
+    for d, m in enumerate(manifests):
         summary = DumpSummary(str(m.path))
-        seen: set[str] = set()
         blobs: list[bytes] = []
         tokens: list[str] = []
-        for blob, _ in iter_records(m, limits, cfg.max_record_bytes, summary):
-            token = record_token(blob)
-            if token in seen:  # a duplicate within the dump
-                continue
-            seen.add(token)
+        for i, (blob, _) in enumerate(iter_records(m, limits, cfg.max_record_bytes, summary)):
             blobs.append(blob)
-            tokens.append(token)
+            tokens.append(record_token(d, i, blob))
             if len(blobs) >= chunk:
                 store.insert_many(blobs, tokens=tokens)
                 blobs, tokens = [], []
@@ -178,9 +174,7 @@ def load_prefill(
         report.dumps.append(
             {"path": str(m.path), "records": summary.records, "skipped": dict(summary.rejected)}
         )
-    # a duplicate across dumps is answered by the store with the stored one's id
     stats = store.stats()
-    report.duplicates = max(0, sum(d["records"] for d in report.dumps) - stats.trajectories)
     report.trajectories, report.timesteps = stats.trajectories, stats.timesteps
     report.seconds = time.monotonic() - t0
     if report.trajectories == 0:

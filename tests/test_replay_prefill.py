@@ -222,10 +222,11 @@ def test_mix_one_turns_the_fresh_limiter_off():
 # -- the prefill partition ------------------------------------------------------------------
 
 
-def test_load_skips_bad_records_and_duplicates(tmp_path, client, make_trajectory):
+def test_load_skips_bad_records_keeps_repeats(tmp_path, client, make_trajectory):
     trajs = prefill_data(make_trajectory, 10)
     write_dump(trajs, tmp_path / "a", spec=SPEC)
-    write_dump(trajs[:4] + [make_trajectory(80, tag=99)], tmp_path / "b", spec=SPEC)
+    twice = [trajs[0], trajs[0], trajs[1]]  # identical rollouts weigh as often as they occur
+    write_dump(twice + [make_trajectory(80, tag=99)], tmp_path / "b", spec=SPEC)
     shard = tmp_path / "a" / "shard-00000.amr"
     data = bytearray(shard.read_bytes())
     off, n = _frames(shard)[0]
@@ -233,14 +234,12 @@ def test_load_skips_bad_records_and_duplicates(tmp_path, client, make_trajectory
     shard.write_bytes(bytes(data))
     cfg = make_cfg([tmp_path / "a", tmp_path / "b"], mix=0.5)
     report = load_prefill(client, cfg, SPEC)
-    # a: 9 usable; b: 4 duplicates (record 0 of b is a's rotten one: usable here) + 1 too long
-    assert report.trajectories == 10, report
+    assert report.trajectories == 9 + 3, report  # a: 9 usable; b: 3 (+ 1 too long)
     assert report.rejected == {"checksum": 1, "oversize": 1}
-    assert report.duplicates == 3
     pstore = ReplayStore(client, partition_config(cfg))
     assert pstore.stats().rejected == {"checksum": 1, "oversize": 1}
-    again = load_prefill(client, cfg, SPEC)  # start-up again (a resumed run): same content
-    assert again.trajectories == 10
+    again = load_prefill(client, cfg, SPEC)  # start-up again (a resumed run): reloaded
+    assert again.trajectories == 12
 
 
 def test_fifo_eviction_and_the_rate_limiter_leave_the_prefill_alone(
