@@ -113,7 +113,13 @@ def test_two_tmazes_in_one_run(tmp_path):
     each, replay sampled uniformly over the tasks, evaluated per task. Stops at the first
     evaluation round where each task reached its own threshold (0.95 and 0.9; a memoryless
     policy gets at most 0.5 on either); the final per-task greedy returns must clear them."""
-    cfg = load_config("experiment=multitask", "run.max_seconds=300", *COMMON, "run.eval_every_s=8")
+    cfg = load_config(
+        "experiment=multitask",
+        "run.max_seconds=300",
+        *COMMON,
+        "run.eval_every_s=8",
+        "deploy.serve_metrics=true",  # to check the per-task series in the final scrape
+    )
     thresholds = {t.name: t.stop_at_return for t in cfg.env.task_list()}
     assert thresholds == {"tmaze4": 0.95, "tmaze8": 0.9}
     summary = run_training(cfg, tmp_path)
@@ -125,3 +131,17 @@ def test_two_tmazes_in_one_run(tmp_path):
     for t, thr in thresholds.items():
         assert by_task[t] >= thr - 0.05, (t, by_task)  # final: 56 fresh rollouts per task
     assert summary["actor_restarts"] == 0
+    from pathlib import Path
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from deploy.scrape import read_dump
+
+    tasks_of = {"amago_actor_episode_return": set(), "amago_eval_return": set()}
+    for text in read_dump(Path(summary["metrics_dump"])).values():
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                if smp.name in tasks_of:
+                    tasks_of[smp.name].add(smp.labels.get("task"))
+    assert tasks_of["amago_eval_return"] == {"tmaze4", "tmaze8"}
+    assert {"tmaze4", "tmaze8"} <= tasks_of["amago_actor_episode_return"]

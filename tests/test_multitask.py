@@ -305,3 +305,98 @@ def test_evaluation_rounds_and_per_task_stop():
     p.on_task_eval(_report("b", 0.6), 5.0)
     assert p.solved is not None and p.solved["time_s"] == 5.0
     assert len(p.evals) == 2
+
+
+# -- actors and evaluation, in-process ---------------------------------------------------------
+
+
+class _FakeRemote:
+    """Stands in for ``ray.remote``: ``.options(...).remote(setup, broker)`` -> the setup."""
+
+    def __init__(self, cls):
+        pass
+
+    def options(self, **_):
+        return self
+
+    def remote(self, setup, broker):
+        return setup
+
+
+class _NoWeights:
+    def __init__(self, *_):
+        pass
+
+    def wait(self, policy):
+        pass
+
+    def poll(self, policy):
+        pass
+
+    def refresh(self, policy):
+        pass
+
+
+class _Writer:
+    def __init__(self):
+        self.got = []
+
+    def insert(self, traj, token=None):
+        self.got.append(traj)
+
+
+def test_task_actors_step_their_task_and_label_what_they_report(monkeypatch):
+    """The builder hands a task's actor that task's env (and spec) and its name; the actor
+    writes it into every rollout, its report and its return metric's ``task`` label; the
+    task's evaluation actor evaluates that task."""
+    import dataclasses
+
+    import ray
+
+    import actors.worker
+    import deploy.builder
+
+    monkeypatch.setattr(ray, "remote", _FakeRemote)
+    monkeypatch.setattr(actors.worker, "WeightClient", _NoWeights)
+    over = ["experiment=multitask", "deploy.serve_metrics=false", "actors.envs_per_actor=2"]
+    cfg, spec, _ = prepare(compose(over))
+    short, long_ = cfg.env.task_list()
+    setup = deploy.builder.start_rollout_actor(cfg, None, 1, spec=spec, task=long_)
+    assert setup.task == "tmaze8" and setup.spec.max_episode_steps == 9
+    assert setup.make_env(0).unwrapped.H == 8
+    writer = _Writer()
+    actor = actors.worker.RolloutActor(dataclasses.replace(setup, make_writer=lambda: writer), None)
+    report = actor.collect(steps=40)
+    assert report.task == "tmaze8" and report.returns
+    assert writer.got and all(t.meta.info["task"] == "tmaze8" for t in writer.got)
+    ret = actor.metrics.registry.get_sample_value(
+        "amago_actor_episode_return", {"actor": "1", "task": "tmaze8"}
+    )
+    assert ret is not None
+    ev_setup = deploy.builder.start_rollout_actor(
+        cfg, None, 2, evaluation=True, spec=spec, task=short
+    )
+    evaluator = actors.worker.RolloutActor(ev_setup, None)
+    assert [env.unwrapped.H for env in evaluator.loop.envs] == [4, 4]
+    assert evaluator.evaluate(2).task == "tmaze4"
+
+
+def test_deploy_evaluate_reports_every_task(tmp_path, capsys):
+    from test_export import make_run
+
+    from deploy.evaluate import evaluate, format_result
+    from deploy.export import UsageError
+
+    run = tmp_path / "run"
+    make_run(run, "experiment=multitask")
+    res = evaluate([str(run), "episodes=4"])
+    assert set(res["by_task"]) == {"tmaze4", "tmaze8"} and res["episodes"] == 8
+    assert [r["env"]["kwargs"]["corridor_length"] for r in res["by_task"].values()] == [4, 8]
+    means = [r["return_mean"] for r in res["by_task"].values()]
+    assert res["return_mean"] == pytest.approx(np.mean(means))
+    text = format_result(res)
+    assert "task tmaze4:" in text and "mean return over 2 tasks" in text
+    one = evaluate([str(run), "episodes=4", "task=tmaze8"])
+    assert list(one["by_task"]) == ["tmaze8"]
+    with pytest.raises(UsageError, match="the run's tasks are"):
+        evaluate([str(run), "task=nope"])
