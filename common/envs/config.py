@@ -67,12 +67,24 @@ class EnvConfig:
     # their observation and action spaces must be the same (checked at start-up).
     tasks: list[TaskConfig] = field(default_factory=list)
 
+    def _task_configs(self) -> list[TaskConfig]:
+        """``tasks`` as TaskConfigs (entries may be mappings: ``dataclasses.asdict``, JSON)."""
+        out = []
+        for i, t in enumerate(self.tasks):
+            if isinstance(t, Mapping):
+                try:
+                    t = TaskConfig(**t)
+                except TypeError as e:
+                    raise ConfigError(f"tasks[{i}]", f"not a task: {e}") from None
+            elif not isinstance(t, TaskConfig):
+                raise ConfigError(f"tasks[{i}]", f"not a task: {t!r}")
+            out.append(t)
+        return out
+
     def task_list(self) -> list[Task]:
         """The tasks of a multi-task run, resolved ([] for a single-task run)."""
         out = []
-        for i, t in enumerate(self.tasks):
-            if isinstance(t, Mapping):  # e.g. from dataclasses.asdict / a JSON artifact
-                t = TaskConfig(**t)
+        for i, t in enumerate(self._task_configs()):
             same_id = not t.id or t.id == self.id
             kwargs = {**self.kwargs, **t.kwargs} if same_id else dict(t.kwargs)
             env = dataclasses.replace(self, id=t.id or self.id, kwargs=kwargs, tasks=[])
@@ -83,27 +95,39 @@ class EnvConfig:
         """Raise :class:`ConfigError` naming the bad field (relative: ``"id"``, ...)."""
         self._validate_own()
         seen: dict[str, int] = {}
-        for i, (t, task) in enumerate(zip(self.tasks, self.task_list())):
+        for i, t in enumerate(self._task_configs()):
             f = f"tasks[{i}]"
+            name = t.name or f"task{i}"
             require(
-                bool(TASK_NAME_RE.fullmatch(task.name)),
+                isinstance(name, str) and bool(TASK_NAME_RE.fullmatch(name)),
                 f"{f}.name",
-                f"must match {TASK_NAME_RE.pattern}, got {task.name!r}",
+                f"must match {TASK_NAME_RE.pattern}, got {name!r}",
             )
             require(
-                task.name not in seen,
+                name not in seen,
                 f"{f}.name",
-                f"{task.name!r} is also the name of tasks[{seen.get(task.name)}]",
+                f"{name!r} is also the name of tasks[{seen.get(name)}]",
             )
-            seen[task.name] = i
+            seen[name] = i
             w = t.weight
             require(
-                isinstance(w, (int, float)) and math.isfinite(w) and w > 0,
+                isinstance(w, (int, float))
+                and not isinstance(w, bool)
+                and math.isfinite(w)
+                and w > 0,
                 f"{f}.weight",
                 f"must be a finite number > 0, got {w!r}",
             )
             require(isinstance(t.kwargs, Mapping), f"{f}.kwargs", "must be a mapping")
-            prefixed(f, task.env._validate_own)
+            require(isinstance(t.id, str), f"{f}.id", "must be a string")
+            stop = t.stop_at_return
+            require(
+                stop is None or (isinstance(stop, (int, float)) and math.isfinite(stop)),
+                f"{f}.stop_at_return",
+                f"must be a finite number or null, got {stop!r}",
+            )
+        for i, task in enumerate(self.task_list()):
+            prefixed(f"tasks[{i}]", task.env._validate_own)
 
     def _validate_own(self) -> None:
         require(isinstance(self.id, str) and bool(self.id.strip()), "id", "must be a non-empty id")
