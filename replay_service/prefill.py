@@ -37,7 +37,7 @@ import xxhash
 from common.codec import Limits
 from common.config_utils import ConfigError
 from common.records import Batch
-from common.replay import RateLimitTimeout, ReplayStats
+from common.replay import ReplayStats
 from common.spec import EnvSpec
 from replay_service.config import PrefillConfig, RateLimitConfig, ReplayConfig
 from replay_service.dump import (
@@ -248,13 +248,13 @@ class MixedSampler:
         deadline = time.monotonic() + timeout
         n_pre = self.split(b)
         parts = []
-        if n_pre:
-            parts.append(self.prefill.sample(n_pre, timeout_s=timeout))
+        # fresh rows first: only they can wait (rate limiter, min size), and a wait that
+        # times out then wastes no prefill draw
         if b - n_pre:
-            remaining = deadline - time.monotonic()
-            if remaining < 0 and timeout > 0:
-                raise RateLimitTimeout(f"sample waited {timeout:.3g}s (prefill part)")
-            parts.append(self.fresh.sample(b - n_pre, timeout_s=max(remaining, 0.0)))
+            parts.append(self.fresh.sample(b - n_pre, timeout_s=timeout))
+        if n_pre:
+            remaining = max(deadline - time.monotonic(), 0.0)
+            parts.insert(0, self.prefill.sample(n_pre, timeout_s=remaining))
         self.rows["prefill"] += n_pre
         self.rows["fresh"] += b - n_pre
         return concat_batches(parts)
