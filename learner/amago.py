@@ -10,7 +10,8 @@
   with a' from the target actor (discrete: expectation over its probabilities), computed by the
   target heads on the detached online states; PopArt normalises values per discount;
 * critic loss: squared error in PopArt-normalised space (variant "amago"), or cross-entropy
-  against two-hot symlog labels (variant "amago2"); weight ``critic_loss_weight``;
+  against HL-Gauss (default) or two-hot labels of the symlog target over the bins (variant
+  "amago2", ``critic_labels``); weight ``critic_loss_weight``;
 * actor: online term ``-min_c Q_frozen(s, a ~ pi(s))`` through detached critic parameters
   (discrete: ``-sum_a pi(a|s) Q(s, a)``; "amago" only), plus filtered behaviour cloning
   ``-1[A > 0] log pi(a|s)`` with ``A = mean_c Q(s, a) - V(s)``;
@@ -43,6 +44,7 @@ from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.config import LearnerConfig
 from learner.losses import (
     advantage_filter,
+    hlgauss,
     masked_mean,
     sample_critic_subsets,
     symlog,
@@ -250,7 +252,7 @@ class AmagoLearner:
             entropy = log_std[..., -1, :].sum(-1)  # (B, T) log-std sum: entropy up to consts
 
         if two_hot:
-            labels = twohot(symlog(y), ag.bins)  # (B, T, G, K)
+            labels = self._labels(symlog(y))  # (B, T, G, K)
             critic_el = -(labels.unsqueeze(0) * F.log_softmax(q_sa_out.float(), -1)).sum(-1)
             with torch.no_grad():
                 q_sa = twohot_value(q_sa_out, ag.bins)  # (C, B, T, G) raw
@@ -301,6 +303,12 @@ class AmagoLearner:
             "bc_loss": bc_loss,
             **stats,
         }
+
+    def _labels(self, x: torch.Tensor) -> torch.Tensor:
+        """Bin-critic labels of symlog targets ``x`` (...): (..., K)."""
+        if self.cfg.critic_labels == "twohot":
+            return twohot(x, self.agent.bins)
+        return hlgauss(x, self.agent.bins, self.cfg.critic_label_sigma)
 
     def _target_values(self, s_next: torch.Tensor) -> torch.Tensor:
         """V_targ(s') = E_{a'~pi_targ} Q_targ(s', a') per critic, raw units: (C, B, T, G)."""

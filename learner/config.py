@@ -19,6 +19,7 @@ from learner.worker_config import LearnerWorkerConfig
 ENCODERS = ("transformer", "gru", "mlp")
 TIME_EMBEDDINGS = ("sinusoidal", "learned")
 VARIANTS = ("amago", "amago2")
+CRITIC_LABELS = ("hlgauss", "twohot")
 DEVICES = ("cpu", "cuda", "auto")
 BF16_MODES = ("auto", "on", "off")
 
@@ -166,6 +167,11 @@ class LearnerConfig:
     # the bins cover, evenly spaced in symlog space. null bounds are derived from the task
     # (twohot_bound): +-2 x reward_scale x reward_bound x the discounted horizon.
     num_bins: int = 128
+    # Labels of the bin critic's cross-entropy: "hlgauss" (a Gaussian of critic_label_sigma
+    # bin widths around the symlog TD target; the default: on offline T-Maze the two-hot
+    # critic never learns the hint, see README "AMAGO-2") or "twohot" (Dreamer-V3/AMAGO-2's).
+    critic_labels: str = "hlgauss"
+    critic_label_sigma: float = 3.0
     twohot_min: float | None = None
     twohot_max: float | None = None
     # Largest |reward| of one step assumed when deriving the two-hot bounds (the entrypoint
@@ -231,6 +237,12 @@ class LearnerConfig:
         require(self.popart_init_nu > 0, "popart_init_nu", "must be > 0")
         require(self.variant in VARIANTS, "variant", f"must be one of {VARIANTS}")
         require(self.num_bins >= 2, "num_bins", "must be >= 2")
+        require(
+            self.critic_labels in CRITIC_LABELS,
+            "critic_labels",
+            f"must be one of {CRITIC_LABELS}",
+        )
+        require(self.critic_label_sigma > 0, "critic_label_sigma", "must be > 0")
         require(self.bc_weight is None or self.bc_weight >= 0, "bc_weight", "must be >= 0")
         require(self.reward_bound > 0, "reward_bound", "must be > 0")
         if self.twohot_min is not None and self.twohot_max is not None:

@@ -2,7 +2,7 @@
 filter, masked means, symlog and the two-hot encoding. Unit-tested against hand computations.
 
 Shape letters: C critics, B batch rows, T transitions (= L - 1), G discounts, A actions,
-K two-hot bins.
+K two-hot / HL-Gauss bins.
 """
 
 from __future__ import annotations
@@ -96,6 +96,23 @@ def twohot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     out.scatter_(-1, lo.unsqueeze(-1), (1.0 - w_hi).unsqueeze(-1))
     out.scatter_add_(-1, hi.unsqueeze(-1), w_hi.unsqueeze(-1))
     return out
+
+
+def hlgauss(x: torch.Tensor, bins: torch.Tensor, sigma: float) -> torch.Tensor:
+    """HL-Gauss labels of ``x`` (any shape) over evenly spaced ``bins`` (K,): ``(*x.shape, K)``.
+
+    The mass of a Normal(x, (sigma bin widths)^2) on each bin's interval (the bin centre +- half
+    a width; the outer bins' intervals end at the outer centres' edges), renormalised to 1
+    (Imani & White 2018; Farebrother et al. 2024). Unlike a two-hot label it changes smoothly
+    when x moves by less than a bin, so bootstrapped targets drifting by a bin do not swamp
+    the cross-entropy with label jitter.
+    """
+    width = bins[1] - bins[0]
+    edges = torch.cat((bins - 0.5 * width, bins[-1:] + 0.5 * width))  # (K + 1,)
+    x = x.clamp(bins[0], bins[-1]).unsqueeze(-1)  # (..., 1)
+    cdf = torch.special.ndtr((edges - x) / (sigma * width))  # (..., K + 1)
+    mass = cdf[..., 1:] - cdf[..., :-1]
+    return mass / mass.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
 def twohot_value(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:

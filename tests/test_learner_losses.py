@@ -10,6 +10,7 @@ import torch
 from learner.agent import PopArt, categorical_probs, tanh_gaussian_log_prob
 from learner.losses import (
     advantage_filter,
+    hlgauss,
     masked_mean,
     sample_critic_subsets,
     symexp,
@@ -93,6 +94,28 @@ def test_twohot_by_hand():
     assert torch.allclose(enc, expected)
     assert torch.allclose(enc.sum(-1), torch.ones(6))
     assert torch.allclose(enc @ bins, x.clamp(0, 3))
+
+
+def test_hlgauss_labels_by_hand_and_smooth():
+    bins = torch.linspace(-5.0, 5.0, 101)  # width 0.1
+    x = torch.tensor([0.0, 1.234, -2.0, 9.0])
+    lab = hlgauss(x, bins, sigma=3.0)
+    assert lab.shape == (4, 101)
+    assert torch.allclose(lab.sum(-1), torch.ones(4))
+    # interior targets: the label's mean is the target, its std ~ sigma bin widths
+    mean = lab[:3] @ bins
+    assert torch.allclose(mean, x[:3], atol=1e-4)
+    std = ((lab[:3] * (bins - mean[:, None]).pow(2)).sum(-1)).sqrt()
+    assert torch.allclose(std, torch.full((3,), 0.3), rtol=0.02)
+    # by hand: mass of N(0, 0.3^2) on the centre bin [-0.05, 0.05]
+    centre = math.erf(0.05 / (0.3 * math.sqrt(2)))
+    assert lab[0, 50].item() == pytest.approx(centre, rel=1e-4)
+    assert lab[3].argmax().item() == 100  # clamped to the top bin
+    # a target moving by a fifth of a bin moves the label a little; a two-hot one jumps
+    near = hlgauss(torch.tensor([0.02]), bins, 3.0)
+    assert (near - lab[:1]).abs().sum() < 0.15
+    jump = (twohot(torch.tensor([0.02]), bins) - twohot(torch.tensor([0.0]), bins)).abs().sum()
+    assert jump > 0.35
 
 
 def test_twohot_value_inverts_labels():

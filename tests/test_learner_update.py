@@ -56,17 +56,18 @@ def scramble_padding(batch, rng):
 
 
 @pytest.mark.parametrize(
-    "discrete,variant,encoder",
+    "discrete,variant,encoder,labels",
     [
-        (True, "amago", "transformer"),
-        (False, "amago", "transformer"),
-        (True, "amago2", "gru"),
-        (False, "amago2", "mlp"),
+        (True, "amago", "transformer", "hlgauss"),
+        (False, "amago", "transformer", "hlgauss"),
+        (True, "amago2", "gru", "twohot"),
+        (True, "amago2", "transformer", "hlgauss"),
+        (False, "amago2", "mlp", "hlgauss"),
     ],
 )
-def test_padding_changes_nothing(discrete, variant, encoder):
+def test_padding_changes_nothing(discrete, variant, encoder, labels):
     spec = spec_for(discrete)
-    cfg = small_cfg(variant=variant, num_bins=17, model={"encoder": encoder})
+    cfg = small_cfg(variant=variant, num_bins=17, critic_labels=labels, model={"encoder": encoder})
     rng = np.random.default_rng(0)
     batch = random_batch(spec, 5, 10, rng, min_len=3)
     assert (~batch.mask).sum() > 5
@@ -203,6 +204,8 @@ def test_policy_weights_are_cpu_copies():
         ({"gammas": [0.9, 1.0]}, "gammas"),
         ({"num_critics_td": 5}, "num_critics_td"),
         ({"variant": "amago3"}, "variant"),
+        ({"critic_labels": "threehot"}, "critic_labels"),
+        ({"critic_label_sigma": 0.0}, "critic_label_sigma"),
         ({"device": "tpu"}, "device"),
         ({"bf16": "yes"}, "bf16"),
         ({"tau": 0.0}, "tau"),
