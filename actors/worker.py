@@ -108,12 +108,27 @@ class RolloutActor:
         self._rollout_lock = threading.Lock()  # one collect/evaluate at a time
         self.insert_retries = 0
         self.rejected = 0
+        self._lags: list[int] = []  # policy_lag of each rollout inserted in this collect
         self.incarnation = secrets.token_hex(6)  # new in every (re)started process
         self.weights.wait(self.policy)
 
     # -- replay --------------------------------------------------------------------------
+    def policy_lag(self, traj: Trajectory) -> int:
+        """Actor lag of a finished rollout, measured as it is handed to the replay: the
+        newest learner version this actor has seen published
+        (:meth:`common.weights.WeightClient.learner_version`: the last broker answer, at
+        most ``weight_poll_steps`` env steps old, no extra round trip) minus
+        ``traj.meta.policy_version``, the version the rollout *started* acting with (a
+        rollout spanning a weight load counts from its first version). Both are learner
+        update counts, so this is how many updates stale the rollout's policy was; it
+        lags the learner's true counter by up to one publish interval. Always >= 0."""
+        return max(self.weights.learner_version(self.policy) - traj.meta.policy_version, 0)
+
     def _insert(self, traj: Trajectory) -> None:
         """Write a finished rollout; waits out backpressure and replay outages."""
+        lag = self.policy_lag(traj)
+        self._lags.append(lag)
+        self.metrics.observe("amago_actor_policy_lag_versions", lag, actor=self.label)
         deadline = time.monotonic() + self.setup.actors.insert_retry_s
         delay = 0.01
         token = secrets.token_hex(16)  # one per rollout: a retried insert stores it once
@@ -148,6 +163,7 @@ class RolloutActor:
         st = RolloutStats()
         done = 0
         with self._rollout_lock:
+            self._lags = []
             while done < steps and not self._stopping:
                 self.weights.poll(self.policy)
                 n = min(cfg.weight_poll_steps, steps - done)
@@ -168,6 +184,7 @@ class RolloutActor:
                 insert_retries=self.insert_retries,
                 rejected=self.rejected,
                 task=self.setup.task,
+                policy_lags=self._lags,
             )
 
     def evaluate(self, episodes: int) -> EvalReport:

@@ -35,6 +35,7 @@ class MetricDef:
 
 
 _LAT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+_LAG_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000)
 
 #: name (without the ``_total`` suffix counters get on export) -> definition
 METRICS: dict[str, MetricDef] = {
@@ -60,6 +61,13 @@ METRICS: dict[str, MetricDef] = {
     ),
     "amago_actor_policy_version": MetricDef(
         "gauge", "Policy version the actor is acting with", ("actor",)
+    ),
+    "amago_actor_policy_lag_versions": MetricDef(
+        "histogram",
+        "Per inserted rollout: newest published learner version the actor had seen at insert "
+        "time minus the version the rollout started with (versions count learner updates)",
+        ("actor",),
+        _LAG_BUCKETS,
     ),
     "amago_actor_epsilon": MetricDef(
         "gauge", "Current exploration epsilon / noise scale", ("actor",)
@@ -97,8 +105,10 @@ METRICS: dict[str, MetricDef] = {
     "amago_learner_loss": MetricDef("gauge", "Loss terms of the last update", ("term",)),
     "amago_learner_grad_norm": MetricDef("gauge", "Gradient norm before clipping"),
     "amago_learner_q_mean": MetricDef("gauge", "Mean Q of the main discount (unnormalised)"),
-    "amago_learner_policy_lag": MetricDef(
-        "gauge", "Mean learner version minus the version that produced each sampled row"
+    "amago_learner_data_age_updates": MetricDef(
+        "gauge",
+        "Data age: mean learner version minus the version that produced each sampled row, "
+        "over the last train call (updates)",
     ),
     "amago_learner_policy_version": MetricDef("gauge", "Latest published policy version"),
     "amago_learner_gpu_memory_bytes": MetricDef(

@@ -37,6 +37,9 @@ class ActorReport:
     insert_retries: int  # total since the actor started
     rejected: int  # rollouts the replay refused as malformed, since the actor started
     task: str = ""  # the task the actor steps (multi-task runs; "" = single task)
+    # per rollout handed to the replay during the call: versions behind the learner at
+    # insert time (``RolloutActor.policy_lag``)
+    policy_lags: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class LearnerReport:
     seq_timesteps: int  # real (unpadded) timesteps trained on
     seconds: float
     batch_wait_s: float  # time spent waiting for a sampled batch
-    policy_lag: float  # mean updates between a sampled row's policy and the learner
+    data_age: float  # mean updates between a sampled row's policy and the learner
     sample_errors: int  # failed sampling attempts since the learner started
     resumed_from: str | None  # checkpoint this learner process started from
     replay: ReplayStats | None  # None when the replay could not be read

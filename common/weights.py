@@ -11,6 +11,7 @@ list so Ray passes it on instead of resolving it.
     client = WeightClient(broker)            # in each actor
     client.wait(policy)                      # blocks for the first version
     client.poll(policy)                      # each few steps: non-blocking
+    client.learner_version(policy)           # newest version seen so far (no round trip)
 """
 
 from __future__ import annotations
@@ -83,6 +84,27 @@ class WeightClient:
         self.broker = broker
         self._pending = None  # the in-flight non-blocking broker query
         self._on_load = on_load  # called with each loaded version (metrics)
+        self.latest_seen = -1  # newest version any broker answer showed (see learner_version)
+        self._asked = -1  # the ``have`` of the in-flight query
+
+    def _saw(self, found, have: int) -> None:
+        """Note a broker answer to ``latest(have)``: None means nothing newer than ``have``."""
+        self.latest_seen = max(self.latest_seen, have if found is None else int(found[0]))
+
+    def learner_version(self, policy) -> int:
+        """The newest published version this client knows of, without waiting: the latest
+        broker answer received (the in-flight query's too, if it has arrived), never below
+        the policy's own version. It trails the learner's true version by at most one poll
+        interval (``actors.weight_poll_steps`` env steps) plus the broker round trip, and
+        counts published versions only (versions are learner update counts, published
+        every ``learner.worker.publish_every`` updates)."""
+        if self._pending is not None:
+            import ray
+
+            ready, _ = ray.wait([self._pending], timeout=0)
+            if ready:
+                self._saw(ray.get(self._pending), self._asked)
+        return max(self.latest_seen, int(policy.version))
 
     def _load(self, policy, found) -> bool:
         """Load a published version; False (weights kept) if its object is gone: the
@@ -108,6 +130,7 @@ class WeightClient:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             found = ray.get(self.broker.latest.remote(policy.version))
+            self._saw(found, policy.version)
             if found is not None and self._load(policy, found):
                 return
             time.sleep(0.2)
@@ -118,6 +141,7 @@ class WeightClient:
         import ray
 
         found = ray.get(self.broker.latest.remote(policy.version))
+        self._saw(found, policy.version)
         if found is not None:
             self._load(policy, found)
 
@@ -130,6 +154,8 @@ class WeightClient:
             if not ready:
                 return
             found = ray.get(self._pending)
+            self._saw(found, self._asked)
             if found is not None and found[0] > policy.version:
                 self._load(policy, found)
+        self._asked = int(policy.version)
         self._pending = self.broker.latest.remote(policy.version)

@@ -233,7 +233,7 @@ ROWS: tuple[Row, ...] = (
             Panel(
                 "Policy lag",
                 (
-                    _q(f"amago_learner_policy_lag{{{RUN}}}", "mean lag of sampled rows"),
+                    _q(f"amago_learner_data_age_updates{{{RUN}}}", "data age of sampled rows"),
                     _q(
                         f"max(amago_learner_policy_version{{{RUN}}}) - on() group_right() "
                         f'amago_actor_policy_version{{{RUN},actor!="eval"}}',
@@ -241,8 +241,32 @@ ROWS: tuple[Row, ...] = (
                     ),
                 ),
                 "short",
-                "Learner version minus the version that produced the data / that acts.",
+                "Learner version minus the version that produced the sampled data (data age) / "
+                "that acts now.",
                 True,
+            ),
+            Panel(
+                "Actor lag at insert",
+                (
+                    _q(
+                        "histogram_quantile(0.5, sum by (le) (rate("
+                        f'amago_actor_policy_lag_versions_bucket{{{RUN},actor!="eval"}}{R})))',
+                        "p50",
+                    ),
+                    _q(
+                        "histogram_quantile(0.95, sum by (le) (rate("
+                        f'amago_actor_policy_lag_versions_bucket{{{RUN},actor!="eval"}}{R})))',
+                        "p95",
+                    ),
+                    _q(
+                        f'sum(rate(amago_actor_policy_lag_versions_sum{{{RUN},actor!="eval"}}{R})) / '
+                        f'sum(rate(amago_actor_policy_lag_versions_count{{{RUN},actor!="eval"}}{R}))',
+                        "mean",
+                    ),
+                ),
+                "short",
+                "Per inserted rollout: versions (learner updates) between the newest published "
+                "policy the actor had seen and the one the rollout started with.",
             ),
             Panel(
                 "Actor health",

@@ -112,7 +112,9 @@ class RunLog:
         by_task = {t: by_task.get(t) for t in p.tasks}
         lr = p.last_learner
         stored = lr.replay.timesteps if lr and lr.replay else None
-        lag = lr.policy_lag if lr else None
+        age = lr.data_age if lr else None  # data age of sampled rows (updates)
+        lags = p.take_recent_lags()  # actor lag of the rollouts inserted since the last row
+        actor_lag = float(np.mean(lags)) if lags else None
         named = dict(
             env_steps=p.env_steps,
             updates=p.updates,
@@ -120,7 +122,8 @@ class RunLog:
             env_steps_per_s=round(sps, 2),
             updates_per_s=round(ups, 3),
             replay_timesteps=stored,
-            policy_lag=lag,
+            data_age=age,
+            actor_policy_lag=actor_lag,
         )
         named.update({f"return_mean/{t}": v for t, v in by_task.items()})
         self.row(**{**(lr.losses if lr else {}), **named})  # learner means, then the driver's
@@ -135,7 +138,8 @@ class RunLog:
             f"[{self.elapsed():7.1f}s] steps {p.env_steps:>9,d} ({sps:6.0f}/s) | "
             f"updates {p.updates:>7,d} ({ups:5.1f}/s) | return {fmt(ret)} | "
             f"eval {fmt(p.evals[-1]['return'] if p.evals else None)} | "
-            f"replay {stored or 0:>9,} steps | lag {lag or 0.0:5.1f}{tasks}",
+            f"replay {stored or 0:>9,} steps | data age {age or 0.0:6.1f} | "
+            f"actor lag {actor_lag or 0.0:5.1f}{tasks}",
             flush=True,
         )
 
@@ -332,9 +336,18 @@ class RunProgress:
     thresholds: dict[str, float] = field(default_factory=dict)  # task -> stop return
     recent_by_task: dict[str, list[float]] = field(default_factory=dict)
     _round: dict[str, EvalReport] = field(default_factory=dict)  # this round's evaluations
+    # actor lag (``ActorReport.policy_lags``): rollouts since the last console row, and a
+    # histogram over the whole run (lag -> rollouts) for summary.json
+    _recent_lags: list[int] = field(default_factory=list)
+    lag_counts: dict[int, int] = field(default_factory=dict)
+    # data age (``LearnerReport.data_age``) weighted by updates, for summary.json
+    _age_sum: float = 0.0
 
     def on_actor(self, r: ActorReport) -> None:
         self.env_steps += r.env_steps
+        self._recent_lags += r.policy_lags
+        for lag in r.policy_lags:
+            self.lag_counts[lag] = self.lag_counts.get(lag, 0) + 1
         self.recent = (self.recent + r.returns)[-200:]
         if r.task:
             mine = self.recent_by_task.get(r.task, [])
@@ -343,6 +356,30 @@ class RunProgress:
     def on_learner(self, r: LearnerReport) -> None:
         self.updates += r.updates
         self.last_learner = r
+        self._age_sum += r.data_age * r.updates
+
+    def take_recent_lags(self) -> list[int]:
+        """Actor lags of the rollouts reported since the previous call."""
+        out, self._recent_lags = self._recent_lags, []
+        return out
+
+    def lag_summary(self) -> dict:
+        """summary.json's staleness figures: ``data_age`` (mean over all updates of the
+        sampled rows' age, in updates) and ``actor_policy_lag`` (per inserted rollout,
+        versions behind the learner at insert time: mean, median, p95, max, rollouts)."""
+        n = sum(self.lag_counts.values())
+        lag = None
+        if n:
+            lags = np.repeat(list(self.lag_counts), list(self.lag_counts.values()))
+            lag = {
+                "mean": float(lags.mean()),
+                "p50": float(np.percentile(lags, 50)),
+                "p95": float(np.percentile(lags, 95)),
+                "max": int(lags.max()),
+                "rollouts": int(n),
+            }
+        age = self._age_sum / self.updates if self.updates else None
+        return {"data_age": age, "actor_policy_lag": lag}
 
     def on_eval(self, r: EvalReport, time_s: float, stop_at: float | None) -> dict:
         ev = r.mean_return()
@@ -565,6 +602,7 @@ def _summary(cfg, p: RunProgress, sup: Supervisor, final: EvalReport | None, sec
         "learner_resumed_from": p.last_learner.resumed_from if p.last_learner else None,
         "env_steps_per_s": p.env_steps / max(secs, 1e-9),
         "updates_per_s": p.updates / max(secs, 1e-9),
+        **p.lag_summary(),
     }
 
 

@@ -127,7 +127,8 @@ class AmagoLearner:
             step=float(self._step),
             seq_timesteps=float(b * seq),
             valid_timesteps=float(batch.mask.sum()),
-            policy_lag=float(self._step - 1 - np.mean(batch.policy_version)),
+            # data age: updates between the policies that produced the rows and this update
+            data_age=float(self._step - 1 - np.mean(batch.policy_version)),
         )
         return metrics
 

@@ -155,7 +155,7 @@ class LearnerActor:
         """Run up to ``n_updates`` updates (fewer if no data arrives within ``max_seconds``)."""
         t_end = time.monotonic() + max_seconds
         sums: dict[str, float] = {}
-        done, waited, lag_sum, seq_steps = 0, 0.0, 0.0, 0
+        done, waited, age_sum, seq_steps = 0, 0.0, 0.0, 0
         t_start = time.perf_counter()
         while done < n_updates and time.monotonic() < t_end:
             t0 = time.perf_counter()
@@ -166,7 +166,7 @@ class LearnerActor:
             out = self.learner.train_step(batch)
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            lag_sum += float(np.mean(self.learner.version - batch.policy_version))
+            age_sum += float(np.mean(self.learner.version - batch.policy_version))
             seq_steps += int(batch.mask.sum())
             done += 1
             if self.learner.version % self.cfg.worker.publish_every == 0:
@@ -174,8 +174,8 @@ class LearnerActor:
             if time.monotonic() - self._last_ckpt > 60.0 * self.cfg.worker.checkpoint_every_min:
                 self.checkpoint()
         means = {k: v / done for k, v in sums.items()} if done else {}
-        lag = lag_sum / done if done else 0.0
-        self._export(means, done, seq_steps, waited, lag)
+        age = age_sum / done if done else 0.0
+        self._export(means, done, seq_steps, waited, age)
         return LearnerReport(
             incarnation=self.incarnation,
             updates=done,
@@ -183,20 +183,20 @@ class LearnerActor:
             seq_timesteps=seq_steps,
             seconds=time.perf_counter() - t_start,
             batch_wait_s=waited,
-            policy_lag=lag,
+            data_age=age,
             sample_errors=self.prefetcher.errors,
             resumed_from=self.resumed_from,
             replay=self.replay_stats(),
             losses=means,
         )
 
-    def _export(self, means: dict, done: int, seq_steps: int, waited: float, lag: float) -> None:
+    def _export(self, means: dict, done: int, seq_steps: int, waited: float, age: float) -> None:
         m = self.metrics
         m.inc("amago_learner_updates", done)
         m.inc("amago_learner_seq_timesteps", seq_steps)
         m.inc("amago_learner_batch_wait_seconds", waited)
         if done:
-            m.set("amago_learner_policy_lag", lag)
+            m.set("amago_learner_data_age_updates", age)
         for k, v in means.items():
             if k.endswith("_loss") or k == "loss":
                 m.set("amago_learner_loss", v, term=k)

@@ -109,7 +109,8 @@ def test_dashboard_covers_every_monitored_quantity():
         "amago_replay_inserted_timesteps",
         "amago_replay_sampled_timesteps",
         "amago_replay_rejected",
-        "amago_learner_policy_lag",
+        "amago_learner_data_age_updates",
+        "amago_actor_policy_lag_versions_bucket",
         "amago_driver_actors_alive",
         "amago_driver_actor_restarts_total",
         "amago_actor_inference_latency_seconds_bucket",
@@ -125,6 +126,17 @@ def test_dashboard_has_a_per_task_return_panel():
         "amago_actor_episode_return",
         "amago_eval_return",
     }
+
+
+def test_actor_lag_panel_reads_the_histogram():
+    (panel,) = [p for p in panels() if p.title == "Actor lag at insert"]
+    names = {n for q in panel.queries for n in metric_names(q.expr)}
+    assert names == {
+        "amago_actor_policy_lag_versions_bucket",
+        "amago_actor_policy_lag_versions_sum",
+        "amago_actor_policy_lag_versions_count",
+    }
+    assert [q.legend for q in panel.queries] == ["p50", "p95", "mean"]
 
 
 def need_prometheus() -> str:

@@ -36,7 +36,7 @@ ROWS = [
     {"time_s": 1.0, "env_steps": 512, "updates": 0, "return_mean": -0.8, "replay_timesteps": None},
     {"time_s": 1.5, "env_steps": 512, "updates": 0, "eval_return": float("nan")},
     {"time_s": 2.0, "loss": 3.5, "grad_norm": 9.0, "env_steps": 2048, "updates": 10,
-     "return_mean": -0.5, "policy_lag": 2.0},
+     "return_mean": -0.5, "data_age": 2.0},
     {"time_s": 3.0, "env_steps": 4096, "updates": 20, "eval_return": 0.25, "eval_success": None},
     {"time_s": 4.0, "env_steps": 4096, "updates": 20, "eval_return": 0.75, "final": True},
 ]  # fmt: skip
