@@ -75,6 +75,15 @@ class ActorConfig:
     max_restarts: int = -1  # Ray restarts of a dead actor (-1 = unlimited)
     insert_retry_s: float = 120.0  # keep re-sending a rollout to an unreachable replay this long
     seed: int = 0  # base seed; actor i seeds its envs and exploration from (seed, i)
+    # How an actor steps its envs_per_actor envs (actors/envbatch.py): "sync" = in its own
+    # process, one after another; "async" = gymnasium AsyncVectorEnv, one subprocess per env,
+    # stepped at once (for envs whose step is expensive; each subprocess costs memory and
+    # ~2 IPC round trips per step, so cheap envs get slower). Same records either way;
+    # an exception in an env is still reset + counted, a dead subprocess fails the actor.
+    vector_env: str = "sync"
+    # multiprocessing start method of the async subprocesses (forkserver|spawn|fork; fork
+    # copies the Ray worker with its threads: avoid)
+    vector_env_context: str = "forkserver"
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
 
     def validate(self) -> None:
@@ -85,4 +94,14 @@ class ActorConfig:
         require(self.num_cpus >= 0, "num_cpus", "must be >= 0")
         require(self.torch_threads >= 1, "torch_threads", "must be >= 1")
         require(self.insert_retry_s > 0, "insert_retry_s", "must be > 0")
+        require(
+            self.vector_env in ("sync", "async"),
+            "vector_env",
+            f"must be 'sync' or 'async', got {self.vector_env!r}",
+        )
+        require(
+            self.vector_env_context in ("forkserver", "spawn", "fork"),
+            "vector_env_context",
+            f"must be 'forkserver', 'spawn' or 'fork', got {self.vector_env_context!r}",
+        )
         prefixed("exploration", self.exploration.validate)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
+from actors.envbatch import EnvBatch, SyncEnvBatch
 from actors.exploration import Exploration
 from common.core import Policy
 from common.envs.record import TrajectoryRecorder
@@ -79,8 +80,11 @@ class _Slot(TrajectoryRecorder):
 class RolloutLoop:
     """Steps ``envs`` in lock-step with one batched ``policy.act`` call per step.
 
-    Env exceptions never escape: the faulty env is reset, its rollout dropped and the fault
-    counted. ``sink`` receives every finished rollout; it may block (replay backpressure).
+    ``envs`` is a list of envs (stepped in this process) or an
+    :class:`actors.envbatch.EnvBatch` (e.g. ``AsyncEnvBatch``: subprocesses); either way the
+    loop resets finished envs itself, so records keep the time alignment of
+    :mod:`common.records`. Env exceptions never escape: the faulty env is reset, its rollout
+    dropped and the fault counted. ``sink`` receives every finished rollout; it may block (replay backpressure).
     The policy acts greedily when ``greedy`` (evaluation) or when ``exploration`` says not to
     sample (``sample_actions: false``); ``exploration`` then perturbs its actions. ``task``
     (multi-task runs) goes into every rollout's ``meta.info["task"]``.
@@ -88,7 +92,7 @@ class RolloutLoop:
 
     def __init__(
         self,
-        envs: list[gym.Env],
+        envs: list[gym.Env] | EnvBatch,
         spec: EnvSpec,
         policy: Policy,
         sink: Callable[[Trajectory], None] | None,
@@ -99,7 +103,9 @@ class RolloutLoop:
         greedy: bool = False,
         task: str = "",
     ):
-        self.envs, self.spec, self.policy, self.sink = envs, spec, policy, sink
+        self.batch: EnvBatch = SyncEnvBatch(envs) if isinstance(envs, list) else envs
+        self.num_envs = self.batch.num_envs
+        self.spec, self.policy, self.sink = spec, policy, sink
         self.exploration, self.actor_id, self.env_id, self.greedy = (
             exploration,
             actor_id,
@@ -107,29 +113,48 @@ class RolloutLoop:
             greedy,
         )
         self.task = task  # meta.info["task"] of every rollout (multi-task runs; "" = none)
-        self.slots_idx = np.arange(len(envs))
+        self.slots_idx = np.arange(self.num_envs)
         self._seed = seed
         self._resets = 0
-        self.slots: list[_Slot] = [self._reset_slot(i) for i in range(len(envs))]
+        self.slots: list[_Slot] = [None] * self.num_envs  # type: ignore[list-item]
+        self._reset_slots(list(range(self.num_envs)))
+
+    @property
+    def envs(self) -> list[gym.Env]:
+        """The env objects of an in-process (sync) batch."""
+        return self.batch.envs  # type: ignore[attr-defined]
 
     # -- env handling --------------------------------------------------------------------
-    def _reset_slot(self, i: int) -> _Slot:
+    def _next_seed(self) -> int:
         self._resets += 1
+        return self._seed * 1_000_003 + self._resets
+
+    def _reset_slots(self, idx: list[int]) -> None:
+        """Fresh rollouts in slots ``idx`` (in order: seeds are drawn slot by slot). A
+        broken reset is retried twice with new seeds, then surfaces."""
+        seeds = [self._next_seed() for _ in idx]
         for _ in range(3):
-            try:
-                obs, info = self.envs[i].reset(seed=self._seed * 1_000_003 + self._resets)
-                break
-            except Exception:  # a broken reset is retried, then surfaces
-                log.exception("env %d reset failed", i)
-                self._resets += 1
-        else:
-            raise RuntimeError(f"env slot {i} failed to reset 3 times")
-        self.policy.reset(np.array([i]))
-        return _Slot(obs, info, self.spec, self.policy.version)
+            failed = []
+            for i, res in zip(idx, self.batch.reset(idx, seeds)):
+                if isinstance(res, BaseException):
+                    log.error("env %d reset failed", i, exc_info=res)
+                    failed.append(i)
+                    continue
+                obs, info = res
+                self.policy.reset(np.array([i]))
+                self.slots[i] = _Slot(obs, info, self.spec, self.policy.version)
+            if not failed:
+                return
+            idx, seeds = failed, [self._next_seed() for _ in failed]
+        raise RuntimeError(f"env slot {idx[0]} failed to reset 3 times")
 
     def reset_all(self) -> None:
         """Drop every rollout in progress and start fresh episodes (used before evaluation)."""
-        self.slots = [self._reset_slot(i) for i in range(len(self.envs))]
+        self._reset_slots(list(range(self.num_envs)))
+
+    def close(self) -> None:
+        """Close the envs (an async batch: its subprocesses)."""
+        self.batch.close()
 
     def _step_input(self) -> StepInput:
         s = self.slots
@@ -156,7 +181,7 @@ class RolloutLoop:
         """
         self.reset_all()
         st = RolloutStats()
-        done = np.zeros(len(self.envs), np.int64)
+        done = np.zeros(self.num_envs, np.int64)
         for _ in range(max_steps):
             if (done >= per_slot).all():
                 break
@@ -185,20 +210,28 @@ class RolloutLoop:
         st.act_calls += 1
         if self.exploration is not None:
             actions = self.exploration(actions, inp.time_idx)
-        for i, env in enumerate(self.envs):
-            if self._step_env(i, env, actions[i], st) and finished is not None:
-                finished[i] += 1
+        to_reset = []
+        for i, res in enumerate(self.batch.step(actions)):
+            if isinstance(res, BaseException):
+                log.error(
+                    "env %d raised in step(); resetting it and dropping its rollout",
+                    i,
+                    exc_info=res,
+                )
+                st.env_faults += 1
+                to_reset.append(i)
+            elif self._record(i, actions[i], res, st):
+                to_reset.append(i)
+                if finished is not None:
+                    finished[i] += 1
+        if to_reset:  # slot order, as the seeds of a one-by-one loop would be drawn
+            self._reset_slots(to_reset)
 
-    def _step_env(self, i: int, env: gym.Env, action, st: RolloutStats) -> bool:
-        """One env step of slot ``i``; True when it finished a rollout."""
+    def _record(self, i: int, action, res: tuple, st: RolloutStats) -> bool:
+        """Record slot ``i``'s step result; True when it finished a rollout (handed to the
+        sink; the caller resets the slot)."""
         slot = self.slots[i]
-        try:
-            obs, reward, terminated, truncated, info = env.step(action)
-        except Exception:
-            log.exception("env %d raised in step(); resetting it and dropping its rollout", i)
-            st.env_faults += 1
-            self.slots[i] = self._reset_slot(i)
-            return False
+        obs, reward, terminated, truncated, info = res
         st.env_steps += 1
         slot.append(action, obs, reward, terminated, truncated, info)
         if not (terminated or truncated):
@@ -213,5 +246,4 @@ class RolloutLoop:
         st.episode_returns.append(episode_returns(traj))
         if self.sink is not None:
             self.sink(traj)
-        self.slots[i] = self._reset_slot(i)
         return True

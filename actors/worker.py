@@ -15,6 +15,7 @@ the rollouts that were in progress.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
@@ -26,6 +27,7 @@ import gymnasium as gym
 import numpy as np
 
 from actors.config import ActorConfig
+from actors.envbatch import make_env_batch
 from actors.exploration import Exploration
 from actors.rollout import RolloutLoop, RolloutStats
 from common.codec import RecordError
@@ -73,8 +75,12 @@ class RolloutActor:
         self.label = "eval" if self.evaluating else str(setup.actor_id)
         seed = cfg.seed * 10_007 + setup.actor_id + (5_000 if self.evaluating else 0)
         spec = setup.spec
-        envs = [setup.make_env(seed * 131 + i) for i in range(cfg.envs_per_actor)]
-        self.policy = setup.make_policy(spec, len(envs))
+        envs = make_env_batch(
+            [functools.partial(setup.make_env, seed * 131 + i) for i in range(cfg.envs_per_actor)],
+            cfg.vector_env,
+            cfg.vector_env_context,
+        )
+        self.policy = setup.make_policy(spec, envs.num_envs)
         self.writer = None if self.evaluating else setup.make_writer()
         explore = None
         if not self.evaluating:
@@ -191,7 +197,7 @@ class RolloutActor:
         """Returns of fresh rollouts with the newest weights (greedy actions unless
         ``eval_sample``): ``episodes`` rounded up to a multiple of the number of envs (each
         env contributes the same number)."""
-        per_slot = -(-episodes // len(self.loop.envs))
+        per_slot = -(-episodes // self.loop.num_envs)
         horizon = self.loop.spec.max_episode_steps + 1
         with self._rollout_lock:
             self.weights.refresh(self.policy)
