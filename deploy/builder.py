@@ -14,6 +14,7 @@ one evaluation actor per task (``workers.evaluators``, in task order).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,60 @@ class Workers:
         return [self.learner, *self.actors, *self.evaluators]
 
 
+def learner_placement(device: str, cluster_gpus: float, local: bool) -> tuple[bool, str]:
+    """``(ask Ray for a GPU, the device the learner runs on)`` for ``learner.device``.
+
+    ``cluster_gpus`` is ``ray.cluster_resources()["GPU"]`` now; ``local``: this run started
+    its own Ray on this machine (nothing can join it). ``cuda`` always asks Ray for a GPU
+    (on a cluster whose GPU nodes scale from zero the autoscaler brings one up; the run
+    waits ``deploy.gpu_wait_s``), except where none can ever come: a local Ray without one
+    (``ConfigError`` on ``learner.device``). ``auto`` takes a GPU only if the cluster has one
+    now and otherwise runs on CPU, said so on the console (a GPU node that would scale up
+    later is not waited for: say ``cuda``). The learner gets the resolved device, never
+    ``auto``, so it cannot pick a GPU that Ray did not give it."""
+    from common.config_utils import ConfigError
+
+    if device == "cpu":
+        return False, "cpu"
+    if device == "cuda":
+        if cluster_gpus <= 0 and local:
+            raise ConfigError(
+                "learner.device",
+                "is 'cuda' but this machine's Ray has no GPU (torch or the driver sees "
+                "none); use learner.device=cpu or auto, or run on a cluster with GPU nodes",
+            )
+        return True, "cuda"
+    if cluster_gpus > 0:
+        return True, "cuda"
+    print(
+        "learner: device auto -> cpu (the Ray cluster has no GPU now; on a cluster whose GPU "
+        "nodes scale from zero, set learner.device=cuda to ask for one)",
+        flush=True,
+    )
+    return False, "cpu"
+
+
+def wait_for_learner(learner, use_gpu: bool, timeout_s: float) -> None:
+    """Block until the learner is up (it publishes version 0 in its constructor); with a GPU
+    asked for, fail clearly after ``timeout_s`` instead of waiting forever for one."""
+    import ray
+
+    if not use_gpu:
+        ray.get(learner.version.remote())
+        return
+    try:
+        ray.get(learner.version.remote(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        from common.config_utils import ConfigError
+
+        raise ConfigError(
+            "learner.device",
+            f"is 'cuda' but Ray gave the learner no GPU within deploy.gpu_wait_s={timeout_s:g} "
+            f"s (cluster resources now: {ray.cluster_resources()}); add a GPU node or use "
+            "learner.device=cpu",
+        ) from None
+
+
 def start_broker():
     import ray
 
@@ -99,7 +154,8 @@ def start_learner(cfg: TrainConfig, spec: EnvSpec, broker, run_dir: Path, use_gp
 
     setup = LearnerSetup(
         spec=spec,
-        learner=cfg.learner,
+        # the device Ray placed it for: never "auto" (see learner_placement)
+        learner=dataclasses.replace(cfg.learner, device="cuda" if use_gpu else "cpu"),
         make_sampler=functools.partial(make_sampler, cfg.replay, cfg.learner.seed, spec),
         run_dir=str(run_dir),
         resume_from=cfg.run.resume_from,
@@ -183,7 +239,7 @@ def build_workers(
     started.append(broker)
     learner = start_learner(cfg, spec, broker, run_dir, use_gpu)
     started.append(learner)
-    ray.get(learner.version.remote())
+    wait_for_learner(learner, use_gpu, cfg.deploy.gpu_wait_s)
     d = cfg.deploy
     strategy = "SPREAD" if (d.ray_address and d.spread_actors) else "DEFAULT"
     start = functools.partial(start_rollout_actor, cfg, broker, strategy=strategy, spec=spec)

@@ -62,9 +62,13 @@ class DeployConfig:
     # Refuse to start an embedded Redis when replay.redis.url is empty (cluster runs: actors
     # on other nodes must reach the cluster's own Redis).
     require_external_redis: bool = False
+    # learner.device=cuda on a cluster: how long the learner may wait for Ray to give it a
+    # GPU (an autoscaler bringing up a GPU node) before the run fails, naming the field.
+    gpu_wait_s: float = 900.0
 
     def validate(self) -> None:
         require(self.num_cpus >= 0, "num_cpus", "must be >= 0")
+        require(self.gpu_wait_s > 0, "gpu_wait_s", "must be > 0")
         require(self.embedded_maxmemory_mb >= 16, "embedded_maxmemory_mb", "must be >= 16")
         require(bool(self.metrics_host), "metrics_host", "must be a host, an IP or 'node'")
         if not self.ray_address:

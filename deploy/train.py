@@ -268,9 +268,16 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path) -> dict:
     started_ray = not ray.is_initialized()
     d = cfg.deploy
     init_ray(d.ray_address, num_cpus=(d.num_cpus or os.cpu_count()) if not d.ray_address else None)
-    use_gpu = cfg.learner.device == "cuda" or (
-        cfg.learner.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
-    )
+    from deploy.builder import learner_placement
+
+    try:  # learner.device=cuda where no GPU can ever come fails here, in one line
+        use_gpu, _ = learner_placement(
+            cfg.learner.device, ray.cluster_resources().get("GPU", 0), local=not d.ray_address
+        )
+    except Exception:
+        if started_ray:
+            ray.shutdown()
+        raise
     metrics = Metrics()
     driver_addr = ""
     if d.serve_metrics:

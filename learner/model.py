@@ -507,9 +507,14 @@ class GRUEncoder(nn.Module):
     def forward(
         self, x: torch.Tensor, time_idx: torch.Tensor, window: int | None = None
     ) -> torch.Tensor:
-        """``window`` is ignored: a recurrent state has no context cap."""
+        """``window`` is ignored: a recurrent state has no context cap. The recurrence runs
+        in fp32 under autocast too: CUDA autocast would run cuDNN's GRU in reduced
+        precision (``_cudnn_rnn`` is on its cast list), and a hidden state carried through
+        L steps in 8-16 mantissa bits drifts; the GRU is the cheap ablation, so fp32 costs
+        little."""
         h = self.drop(self.inp(x) + self.time(time_idx))  # (B, L, D)
-        out, _ = self.gru(h)
+        with torch.autocast(h.device.type, enabled=False):
+            out, _ = self.gru(h.float())
         return self.norm(out)
 
     def init_state(

@@ -11,7 +11,16 @@
 
 from __future__ import annotations
 
+import os
 import threading
+
+# The suite checks CPU behaviour: bit-exact resumes, acting equal to training to 1e-5, the
+# GPU-memory gauge at 0. On a GPU machine learner.device=auto would put learners on CUDA
+# (bf16 autocast, non-deterministic atomics in backward) and those checks would fail for
+# reasons that are not bugs. So every process the tests start (Ray workers inherit it) sees
+# no GPU; benchmarks/gpu_check.sh checks the CUDA path. AMAGO_TEST_GPU=1 keeps the GPUs.
+if os.environ.get("AMAGO_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any

@@ -133,7 +133,7 @@ def test_exported_values_match_the_run(real_run):
     assert total("amago_replay_rejected") == 1  # the one bad record
     assert {s.labels["term"] for s in samples if s.name == "amago_learner_loss"}
     assert total("amago_driver_actors_alive") == NUM_ACTORS
-    assert total("amago_learner_gpu_memory_bytes") == 0  # CPU
+    assert total("amago_learner_gpu_memory_bytes") == 0  # CPU (conftest hides any GPU)
 
 
 def test_dump_roundtrip_and_series_names(tmp_path):
