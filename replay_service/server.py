@@ -25,9 +25,12 @@ import logging
 import os
 import re
 import secrets
+import signal
 import socket
 import stat
 import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -158,10 +161,14 @@ class _Valkey(ValkeyServer):
                     stderr=subprocess.STDOUT,
                     cwd=str(self.data_dir),
                     umask=SERVER_UMASK,
+                    preexec_fn=_pdeathsig_preexec(),
                 )
         except Exception as e:
             self._process = None
             raise ValkeyServerStartupError(f"Failed to start Valkey server: {e}") from e
+        self._watchdog = _start_watchdog(
+            self._process.pid, None if self.persist else self._temp_data_dir
+        )
         try:
             try:
                 self._process.stdin.write(text)  # a few hundred bytes: fits the pipe buffer
@@ -172,6 +179,18 @@ class _Valkey(ValkeyServer):
         except Exception as e:
             self.terminate()
             raise ValkeyServerStartupError(f"Server failed to start: {e}") from e
+
+    def stop(self, timeout: float = 5.0) -> None:
+        try:
+            super().stop(timeout)
+        finally:
+            _stop_watchdog(getattr(self, "_watchdog", None))
+
+    def terminate(self) -> None:
+        try:
+            super().terminate()
+        finally:
+            _stop_watchdog(getattr(self, "_watchdog", None))
 
     def is_running(self) -> bool:
         if self._process is None or self._process.poll() is not None or self._port is None:
@@ -191,6 +210,117 @@ class _Valkey(ValkeyServer):
         except OSError:
             return False
         return reply.startswith(want)
+
+
+# ---- dying with the parent ---------------------------------------------------------------
+# The server must not outlive the process that started it, on any exit path (SIGKILL
+# included). Two mechanisms: on Linux the server gets PR_SET_PDEATHSIG (SIGTERM when the
+# thread that started it ends: only used from the main thread, which ends with the process);
+# and everywhere a watchdog (a tiny `python -I -S` in its own session) polls its parent: once
+# the parent is gone it stops the server (SIGTERM, then SIGKILL after 5 s) and deletes the
+# server's temporary directory (log; RDB/AOF files of a server without ``data_dir``). A
+# persistent ``data_dir`` is kept: it is the data.
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _pdeathsig_preexec() -> Any:
+    """A ``preexec_fn`` giving the child PR_SET_PDEATHSIG=SIGTERM (Linux, main thread), or
+    None where that is not available or not safe."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: go now
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+_WATCHDOG = r"""
+import os, select, shutil, signal, sys, time
+ppid, pid, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+for s in (signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, signal.SIG_IGN)
+try:
+    fd = os.pidfd_open(pid)
+except (AttributeError, OSError):
+    fd = None
+def alive():
+    if fd is not None:
+        return not select.select([fd], [], [], 0)[0]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+def send(sig):
+    try:
+        signal.pidfd_send_signal(fd, sig) if fd is not None else os.kill(pid, sig)
+    except OSError:
+        pass
+while os.getppid() == ppid:
+    if not alive():
+        sys.exit(0)
+    time.sleep(0.2)
+send(signal.SIGTERM)
+deadline = time.monotonic() + 5.0
+while alive() and time.monotonic() < deadline:
+    time.sleep(0.05)
+if alive():
+    send(signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+if path:
+    shutil.rmtree(path, ignore_errors=True)
+"""
+
+
+def _start_watchdog(server_pid: int, remove: Path | None) -> subprocess.Popen | None:
+    """The watchdog of ``server_pid`` (see above); None if it cannot be started (logged)."""
+    try:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-I",
+                "-S",
+                "-c",
+                _WATCHDOG,
+                str(os.getpid()),
+                str(server_pid),
+                str(remove) if remove is not None else "",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C of the parent's group does not reach it
+            close_fds=True,
+        )
+    except OSError as e:
+        log.warning("could not start the replay server's watchdog: %s", e)
+        return None
+
+
+def _stop_watchdog(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        try:
+            proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def _discard(server: ValkeyServer) -> None:

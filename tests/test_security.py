@@ -181,6 +181,62 @@ def test_a_killed_parent_leaves_no_password_on_disk(tmp_path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_KILLED_PARENT = """
+import os, signal, sys, threading
+sys.path.insert(0, {repo!r})
+from replay_service.server import EmbeddedServer
+servers = []
+def start(**kw):
+    servers.append(EmbeddedServer(**kw).start())
+start(data_dir={data!r})
+start()
+if {from_thread!r}:  # no PDEATHSIG from a thread: the watchdog alone
+    t = threading.Thread(target=start); t.start(); t.join()
+print(*[s._server._process.pid for s in servers], servers[1]._server.data_dir,
+      servers[-1]._server.data_dir, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("from_thread", [False, True])
+def test_a_killed_parent_takes_its_servers_and_their_files_along(tmp_path, from_thread):
+    """SIGKILL of the process that started the servers: they go too (PDEATHSIG and/or the
+    watchdog), the temporary data dirs are deleted, a persistent data_dir stays."""
+    data = tmp_path / "data"
+    script = _KILLED_PARENT.format(repo=str(REPO), data=str(data), from_thread=from_thread)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    *pids, tmp_a, tmp_b = out.stdout.split()
+    pids = [int(p) for p in pids]
+    try:
+        deadline = time.monotonic() + 8.0
+        while time.monotonic() < deadline and (
+            any(_alive(p) for p in pids) or Path(tmp_a).exists() or Path(tmp_b).exists()
+        ):
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in pids), [p for p in pids if _alive(p)]
+        assert not Path(tmp_a).exists() and not Path(tmp_b).exists()
+        assert data.is_dir()  # persisted data is kept
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(tmp_a, ignore_errors=True)
+        shutil.rmtree(tmp_b, ignore_errors=True)
+
+
+def test_stopping_a_server_stops_its_watchdog():
+    server = EmbeddedServer().start()
+    dog = server._server._watchdog
+    assert dog is not None and dog.poll() is None
+    server.stop()
+    assert dog.poll() is not None
+    server.start()
+    dog = server._server._watchdog
+    server.kill()
+    assert dog.poll() is not None
+
+
 def test_odd_passwords_cannot_inject_directives():
     pw = 'a b"c\\d\nrequirepass x\tdone'
     with EmbeddedServer(password=pw) as server:
