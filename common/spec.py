@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import gymnasium as gym
 import numpy as np
+
+if TYPE_CHECKING:  # gymnasium only where spaces are read: the learner path runs without it
+    import gymnasium as gym
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class EnvSpec:
     def from_spaces(
         observation_space: gym.Space, action_space: gym.Space, max_episode_steps: int
     ) -> EnvSpec:
+        import gymnasium as gym
+
         if isinstance(observation_space, gym.spaces.Dict):
             items = dict(observation_space.spaces.items())
         else:

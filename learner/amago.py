@@ -24,6 +24,7 @@ RNG stream (seeded by ``cfg.seed``, saved in checkpoints), not from the process-
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,6 +53,16 @@ from learner.losses import (
     twohot,
     twohot_value,
 )
+
+
+@dataclasses.dataclass
+class PendingMetrics:
+    """One update's metrics not yet read from the device: ``values`` (a 1-D fp32 tensor, one
+    entry per name in ``names``) and the host-side ones (``host``)."""
+
+    names: list[str]
+    values: torch.Tensor
+    host: dict[str, float]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -102,6 +113,24 @@ class AmagoLearner:
     def train_step(self, batch: Batch) -> dict[str, float]:
         """One update on ``batch``; returns scalar metrics (losses, Q/TD stats, PopArt
         statistics of the main discount, grad norm, lr, timesteps in the batch)."""
+        return self.resolve([self.train_step_deferred(batch)])[0]
+
+    @staticmethod
+    def resolve(pending: list[PendingMetrics]) -> list[dict[str, float]]:
+        """The metrics of :meth:`train_step_deferred` results, read from the device with ONE
+        host sync for all of them; the very values :meth:`train_step` returns."""
+        if not pending:
+            return []
+        if len({tuple(p.names) for p in pending}) == 1:
+            rows = torch.stack([p.values for p in pending]).cpu().tolist()
+        else:
+            rows = [p.values.cpu().tolist() for p in pending]
+        return [{**dict(zip(p.names, row)), **p.host} for p, row in zip(pending, rows)]
+
+    def train_step_deferred(self, batch: Batch) -> PendingMetrics:
+        """:meth:`train_step` without reading its metrics back: nothing in the update waits
+        for the device, so a loop of updates queues kernels back to back and reads every
+        metric at once with :meth:`resolve` (on CUDA: no host sync per update)."""
         t = self._to_tensors(batch)
         cfg = self.cfg
         with self._own_rng():
@@ -120,9 +149,8 @@ class AmagoLearner:
         self._step += 1
         names = list(out)
         values = torch.stack([out[k].detach().float() for k in names] + [grad_norm.float()])
-        metrics = dict(zip(names + ["grad_norm"], values.cpu().tolist()))
         b, seq = batch.mask.shape
-        metrics.update(
+        host = dict(
             lr=lr,
             step=float(self._step),
             seq_timesteps=float(b * seq),
@@ -130,7 +158,7 @@ class AmagoLearner:
             # data age: updates between the policies that produced the rows and this update
             data_age=float(self._step - 1 - np.mean(batch.policy_version)),
         )
-        return metrics
+        return PendingMetrics([*names, "grad_norm"], values, host)
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up from lr / warmup_steps to lr over ``warmup_steps`` updates."""

@@ -155,6 +155,7 @@ class LearnerActor:
         """Run up to ``n_updates`` updates (fewer if no data arrives within ``max_seconds``)."""
         t_end = time.monotonic() + max_seconds
         sums: dict[str, float] = {}
+        pending: list = []
         done, waited, age_sum, seq_steps = 0, 0.0, 0.0, 0
         t_start = time.perf_counter()
         while done < n_updates and time.monotonic() < t_end:
@@ -163,9 +164,8 @@ class LearnerActor:
             waited += time.perf_counter() - t0
             if batch is None:
                 continue
-            out = self.learner.train_step(batch)
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+            # metrics stay on the device until the call ends: no host sync per update
+            pending.append(self.learner.train_step_deferred(batch))
             age_sum += float(np.mean(self.learner.version - batch.policy_version))
             seq_steps += int(batch.mask.sum())
             done += 1
@@ -173,6 +173,9 @@ class LearnerActor:
                 self.publish()
             if time.monotonic() - self._last_ckpt > 60.0 * self.cfg.worker.checkpoint_every_min:
                 self.checkpoint()
+        for out in self.learner.resolve(pending):  # one read for every update of the call
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
         means = {k: v / done for k, v in sums.items()} if done else {}
         age = age_sum / done if done else 0.0
         self._export(means, done, seq_steps, waited, age)
