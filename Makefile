@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python -m benchmarks.replay_throughput
 	$(BIN)/python -m benchmarks.learner_throughput --threads 1 2 --lengths 11 64 256
 	$(BIN)/python -m benchmarks.actor_throughput
+	$(BIN)/python -m benchmarks.vector_env
 	$(BIN)/python -m benchmarks.relabel_throughput
 	$(BIN)/python -m benchmarks.time_to_solve --repeats 3
 
