@@ -336,6 +336,9 @@ class _NoWeights:
     def refresh(self, policy):
         pass
 
+    def learner_version(self, policy):
+        return policy.version
+
 
 class _Writer:
     def __init__(self):
