@@ -3,7 +3,9 @@
 Contents: format version, the resolved learner config (a dict), the env spec, the agent's
 state (online and target networks, PopArt and observation statistics, sigma-reparam vectors),
 the optimizer state, the update counter and the learner's RNG state. Restoring continues
-training with identical counters (and, on the same device, identical numbers).
+training with identical counters (and, on CPU, identical numbers; on CUDA the backward's
+atomic adds make two runs from one checkpoint differ in the last bits, so a resumed CUDA run
+matches in step counts and state, not bit for bit in later numbers).
 
 A checkpoint written under another config or env spec is refused with
 :class:`CheckpointMismatchError` listing every differing field. Fields that only say where and
