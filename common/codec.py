@@ -264,18 +264,23 @@ def _check_layout(
     specs: dict[str, tuple[str | None, tuple[int, ...] | list[int]]],
     starts: list[int],
     limits: Limits,
+    sizes: dict[str, int] | None = None,
 ) -> None:
     """Cross-array checks from names, dtype names and shapes only (no data touched).
 
     ``specs`` maps name -> (dtype name or None if not allowed, shape), in record order
-    (obs, core, extras); every shape is already a sequence of non-negative ints."""
+    (obs, core, extras); every shape is already a sequence of non-negative ints. ``sizes``:
+    each array's ``_nbytes`` if the caller computed them already (decode's headers)."""
     if len(specs) > limits.max_arrays:
         raise RecordError("arrays", "oversize", f"{len(specs)} arrays > max {limits.max_arrays}")
+    good = _GOOD_NAMES
     for k in specs:
-        _check_name(k)
-    for k in CORE_KEYS:
-        if k not in specs:
-            raise RecordError(k, "schema", "required array missing")
+        if k not in good:
+            _check_name(k)
+    if not _CORE <= specs.keys():
+        for k in CORE_KEYS:
+            if k not in specs:
+                raise RecordError(k, "schema", "required array missing")
     if not any(k.startswith("obs/") for k in specs):
         raise RecordError("obs", "schema", "a trajectory needs at least one observation key")
     rs = specs["prev_reward"][1]
@@ -284,20 +289,21 @@ def _check_layout(
         raise RecordError("prev_reward", "length", "needs shape (N,) with N >= 1")
     if n > limits.max_steps:
         raise RecordError("record", "oversize", f"{n} timesteps > max {limits.max_steps}")
-    nbytes = 0
+    nbytes, max_bytes, max_ndim = 0, limits.max_bytes, limits.max_ndim
     for name, (dname, shape) in specs.items():
         if dname is None:
             raise RecordError(name, "dtype", "dtype not in the allowed set")
-        if len(shape) == 0 or shape[0] != n:
+        nd = len(shape)
+        if nd == 0 or shape[0] != n:
             raise RecordError(name, "length", f"leading dim {list(shape[:1])} != N={n}")
-        if len(shape) > limits.max_ndim:
-            raise RecordError(name, "shape", f"{len(shape)} dims > max {limits.max_ndim}")
+        if nd > max_ndim:
+            raise RecordError(name, "shape", f"{nd} dims > max {max_ndim}")
         expected = _EXPECTED_DTYPES.get(name)
         if expected is not None and dname not in expected:
             raise RecordError(name, "dtype", f"dtype {dname} (expected {expected})")
-        nbytes += _nbytes(name, dname, shape, limits)
-        if nbytes > limits.max_bytes:
-            raise RecordError("record", "oversize", f"> {limits.max_bytes} array bytes (at {name})")
+        nbytes += sizes[name] if sizes is not None else _nbytes(name, dname, shape, limits)
+        if nbytes > max_bytes:
+            raise RecordError("record", "oversize", f"> {max_bytes} array bytes (at {name})")
     if len(specs["prev_action"][1]) != 2:
         raise RecordError("prev_action", "shape", "expected (N, action_dim)")
     for name in ("prev_reward", "time_idx", "terminated", "truncated"):
@@ -330,26 +336,33 @@ def _nbytes(name: str, dname: str, shape: Any, limits: Limits) -> int:
     return total
 
 
+_F64 = np.dtype("float64")
+
+
 def _all_finite(a: np.ndarray) -> bool:
-    # A finite sum implies finite elements (NaN/inf propagate); only an overflowing sum of
-    # finite values needs the exact elementwise check.
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(a.sum(dtype=np.float64 if a.dtype != np.float64 else None)):
-            return True
+    """True iff no element is NaN or inf; call under ``np.errstate(over=, invalid="ignore")``.
+
+    A finite sum implies finite elements (NaN/inf propagate); only an overflowing sum of
+    finite values needs the exact elementwise check. One pass over the data, no temporary."""
+    if np.isfinite(a.sum(dtype=None if a.dtype == _F64 else _F64)):
+        return True
     return bool(np.isfinite(a).all())
 
 
 def _check_data(arrays: dict[str, np.ndarray]) -> None:
     """The checks that read array contents (after every shape/size check passed)."""
-    for name, a in arrays.items():
-        if a.dtype.kind == "f" and a.size and not _all_finite(a):
-            raise RecordError(name, "nonfinite", "contains NaN or inf")
+    with np.errstate(over="ignore", invalid="ignore"):  # once per record, not per array
+        for name, a in arrays.items():
+            if a.dtype.kind == "f" and a.size and not _all_finite(a):
+                raise RecordError(name, "nonfinite", "contains NaN or inf")
     t = arrays["time_idx"]
     if t.size and t.min() < 0:
         raise RecordError("time_idx", "schema", "time_idx must be >= 0 (step index)")
 
 
-def _traj_specs(traj: Trajectory) -> dict[str, tuple[str | None, tuple[int, ...]]]:
+def _traj_arrays(traj: Trajectory) -> dict[str, np.ndarray]:
+    """``traj.arrays()`` after the container checks (``traj`` a Trajectory, obs/extras dicts
+    with str keys)."""
     if not isinstance(traj, Trajectory):
         raise RecordError("record", "schema", f"expected a Trajectory, got {type(traj).__name__}")
     for part in ("obs", "extras"):
@@ -359,23 +372,31 @@ def _traj_specs(traj: Trajectory) -> dict[str, tuple[str | None, tuple[int, ...]
         for k in d:
             if type(k) is not str:
                 raise RecordError(part, "schema", f"key {k!r} is not a str")
+    return traj.arrays()
+
+
+def _array_specs(arrays: dict[str, Any]) -> dict[str, tuple[str | None, tuple[int, ...]]]:
     specs: dict[str, tuple[str | None, tuple[int, ...]]] = {}
-    for name, a in traj.arrays().items():
+    for name, a in arrays.items():
         if not isinstance(a, np.ndarray):
             raise RecordError(name, "schema", f"expected a numpy array, got {type(a).__name__}")
         specs[name] = (_NAME_OF.get(a.dtype), a.shape)
     return specs
 
 
-def _validated_meta(traj: Trajectory, limits: Limits) -> dict[str, Any]:
-    """Run every check on ``traj`` (cheap ones first); the metadata ready to pack."""
+def _validated_meta(
+    traj: Trajectory, limits: Limits, arrays: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Run every check on ``traj`` (cheap ones first); the metadata ready to pack.
+    ``arrays``: ``_traj_arrays(traj)`` if the caller has it already."""
     m = traj.meta
     if not isinstance(m, TrajectoryMeta):
         raise RecordError("meta", "schema", f"expected TrajectoryMeta, got {type(m).__name__}")
     meta = _meta_doc(m.env_id, m.actor_id, m.policy_version, m.episode_starts, m.info, limits)
-    specs = _traj_specs(traj)
-    _check_layout(specs, meta["episode_starts"], limits)
-    _check_data(traj.arrays())
+    if arrays is None:
+        arrays = _traj_arrays(traj)
+    _check_layout(_array_specs(arrays), meta["episode_starts"], limits)
+    _check_data(arrays)
     return meta
 
 
@@ -415,14 +436,71 @@ def encode(
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     limits = limits or _DEFAULT_LIMITS
     if check:
-        meta = _validated_meta(traj, limits)
+        arrays = _traj_arrays(traj)
+        meta = _validated_meta(traj, limits, arrays)
     else:
+        arrays = traj.arrays()
         m = traj.meta
         meta = _meta_doc(m.env_id, m.actor_id, m.policy_version, m.episode_starts, m.info, limits)
-    arrays = {
-        k: _encode_array(v, compression, compress_min_bytes) for k, v in traj.arrays().items()
-    }
-    return pack_sealed({"v": FORMAT_VERSION, "meta": meta, "arrays": arrays})
+    entries = {k: _encode_array(v, compression, compress_min_bytes) for k, v in arrays.items()}
+    if sum(_size(e["b"]) for e in entries.values()) >= _PIECES_MIN_BYTES:
+        return _pack_sealed_pieces(meta, entries)
+    return pack_sealed({"v": FORMAT_VERSION, "meta": meta, "arrays": entries})
+
+
+#: Records with at least this many payload bytes are packed by :func:`_pack_sealed_pieces`.
+_PIECES_MIN_BYTES = 256 * 1024
+_PIECE_MIN = 4096  # payloads below this go through the packer's buffer
+
+
+def _size(b: bytes | memoryview) -> int:
+    return b.nbytes if type(b) is memoryview else len(b)
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's bin8/16/32 header for ``n`` bytes (what ``Packer`` writes for them)."""
+    if n < 256:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 65536:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def _pack_sealed_pieces(meta: dict[str, Any], entries: dict[str, dict[str, Any]]) -> bytes:
+    """The bytes ``pack_sealed({"v", "meta", "arrays": entries})`` gives (byte for byte),
+    for big records: large payloads are hashed where they lie and copied once (the join),
+    instead of into the packer's growing buffer, hashed there and copied out again."""
+    p = msgpack.Packer(autoreset=False, use_bin_type=True)
+    p.pack_map_header(4)
+    p.pack("v")
+    p.pack(FORMAT_VERSION)
+    p.pack("meta")
+    p.pack(meta)
+    p.pack("arrays")
+    p.pack_map_header(len(entries))
+    pieces: list[Any] = []
+    h = xxhash.xxh3_64()
+    for k, e in entries.items():
+        p.pack(k)
+        p.pack_map_header(4)
+        for f in ("d", "s", "z"):
+            p.pack(f)
+            p.pack(e[f])
+        p.pack("b")
+        b = e["b"]
+        n = _size(b)
+        if n < _PIECE_MIN:
+            p.pack(b)
+            continue
+        head = p.bytes() + _bin_header(n)
+        p.reset()
+        h.update(head)
+        h.update(b)
+        pieces += (head, b)
+    tail = p.bytes()
+    h.update(tail)
+    pieces += (tail, _TAIL_PREFIX, h.digest())
+    return b"".join(pieces)
 
 
 def pack_sealed(entries: dict[str, Any]) -> bytes:
@@ -443,6 +521,13 @@ def pack_sealed(entries: dict[str, Any]) -> bytes:
 # ---- decode -----------------------------------------------------------------------------
 
 
+def _dims_ok(shape: list) -> bool:
+    for s in shape:  # (a loop: all() over a generator costs more than the checks)
+        if type(s) is not int or s < 0:
+            return False
+    return True
+
+
 def _array_header(name: str, d: Any, limits: Limits) -> tuple[str, list[int], str, bytes, int]:
     """(dtype name, shape, compression, payload, decoded bytes) of one entry; sizes checked."""
     if type(d) is not dict or d.keys() != _ENTRY_KEYS:
@@ -450,7 +535,7 @@ def _array_header(name: str, d: Any, limits: Limits) -> tuple[str, list[int], st
     dtype, shape, z, payload = d["d"], d["s"], d["z"], d["b"]
     if type(dtype) is not str or dtype not in ALLOWED_DTYPES:
         raise RecordError(name, "dtype", f"dtype {str(dtype)[:40]!r} not in the allowed set")
-    if type(shape) is not list or not all(type(s) is int and s >= 0 for s in shape):
+    if type(shape) is not list or not _dims_ok(shape):
         raise RecordError(
             name, "shape", f"shape must be a list of non-negative ints: {str(shape)[:80]}"
         )
@@ -501,6 +586,15 @@ def _decompress(name: str, payload: bytes, expected: int) -> bytes:
     return out
 
 
+def _arrays_order(names: Any) -> list[str]:
+    """``names`` (checked array names) in the order of :meth:`Trajectory.arrays`."""
+    return (
+        [k for k in names if k.startswith("obs/")]
+        + [k for k in CORE_KEYS if k in names]
+        + [k for k in names if k.startswith("extras/")]
+    )
+
+
 class _TooManyObjects(Exception):
     pass
 
@@ -516,6 +610,10 @@ def _unpack(mv: memoryview, limits: Limits) -> Any:
             raise _TooManyObjects
         return x
 
+    # Every container and every entry takes at least one byte of the input, so the hooks'
+    # count can only exceed the budget on an input longer than the budget: shorter ones
+    # (most records) parse without the per-container callbacks.
+    hooks = {"list_hook": hook, "object_hook": hook} if len(mv) > budget[0] else {}
     try:
         return msgpack.unpackb(
             mv,
@@ -526,8 +624,7 @@ def _unpack(mv: memoryview, limits: Limits) -> Any:
             max_array_len=max(limits.max_steps, 4 * limits.max_info_entries, 64),  # give
             max_map_len=max(4 * limits.max_info_entries, 4 * limits.max_arrays, 64),  # reasons
             max_ext_len=0,
-            list_hook=hook,
-            object_hook=hook,
+            **hooks,
         )
     except _TooManyObjects:
         raise RecordError(
@@ -551,6 +648,10 @@ def decode(buf: bytes | memoryview, limits: Limits | None = None, check: bool = 
         raise RecordError("record", "schema", f"expected bytes, got {type(buf).__name__}") from e
     if len(mv) > limits.max_bytes:
         raise RecordError("record", "oversize", f"{len(mv)} bytes > max {limits.max_bytes}")
+    # The digest is computed now, while the bytes are hot in cache (unpacking copies every
+    # payload), and compared where the contract puts the checksum check: after every
+    # structural and size check (so the reasons are the same; hashing allocates nothing).
+    digest = record_digest(mv[:-_TAIL_LEN]) if len(mv) >= _TAIL_LEN else None
     doc = _unpack(mv, limits)
     if type(doc) is not dict:
         raise RecordError("record", "schema", "top level must be a map")
@@ -583,19 +684,25 @@ def decode(buf: bytes | memoryview, limits: Limits | None = None, check: bool = 
     if len(arrays_d) > limits.max_arrays:
         raise RecordError("arrays", "oversize", f"{len(arrays_d)} arrays > max {limits.max_arrays}")
     headers = {}
+    good = _GOOD_NAMES
     for k, d in arrays_d.items():
-        headers[_check_name(k)] = _array_header(k, d, limits)
-    # record order of Trajectory.arrays(): obs, core, extras
-    specs = {k: (h[0], h[1]) for k, h in headers.items() if k.startswith("obs/")}
-    specs.update({k: (headers[k][0], headers[k][1]) for k in CORE_KEYS if k in headers})
-    specs.update({k: (h[0], h[1]) for k, h in headers.items() if k.startswith("extras/")})
-    _check_layout(specs, meta["episode_starts"], limits)
+        headers[k if k in good else _check_name(k)] = _array_header(k, d, limits)
+    # record order of Trajectory.arrays(): obs, core, extras (what encode writes: then the
+    # record's own order already is that one)
+    if list(headers) != _arrays_order(headers):
+        headers = {k: headers[k] for k in _arrays_order(headers)}
+    _check_layout(
+        {k: (h[0], h[1]) for k, h in headers.items()},
+        meta["episode_starts"],
+        limits,
+        {k: h[4] for k, h in headers.items()},
+    )
     c = doc["c"]
     if (
         type(c) is not bytes
         or len(c) != DIGEST_LEN
         or mv[-_TAIL_LEN:-DIGEST_LEN] != _TAIL_PREFIX
-        or record_digest(mv[:-_TAIL_LEN]) != c
+        or digest != c
     ):
         raise RecordError("c", "checksum", "record bytes do not match their checksum")
     arrays = {}

@@ -143,17 +143,21 @@ def parse_info(value: bytes) -> tuple[int, int, str]:
 # scripts decide on (head, nxt, steps, bytes, ins_steps, del_steps, samp_steps, epoch);
 # `remove(prefix, id)` deletes a live trajectory (DEL first), moves its token to
 # `tomb_prefix .. token` (expiring after `tomb_ms`; scripts set both first) and returns its
-# timesteps (0 if it was not live); `save(epoch)` applies the counter deltas (HINCRBY) and
-# head/next.
+# timesteps (0 if it was not live); `save(epoch)` writes the changed counters and head/next
+# in one HSET (the counters are read here with the rest, in one HMGET: a script runs
+# atomically, so old value + delta is exactly what a HINCRBY per counter would store).
 _RECORD_PROLOGUE = """
 local meta, info, toks = KEYS[1], KEYS[2], KEYS[3]
 local function fmt(x) return string.format('%d', x) end
-local raw = redis.call('HMGET', meta, 'head', 'next', 'steps', 'bytes', 'ins_steps',
-                       'del_steps', 'samp_steps', 'epoch')
+local CF = {'count', 'steps', 'bytes', 'ins_traj', 'ins_steps', 'ins_bytes', 'del_traj',
+            'del_steps', 'del_bytes', 'drop_traj'}
+local raw = redis.call('HMGET', meta, 'head', 'next', 'samp_steps', 'epoch', unpack(CF))
 local head, nxt = tonumber(raw[1]) or 0, tonumber(raw[2]) or 0
-local steps, bytes = tonumber(raw[3]) or 0, tonumber(raw[4]) or 0
-local ins_steps, del_steps = tonumber(raw[5]) or 0, tonumber(raw[6]) or 0
-local samp_steps, epoch = tonumber(raw[7]) or 0, raw[8]
+local samp_steps, epoch = tonumber(raw[3]) or 0, raw[4]
+local C0 = {}
+for i = 1, #CF do C0[CF[i]] = tonumber(raw[4 + i]) or 0 end
+local steps, bytes = C0['steps'], C0['bytes']
+local ins_steps, del_steps = C0['ins_steps'], C0['del_steps']
 local head0, nxt0 = head, nxt
 local tomb_prefix, tomb_ms = nil, 0
 local D = {}
@@ -178,10 +182,10 @@ local function remove(prefix, id)
   return l
 end
 local function save(new_epoch)
-  for f, x in pairs(D) do
-    if x ~= 0 then redis.call('HINCRBY', meta, f, fmt(x)) end
-  end
   local args = {}
+  for f, x in pairs(D) do
+    if x ~= 0 then args[#args + 1] = f; args[#args + 1] = fmt(C0[f] + x) end
+  end
   if head ~= head0 then args[#args + 1] = 'head'; args[#args + 1] = fmt(head) end
   if nxt ~= nxt0 then args[#args + 1] = 'next'; args[#args + 1] = fmt(nxt) end
   if new_epoch and not epoch then args[#args + 1] = 'epoch'; args[#args + 1] = new_epoch end

@@ -477,3 +477,41 @@ def test_decode_raises_only_record_error_on_non_bytes() -> None:
 def test_info_four_levels_deep_is_accepted() -> None:
     t = _meta_traj(info={"a": [[[1, "x", None]]], "b": {"c": {"d": 1.5}}})
     assert decode(encode(t)).meta == t.meta
+
+
+@pytest.mark.parametrize("compression", ["", "zstd"])
+@pytest.mark.parametrize("shapes", [[(64, 64, 3)], [(64, 64, 3), (5,), (300, 40)], [(70000,)]])
+def test_big_records_pack_byte_for_byte_like_small_ones(monkeypatch, compression, shapes) -> None:
+    """Records past codec._PIECES_MIN_BYTES are assembled from pieces (payloads hashed in
+    place, copied once): the bytes are exactly those of the packer path."""
+    import common.codec as codec
+
+    n = 80
+    rng = np.random.default_rng(0)
+    t = make_traj(n)
+    for i, s in enumerate(shapes):
+        blocks = rng.integers(0, 4, size=(n, *s), dtype=np.uint8)  # compressible
+        t.obs[f"o{i}"] = blocks
+    t.extras["big"] = rng.normal(size=(n, 1000)).astype(np.float32)
+    assert sum(a.nbytes for a in t.arrays().values()) >= codec._PIECES_MIN_BYTES
+    pieces = encode(t, compression)
+    monkeypatch.setattr(codec, "_PIECES_MIN_BYTES", 2**62)
+    assert encode(t, compression) == pieces
+    assert_same(decode(pieces), t)
+
+
+def test_small_records_parse_without_hooks_and_big_ones_keep_the_entry_budget() -> None:
+    """Inputs shorter than the hooks' entry budget cannot exceed it (every entry takes a
+    byte), so they skip the hooks; longer ones are still bounded by it."""
+    limits = Limits(max_steps=10, max_info_entries=8, max_arrays=8)
+    budget = limits.max_steps + limits.max_info_entries + 16 * limits.max_arrays + 64
+    many = msgpack.packb([[0]] * (budget + 1))  # more entries than the budget, 1-2 bytes each
+    assert len(many) > budget
+    with pytest.raises(RecordError) as e:
+        decode(many, limits)
+    assert e.value.reason == "oversize"
+    few = msgpack.packb([[0]] * 30)
+    assert len(few) <= budget
+    with pytest.raises(RecordError) as e:
+        decode(few, limits)
+    assert e.value.reason == "schema"  # parsed, then refused as not a record

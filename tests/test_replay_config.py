@@ -146,10 +146,11 @@ def test_connect_options():
     assert e.value.field == "url"
     c = connect(RedisConfig(url="redis://127.0.0.1:1", tls=True, password="pw"))
     kw = c.connection_pool.connection_kwargs
-    assert c.connection_pool.connection_class is redis.SSLConnection
+    assert issubclass(c.connection_pool.connection_class, redis.SSLConnection)
     assert kw["password"] == "pw"
     plain = connect(RedisConfig(url="redis://127.0.0.1:1"))
-    assert plain.connection_pool.connection_class is redis.Connection
+    assert issubclass(plain.connection_pool.connection_class, redis.Connection)
+    assert not issubclass(plain.connection_pool.connection_class, redis.SSLConnection)
 
 
 def test_connect_password_sources_and_reprs():
