@@ -260,6 +260,11 @@ def _check_name(name: Any) -> str:
     return name
 
 
+#: Layouts that passed :func:`_full_layout_check`: (limits, ((name, dtype, ndim, trailing
+#: dims...), ...)) -> bytes per timestep. A record of a known layout needs only its N-dependent checks.
+_KNOWN_LAYOUTS: dict[tuple, int] = {}
+
+
 def _check_layout(
     specs: dict[str, tuple[str | None, tuple[int, ...] | list[int]]],
     starts: list[int],
@@ -270,7 +275,46 @@ def _check_layout(
 
     ``specs`` maps name -> (dtype name or None if not allowed, shape), in record order
     (obs, core, extras); every shape is already a sequence of non-negative ints. ``sizes``:
-    each array's ``_nbytes`` if the caller computed them already (decode's headers)."""
+    each array's ``_nbytes`` if the caller computed them already (decode's headers).
+
+    Fast path: a layout (names, dtypes, trailing dims) that passed the full check before
+    (same limits) only needs what depends on N: every leading dim == N, 1 <= N <=
+    max_steps (and <= max_bytes, a dim cap), the byte cap and the episode starts. Anything
+    else, or any failure, goes through the full check (same errors, same order)."""
+    try:
+        key = (limits, tuple([(k, d, len(s), *s[1:]) for k, (d, s) in specs.items()]))
+        per_step = _KNOWN_LAYOUTS.get(key)
+    except TypeError:  # unhashable parts: the full check names them
+        key, per_step = None, None
+    if per_step is not None:
+        n = specs["prev_reward"][1][0]
+        if (
+            1 <= n <= limits.max_steps
+            and n <= limits.max_bytes
+            and n * per_step <= limits.max_bytes
+            and all(s[0] == n for _, s in specs.values())
+            and starts
+            and starts[0] == 0
+            and starts[-1] < n
+            and all(b > a for a, b in zip(starts, starts[1:]))
+        ):
+            return
+    _full_layout_check(specs, starts, limits, sizes)
+    if key is not None and len(_KNOWN_LAYOUTS) < 1024:
+        n = specs["prev_reward"][1][0]
+        total = sum(sizes.values()) if sizes is not None else None
+        if total is None:
+            total = sum(_nbytes(k, d, s, limits) for k, (d, s) in specs.items())
+        if total % n == 0:
+            _KNOWN_LAYOUTS[key] = total // n
+
+
+def _full_layout_check(
+    specs: dict[str, tuple[str | None, tuple[int, ...] | list[int]]],
+    starts: list[int],
+    limits: Limits,
+    sizes: dict[str, int] | None = None,
+) -> None:
     if len(specs) > limits.max_arrays:
         raise RecordError("arrays", "oversize", f"{len(specs)} arrays > max {limits.max_arrays}")
     good = _GOOD_NAMES
@@ -586,6 +630,10 @@ def _decompress(name: str, payload: bytes, expected: int) -> bytes:
     return out
 
 
+#: Name sequences already in :func:`_arrays_order` (what every encoded record holds).
+_CANONICAL_ORDERS: set[tuple[str, ...]] = set()
+
+
 def _arrays_order(names: Any) -> list[str]:
     """``names`` (checked array names) in the order of :meth:`Trajectory.arrays`."""
     return (
@@ -689,8 +737,13 @@ def decode(buf: bytes | memoryview, limits: Limits | None = None, check: bool = 
         headers[k if k in good else _check_name(k)] = _array_header(k, d, limits)
     # record order of Trajectory.arrays(): obs, core, extras (what encode writes: then the
     # record's own order already is that one)
-    if list(headers) != _arrays_order(headers):
-        headers = {k: headers[k] for k in _arrays_order(headers)}
+    names = tuple(headers)
+    if names not in _CANONICAL_ORDERS:
+        order = _arrays_order(headers)
+        if list(names) != order:
+            headers = {k: headers[k] for k in order}
+        elif len(_CANONICAL_ORDERS) < 1024:
+            _CANONICAL_ORDERS.add(names)
     _check_layout(
         {k: (h[0], h[1]) for k, h in headers.items()},
         meta["episode_starts"],

@@ -498,7 +498,9 @@ class Sampler:
                 if self._strike(traj_id, "relabel", repr(e)):
                     known[traj_id] = None
                 continue
-            reason, detail = self._row_problem(out)
+            # `traj` came from decode, whose contract covers every structure check: only a
+            # relabeler's new object needs them
+            reason, detail = self._row_problem(out, checked=out is traj)
             if reason == "layout":  # valid, but not shaped like our batches (no spec)
                 self._count_corrupt("layout")
                 self._index.forget(traj_id)
@@ -532,8 +534,8 @@ class Sampler:
             reason = getattr(e, "reason", None) if isinstance(e, RecordError) else None
             self._drop([traj_id], reason if isinstance(reason, str) and reason else "schema")
             return None
-        if self._spec is not None:
-            problem = _structure_problem(traj) or self._spec_problem(traj)
+        if self._spec is not None:  # (decode checked the structure: _structure_problem)
+            problem = self._spec_problem(traj)
             if problem is not None:
                 self._strike(traj_id, "schema", problem)
                 return None
@@ -546,10 +548,10 @@ class Sampler:
             return "obs or action layout differs from the spec"
         return _extras_problem(t, self._extras)
 
-    def _row_problem(self, out: object) -> tuple[str | None, str]:
+    def _row_problem(self, out: object, checked: bool = False) -> tuple[str | None, str]:
         """(reason, detail) why a relabeled trajectory cannot be a row of our batches, or
-        (None, "")."""
-        problem = _structure_problem(out)
+        (None, ""). ``checked``: ``out`` is a decoded record (its structure is valid)."""
+        problem = None if checked else _structure_problem(out)
         if problem is not None:
             return "collate", problem
         if self._layout is not None and _layout(out) != self._layout:  # type: ignore[arg-type]

@@ -515,3 +515,49 @@ def test_small_records_parse_without_hooks_and_big_ones_keep_the_entry_budget() 
     with pytest.raises(RecordError) as e:
         decode(few, limits)
     assert e.value.reason == "schema"  # parsed, then refused as not a record
+
+
+def test_known_layouts_still_get_every_n_dependent_check() -> None:
+    """A layout seen before skips the N-independent checks only: every N-dependent failure
+    is refused with the full check's field and reason."""
+    import common.codec as codec
+
+    limits = Limits(max_steps=50, max_bytes=1000)  # 30 bytes per step
+    good = make_traj(6)
+    validate(good, limits)
+    decode(encode(good, limits=limits), limits)  # the layout is known now
+
+    def full(t: Trajectory) -> tuple[str, str]:
+        with pytest.raises(RecordError) as e:
+            arrays = t.arrays()
+            codec._full_layout_check(
+                codec._array_specs(arrays), list(t.meta.episode_starts), limits
+            )
+        return e.value.field, e.value.reason
+
+    def leading(t: Trajectory) -> Trajectory:
+        t.time_idx = t.time_idx[:-1]
+        return t
+
+    def starts(t: Trajectory) -> Trajectory:
+        t.meta.episode_starts = [0, 7, 3]
+        return t
+
+    cases = {
+        "leading dim": leading(make_traj(6)),
+        "too many steps": make_traj(51),
+        "too many bytes": make_traj(40),
+        "episode starts": starts(make_traj(8)),
+    }
+    for name, t in cases.items():
+        want = full(t)
+        with pytest.raises(RecordError) as e:
+            validate(t, limits)
+        assert (e.value.field, e.value.reason) == want, name
+        blob = encode(t, check=False, limits=Limits(max_steps=100, max_bytes=2**20))
+        with pytest.raises(RecordError) as e:
+            decode(blob, limits)
+        assert (e.value.field, e.value.reason) == want, name
+    other = make_traj(9)  # same layout, another N: accepted through the fast path
+    validate(other, limits)
+    assert_same(decode(encode(other, limits=limits), limits), other)
