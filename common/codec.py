@@ -260,8 +260,8 @@ def _check_name(name: Any) -> str:
     return name
 
 
-#: Layouts that passed :func:`_full_layout_check`: (limits, ((name, dtype, ndim, trailing
-#: dims...), ...)) -> bytes per timestep. A record of a known layout needs only its N-dependent checks.
+#: Layouts that passed :func:`_full_layout_check`: ((the limits it reads), ((name, dtype,
+#: ndim, trailing dims...), ...)) -> bytes per timestep. A record of a known layout needs only its N-dependent checks.
 _KNOWN_LAYOUTS: dict[tuple, int] = {}
 
 
@@ -282,7 +282,8 @@ def _check_layout(
     max_steps (and <= max_bytes, a dim cap), the byte cap and the episode starts. Anything
     else, or any failure, goes through the full check (same errors, same order)."""
     try:
-        key = (limits, tuple([(k, d, len(s), *s[1:]) for k, (d, s) in specs.items()]))
+        lims = (limits.max_arrays, limits.max_steps, limits.max_ndim, limits.max_bytes)
+        key = (lims, tuple([(k, d, len(s), *s[1:]) for k, (d, s) in specs.items()]))
         per_step = _KNOWN_LAYOUTS.get(key)
     except TypeError:  # unhashable parts: the full check names them
         key, per_step = None, None
