@@ -9,7 +9,9 @@ from :attr:`EmbeddedServer.password` or :meth:`~EmbeddedServer.redis_config`), l
 ``host`` (loopback by default; another address only with an explicit password, never a
 wildcard), and gets its configuration through its stdin, so the password is on neither its
 command line nor the disk. The server process runs with umask 077: its data directory is
-created 0700 and every file it writes (AOF, RDB, log) is 0600.
+created 0700 and every file it writes (AOF, RDB, log) is 0600. The server dies with the
+process that started it, on every exit path (SIGKILL included: PR_SET_PDEATHSIG on Linux plus
+a watchdog process, which also deletes a temporary data directory; see ``_WATCHDOG``).
 
 ``maxmemory`` comes with ``noeviction`` (Redis never evicts our keys; the replay service does
 FIFO itself and treats OOM as backpressure). With a ``data_dir`` the server persists (AOF,
