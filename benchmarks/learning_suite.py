@@ -120,7 +120,7 @@ TASKS = {
         ),
         Task(
             "pendulum",
-            ("env.id=Pendulum-v1", "run.max_env_steps=60000"),
+            ("experiment=pendulum",),
             -300.0,
             -1200.0,
             "random policy (about -1,200)",
