@@ -6,6 +6,7 @@ work; on CUDA every part ends with a device sync, so the parts are device time t
 * ``batch``: collating B windows of length L from in-memory trajectories
   (:func:`learner.synthetic.collate`, the learner-side half of sampling; the replay service's
   decode and network time are not in it);
+  ``Sampler.sample`` from an in-process fakeredis is shown beside the table (not summed);
 * ``to_device``: :meth:`AmagoLearner._to_tensors` (checks + host->device copy);
 * ``obs_stats``: the observation-normaliser update, lr schedule, RNG fork/restore;
 * ``forward``: :meth:`AmagoLearner.compute_losses` without the PopArt update inside it;
@@ -227,6 +228,30 @@ def batch_maker(spec: EnvSpec, batch: int, length: int, seed: int) -> Callable[[
     return make
 
 
+def sampler_seconds(spec: EnvSpec, batch: int, length: int, draws: int = 20) -> float | None:
+    """Seconds per ``Sampler.sample(batch)`` from an in-process fakeredis holding 64 random
+    trajectories of ``2 * length`` (index refresh, decode, collate; no network); None without
+    fakeredis (a test dependency)."""
+    try:
+        import fakeredis
+    except ImportError:
+        return None
+    from replay_service import RedisConfig, ReplayConfig, ReplayStore, Sampler
+
+    pool = trajectory_pool(spec, 64, 2 * length, np.random.default_rng(2))
+    client = fakeredis.FakeRedis()
+    cfg = ReplayConfig(redis=RedisConfig(namespace="profile"), max_seq_len=length)
+    store = ReplayStore(client, cfg)
+    for t in pool:
+        store.insert(t)
+    sampler = Sampler(client, cfg, seed=0, spec=spec)
+    sampler.sample(batch, timeout_s=5)
+    t0 = time.perf_counter()
+    for _ in range(draws):
+        sampler.sample(batch, timeout_s=5)
+    return (time.perf_counter() - t0) / draws
+
+
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
     """Best fp32 FLOP/s of an n x n matmul on the current thread count."""
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -301,6 +326,7 @@ def profile_model(spec: EnvSpec, cfg: dict, steps: int, rounds: int, prof_steps:
         "plain_range": (min(plain_s), max(plain_s)),
         "outside_aten_frac": frac,
         "aten_calls": calls,
+        "sampler": sampler_seconds(spec, c.batch_size, c.max_seq_len),
         "flops": flops,
     }
 
@@ -343,6 +369,10 @@ def table(results: dict[str, dict], peak: float) -> str:
             f"{1e3 * r['outside_aten_frac'] * r['plain']:.2f} ms "
             f"({100 * r['outside_aten_frac']:.0f}%)"
         ),
+    )
+    row(
+        "replay Sampler.sample, fakeredis (not in the sum)",
+        lambda r: "-" if r["sampler"] is None else f"{1e3 * r['sampler']:.2f} ms",
     )
     row("aten op calls / update (nested incl.)", lambda r: f"{r['aten_calls']:.0f}")
     row("GFLOP / update", lambda r: f"{r['flops'] / 1e9:.3f}")
