@@ -15,6 +15,7 @@ MFU), ``syncs`` (kernels and host syncs per update), ``checkpoint`` (CUDA -> CPU
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -59,19 +60,9 @@ def _spec():
 def _cfg(args, length: int, **over):
     """The AMAGO default model (or a tiny one with --quick) at window ``length``."""
     from learner.config import LearnerConfig, ModelConfig
+    from learner.synthetic import tiny_model
 
-    model = {}
-    if args.quick:
-        model = dict(
-            d_model=32,
-            n_layers=1,
-            n_heads=2,
-            d_ff=64,
-            tstep_hidden=32,
-            tstep_out=32,
-            actor_hidden=32,
-            critic_hidden=32,
-        )
+    model = dataclasses.asdict(tiny_model(32, n_layers=1, n_heads=2)) if args.quick else {}
     model.update(over.pop("model", {}))
     return LearnerConfig(
         max_seq_len=length,

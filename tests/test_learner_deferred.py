@@ -9,23 +9,14 @@ import torch
 
 from common.spec import ArraySpec, EnvSpec
 from learner.amago import AmagoLearner, PendingMetrics
-from learner.config import LearnerConfig, ModelConfig
-from learner.synthetic import random_batch
+from learner.config import LearnerConfig
+from learner.synthetic import random_batch, tiny_model
 
 SPEC = EnvSpec({"observation": ArraySpec((3,), "float32")}, 4, True, 64)
 
 
 def _learner():
-    model = ModelConfig(
-        d_model=32,
-        n_layers=1,
-        n_heads=2,
-        d_ff=64,
-        tstep_hidden=32,
-        tstep_out=32,
-        actor_hidden=32,
-        critic_hidden=32,
-    )
+    model = tiny_model(32, n_layers=1, n_heads=2)
     return AmagoLearner(SPEC, LearnerConfig(max_seq_len=12, device="cpu", model=model))
 
 
