@@ -330,6 +330,7 @@ def trained_tmaze(tmp_path_factory) -> tuple[Path, dict]:
         "-m",
         "deploy.train",
         "experiment=tmaze",
+        "run.max_env_steps=80000",  # it stops when solved; the preset's 40k once ran out at 0.5
         "run.max_seconds=240",
         "run.eval_every_s=5",
         "run.final_eval_episodes=20",
