@@ -301,7 +301,6 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path) -> dict:
             "actors": _answers([a.memory_mb.remote() for a in w.actors]),
             "replay_server": _server_memory_mb(cfg),
         }
-        summary["final_checkpoint"] = ray.get(w.learner.close.remote())
     finally:
         runlog.close()
         if sd_temporary:
@@ -497,8 +496,9 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w) -> dict:
             runlog.progress(p)
             next_log = runlog.elapsed() + r.log_every_s
     train_time = runlog.elapsed()
+    checkpoint = _finish_learner(w)  # the final evaluation evaluates exactly these weights
     if multi:
-        return _final_multi(cfg, runlog, sup, p, w, train_time)
+        return {**_final_multi(cfg, runlog, sup, p, w, train_time), **checkpoint}
     final = lambda: w.evaluator.evaluate.remote(r.final_eval_episodes)  # noqa: E731
     res = sup.call_blocking("eval", call=final) if r.final_eval_episodes else None
     final_return = res.mean_return() if res else None
@@ -511,7 +511,20 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w) -> dict:
         )
     elif res is not None:  # every rollout hit the step cap (an env without a working limit)
         log.warning("final evaluation finished no rollout within its step cap")
-    return _summary(cfg, p, sup, res if final_return is not None else None, train_time)
+    return {
+        **_summary(cfg, p, sup, res if final_return is not None else None, train_time),
+        **checkpoint,
+    }
+
+
+def _finish_learner(w) -> dict:
+    """Ends training: the learner (its queued ``train`` calls done first) publishes its last
+    version and writes the final checkpoint, so the final evaluation, which refreshes the
+    weights, scores the checkpoint that export and evaluate later read."""
+    import ray
+
+    path = ray.get(w.learner.close.remote())
+    return {"final_checkpoint": path, "final_version": ray.get(w.learner.version.remote())}
 
 
 def _nan(v: float | None) -> float:
@@ -602,6 +615,7 @@ def _summary(cfg, p: RunProgress, sup: Supervisor, final: EvalReport | None, sec
         "final_eval_return": final.mean_return() if final else None,
         "final_eval_success": final.success_rate() if final else None,
         "final_eval_by_episode": final.by_episode() if final else None,  # k-th episode's mean
+        "final_eval_version": final.policy_version if final else None,  # = final_version
         "evals": p.evals,
         "solved": p.solved,
         "actor_restarts": sup.restarts["actor"] + sup.restarts["eval"],

@@ -248,5 +248,8 @@ class LearnerActor:
         return process_memory_mb()
 
     def close(self) -> str:
+        """Stops training: publishes the current version (the last ``publish_every`` may have
+        fallen before it) and writes the final checkpoint; its path."""
         self.prefetcher.close()
+        self.publish()
         return self.checkpoint()

@@ -136,6 +136,19 @@ def test_exported_values_match_the_run(real_run):
     assert total("amago_learner_gpu_memory_bytes") == 0  # CPU (conftest hides any GPU)
 
 
+@pytest.mark.slow
+def test_final_evaluation_scores_the_final_checkpoint(real_run):
+    """The run stops mid-call (max_updates is not a multiple of publish_every); the learner
+    still publishes its last version, so the final evaluation and the checkpoint that export
+    and evaluate read are the same weights."""
+    from learner.checkpoint import checkpoint_name
+
+    summary, _, _ = real_run
+    assert summary["final_version"] >= summary["updates"] > 0
+    assert summary["final_eval_version"] == summary["final_version"]
+    assert Path(summary["final_checkpoint"]).name == checkpoint_name(summary["final_version"])
+
+
 def test_dump_roundtrip_and_series_names(tmp_path):
     m = Metrics()
     m.inc("amago_learner_updates", 3)
