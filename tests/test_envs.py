@@ -17,6 +17,7 @@ from common.envs.bandit import MetaBandit
 from common.envs.goal_grid import GoalGrid, make_goal_grid
 from common.envs.key_door import MOVES as KD_MOVES
 from common.envs.key_door import DarkKeyToDoor
+from common.envs.point_goal import PointGoal
 from common.envs.tmaze import TMaze
 
 BUILTIN_CFGS = [
@@ -24,6 +25,7 @@ BUILTIN_CFGS = [
     EnvConfig(id="amago/MetaBandit-v0", trial_episodes=20),
     EnvConfig(id="amago/DarkKeyToDoor-v0", trial_episodes=3),
     EnvConfig(id="amago/GoalGrid-v0"),
+    EnvConfig(id="amago/PointGoal-v0", trial_episodes=2),
 ]
 GYM_CFGS = [
     EnvConfig(id="CartPole-v1"),
@@ -44,7 +46,7 @@ def _random_policy(env: gym.Env):
 
 
 @pytest.mark.parametrize(
-    "make", [TMaze, MetaBandit, DarkKeyToDoor, GoalGrid], ids=lambda c: c.__name__
+    "make", [TMaze, MetaBandit, DarkKeyToDoor, GoalGrid, PointGoal], ids=lambda c: c.__name__
 )
 def test_builtin_base_envs_pass_gymnasium_checker(make):
     with warnings.catch_warnings():
@@ -97,7 +99,10 @@ def test_same_seed_same_rollouts_and_other_seed_differs(cfg):
         env = make_env(cfg, seed=seed)
         spec = env_spec(cfg)
         rng = np.random.default_rng(0)
-        policy = lambda obs, info: int(rng.integers(spec.action_dim))  # noqa: E731
+        if spec.discrete:
+            policy = lambda obs, info: int(rng.integers(spec.action_dim))  # noqa: E731
+        else:
+            policy = lambda obs, info: rng.uniform(-1, 1, spec.action_dim).astype(np.float32)  # noqa: E731
         return [rollout(env, spec, policy) for _ in range(4)]
 
     a, b, c = trajs(11), trajs(11), trajs(12)
@@ -479,6 +484,66 @@ def test_dark_key_to_door_rewards_key_then_door_only():
         tasks.add(tuple(env.task.ravel()))
         assert len({tuple(c) for c in env.task}) == 3  # distinct cells
     assert len(tasks) > 10  # unpinned: a fresh task per reset
+
+
+def _walk_to(env, target_of):
+    """A policy that walks at full speed to ``target_of(base env)`` and stays there."""
+    base = env.unwrapped
+
+    def act(obs, info):
+        d = target_of(base) - base.pos
+        n = float(np.linalg.norm(d))
+        return (d / max(n, 1e-12) * min(1.0, n / base.step_size)).astype(np.float32)
+
+    return act
+
+
+def test_point_goal_informed_walk_is_optimal_and_blind_walks_stay_below_memoryless():
+    cfg = EnvConfig(id="amago/PointGoal-v0", trial_episodes=2)
+    env, spec = make_env(cfg, seed=3), env_spec(cfg)
+    base = env.unwrapped
+    assert base.optimal_return == pytest.approx(-4.5)
+    assert -15.5 < base.memoryless_return < -14.5 < base.optimal_return
+    informed = _walk_to(env, lambda b: b.goal)
+    for _ in range(10):
+        traj = rollout(env, spec, informed)
+        assert traj.total_return == pytest.approx(2 * base.optimal_return, abs=1e-4)
+        assert len(traj.meta.episode_starts) == 2
+    # blind walks (the same target for every goal), on and off the axis of symmetry
+    for target in ([0.0, 0.64], [0.0, 0.3], [0.3, 0.6], [-0.5, 0.5], [0.0, 1.0]):
+        rets = [
+            rollout(env, spec, _walk_to(env, lambda b, t=target: np.array(t))).total_return / 2
+            for _ in range(200)
+        ]
+        assert np.mean(rets) <= base.memoryless_return + 0.3, target  # sampling noise
+
+
+def test_point_goal_steps_are_capped_and_trials_keep_the_goal():
+    env = PointGoal()
+    env.set_task(np.array([1.0, 0.0]))
+    env.reset(seed=0)
+    obs, r, term, trunc, info = env.step(np.array([5.0, 0.0]))  # scaled down to top speed
+    np.testing.assert_allclose(obs, [0.1, 0.0], atol=1e-6)
+    assert (r, term, trunc) == (pytest.approx(-0.9), False, False)
+    obs, *_ = env.step(np.array([0.6, 0.8]))  # norm 1: a full step
+    np.testing.assert_allclose(obs, [0.16, 0.08], atol=1e-6)
+    for _ in range(200):
+        obs, _, _, trunc, _ = env.step(np.array([1.0, 1.0]))
+    assert np.all(obs <= env.bound) and trunc
+    cfg = EnvConfig(id="amago/PointGoal-v0", trial_episodes=3)
+    trial = make_env(cfg, seed=1)
+    goals = []
+    for _ in range(4):
+        trial.reset()
+        seen, done = [trial.unwrapped.goal.copy()], False
+        while not done:
+            _, _, term, trunc, info = trial.step(np.zeros(2, np.float32))
+            done = term or trunc
+            seen.append(trial.unwrapped.goal.copy())
+        assert all(np.array_equal(g, seen[0]) for g in seen)  # one goal per trial
+        assert seen[0][1] >= 0 and np.linalg.norm(seen[0]) == pytest.approx(1.0)
+        goals.append(seen[0])
+    assert len({tuple(g) for g in goals}) == 4  # a fresh goal per trial
 
 
 def test_goal_grid_registered_env_is_goal_conditioned():

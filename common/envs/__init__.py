@@ -7,6 +7,8 @@ Built-in ids (all pure numpy, fast on CPU):
   (:mod:`common.envs.bandit`);
 * ``amago/DarkKeyToDoor-v0`` — meta-RL dark room with an invisible key and door
   (:mod:`common.envs.key_door`);
+* ``amago/PointGoal-v0`` — continuous meta-RL: walk to a hidden goal on a half circle
+  (:mod:`common.envs.point_goal`);
 * ``amago/GoalGrid-v0`` — procedurally generated gridworld with k-goal instructions,
   goal-conditioned (:mod:`common.envs.goal_grid`, :mod:`common.goals`, wrapped by
   :mod:`common.envs.goal_wrapper`).
@@ -28,6 +30,7 @@ _REGISTERED = {
     "amago/MetaBandit-v0": "common.envs.bandit:MetaBandit",
     "amago/DarkKeyToDoor-v0": "common.envs.key_door:DarkKeyToDoor",
     "amago/GoalGrid-v0": "common.envs.goal_grid:make_goal_grid",
+    "amago/PointGoal-v0": "common.envs.point_goal:PointGoal",
 }
 
 for _id, _entry in _REGISTERED.items():
