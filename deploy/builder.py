@@ -163,15 +163,21 @@ def learner_setup(cfg: TrainConfig, spec: EnvSpec, run_dir: Path, use_gpu: bool,
 
 
 def start_learner(
-    cfg: TrainConfig, spec: EnvSpec, broker, run_dir: Path, use_gpu: bool, started: list
+    cfg: TrainConfig,
+    spec: EnvSpec,
+    broker,
+    run_dir: Path,
+    use_gpu: bool,
+    started: list | None = None,
 ):
     """The learner actor (restartable: a restart resumes from the run's newest checkpoint);
     with ``learner.num_learners > 1`` the group that stands for it (:func:`start_learner_group`).
-    What it starts is appended to ``started`` (for :func:`learner.group.release`)."""
+    What it starts is appended to ``started`` if given (for :func:`learner.group.release`)."""
     import ray
 
     from learner.worker import LearnerActor
 
+    started = [] if started is None else started
     if cfg.learner.num_learners > 1:
         group, pg = start_learner_group(cfg, spec, broker, run_dir, use_gpu)
         started += [group, pg]
