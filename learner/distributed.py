@@ -100,7 +100,3 @@ class ProcessGroup:
         box = [obj if self.rank == 0 else None]
         self._dist.broadcast_object_list(box, src=0)
         return box[0]
-
-    def close(self) -> None:
-        if self._dist.is_initialized():
-            self._dist.destroy_process_group()
