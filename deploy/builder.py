@@ -146,23 +146,44 @@ def start_broker():
     return ray.remote(WeightBroker).options(num_cpus=0).remote()
 
 
-def start_learner(cfg: TrainConfig, spec: EnvSpec, broker, run_dir: Path, use_gpu: bool):
-    """The learner actor (restartable: a restart resumes from the run's newest checkpoint)."""
-    import ray
+def learner_setup(cfg: TrainConfig, spec: EnvSpec, run_dir: Path, use_gpu: bool, rank: int = 0):
+    """What learner ``rank`` is built from; each rank's sampler has its own seed (seed + rank)."""
+    from learner.worker import LearnerSetup
 
-    from learner.worker import LearnerActor, LearnerSetup
-
-    setup = LearnerSetup(
+    return LearnerSetup(
         spec=spec,
         # the device Ray placed it for: never "auto" (see learner_placement)
         learner=dataclasses.replace(cfg.learner, device="cuda" if use_gpu else "cpu"),
-        make_sampler=functools.partial(make_sampler, cfg.replay, cfg.learner.seed, spec),
+        make_sampler=functools.partial(make_sampler, cfg.replay, cfg.learner.seed + rank, spec),
         run_dir=str(run_dir),
         resume_from=cfg.run.resume_from,
         metrics_host=cfg.deploy.metrics_host,
         serve_metrics=cfg.deploy.serve_metrics,
     )
-    return (
+
+
+def start_learner(
+    cfg: TrainConfig,
+    spec: EnvSpec,
+    broker,
+    run_dir: Path,
+    use_gpu: bool,
+    started: list | None = None,
+):
+    """The learner actor (restartable: a restart resumes from the run's newest checkpoint);
+    with ``learner.num_learners > 1`` the group that stands for it (:func:`start_learner_group`).
+    What it starts is appended to ``started`` if given (for :func:`learner.group.release`)."""
+    import ray
+
+    from learner.worker import LearnerActor
+
+    started = [] if started is None else started
+    if cfg.learner.num_learners > 1:
+        group, pg = start_learner_group(cfg, spec, broker, run_dir, use_gpu)
+        started += [group, pg]
+        return group
+    setup = learner_setup(cfg, spec, run_dir, use_gpu)
+    learner = (
         ray.remote(LearnerActor)
         .options(
             num_cpus=cfg.learner.worker.num_cpus,
@@ -172,6 +193,19 @@ def start_learner(cfg: TrainConfig, spec: EnvSpec, broker, run_dir: Path, use_gp
         )
         .remote(setup, broker)
     )
+    started.append(learner)
+    return learner
+
+
+def start_learner_group(cfg: TrainConfig, spec: EnvSpec, broker, run_dir: Path, use_gpu: bool):
+    """``(group actor, placement group)``: ``learner.num_learners`` data-parallel ranks on one
+    node behind a :class:`learner.group.LearnerGroup` actor, which the driver supervises as
+    the learner."""
+    from learner.group import start_group
+
+    n, w = cfg.learner.num_learners, cfg.learner.worker
+    setups = [learner_setup(cfg, spec, run_dir, use_gpu, rank=r) for r in range(n)]
+    return start_group(setups, broker, w.num_cpus, 1 if use_gpu else 0)
 
 
 def start_rollout_actor(
@@ -237,8 +271,7 @@ def build_workers(
 
     broker = start_broker()
     started.append(broker)
-    learner = start_learner(cfg, spec, broker, run_dir, use_gpu)
-    started.append(learner)
+    learner = start_learner(cfg, spec, broker, run_dir, use_gpu, started)
     wait_for_learner(learner, use_gpu, cfg.deploy.gpu_wait_s)
     d = cfg.deploy
     strategy = "SPREAD" if (d.ray_address and d.spread_actors) else "DEFAULT"

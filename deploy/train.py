@@ -305,9 +305,11 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path) -> dict:
         runlog.close()
         if sd_temporary:
             Path(sd_path).unlink(missing_ok=True)
+        from learner.group import release
+
         for h in handles:
             with contextlib.suppress(Exception):
-                ray.kill(h)
+                release(h)
         if started_ray:
             ray.shutdown()
     summary["run_dir"] = str(run_dir)

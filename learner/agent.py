@@ -17,7 +17,7 @@ from torch import nn
 from common.spec import EnvSpec
 from learner.config import LearnerConfig
 from learner.losses import symlog
-from learner.model import TimestepEncoder, make_traj_encoder, mlp
+from learner.model import Reduce, TimestepEncoder, make_traj_encoder, mlp
 
 # --------------------------------------------------------------------------- distributions
 
@@ -206,18 +206,24 @@ class PopArt(nn.Module):
         return (y - self.mu) / self.sigma
 
     @torch.no_grad()
-    def update(self, y: torch.Tensor, valid: torch.Tensor) -> None:
-        """Move the statistics toward the masked batch of targets y (..., G), valid (...)."""
+    def update(self, y: torch.Tensor, valid: torch.Tensor, reduce: Reduce | None = None) -> None:
+        """Move the statistics toward the masked batch of targets y (..., G), valid (...).
+        ``reduce`` (data-parallel learners: sums over the ranks) makes the batch every
+        rank's batch together (:meth:`learner.distributed.ProcessGroup.sum_`)."""
         if not self.enabled:
             return
         self.t += 1
         old_sigma, old_mu = self.sigma, self.mu.clone()
         beta = self.beta / (1.0 - (1.0 - self.beta) ** self.t)  # debiased step size
         w = valid.to(y.dtype).unsqueeze(-1)  # (..., 1)
-        n = w.sum().clamp_min(1.0)
         dims = tuple(range(y.dim() - 1))
-        mean = (w * y).sum(dims) / n
-        sq_mean = (w * y * y).sum(dims) / n
+        sums = [w.sum(), (w * y).sum(dims), (w * y * y).sum(dims)]
+        if reduce is not None:
+            sums = reduce(sums)
+        count, y_sum, sq_sum = sums
+        n = count.clamp_min(1.0)
+        mean = y_sum / n
+        sq_mean = sq_sum / n
         self.mu.mul_(1.0 - beta).add_(beta * mean)
         self.nu.mul_(1.0 - beta).add_(beta * sq_mean)
         new_sigma = self.sigma

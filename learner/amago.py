@@ -19,6 +19,14 @@
 
 All randomness (dropout, critic subsets, Gaussian samples) comes from the learner's own torch
 RNG stream (seeded by ``cfg.seed``, saved in checkpoints), not from the process-global one.
+
+Data-parallel (``group``, a :class:`learner.distributed.ProcessGroup`): every rank starts
+from rank 0's parameters and buffers (broadcast at construction and after a restore), the
+gradients are averaged over the ranks after each backward, and PopArt and the observation
+statistics are moved by all ranks' batches together; every rank then holds the same state
+after every update. Ranks other than 0 draw from a stream of their own (seeded from
+``cfg.seed``, the rank and the update count), so their dropout masks and critic subsets differ.
+Without a group none of this runs (the one-learner path is unchanged).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from learner.agent import (
 )
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.config import LearnerConfig
+from learner.distributed import ProcessGroup
 from learner.losses import (
     advantage_filter,
     hlgauss,
@@ -81,7 +90,7 @@ class AmagoLearner:
     :meth:`LearnerConfig.coerce`); it is validated first.
     """
 
-    def __init__(self, spec: EnvSpec, cfg: LearnerConfig):
+    def __init__(self, spec: EnvSpec, cfg: LearnerConfig, group: ProcessGroup | None = None):
         cfg = LearnerConfig.coerce(cfg)
         cfg.validate()
         self.spec, self.cfg = spec, cfg
@@ -101,6 +110,9 @@ class AmagoLearner:
             self._params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
         )
         self._step = 0
+        self.group = group
+        self._reduce = group.sum_ if group is not None else None
+        self._sync_ranks()
         self._loss_fn = torch.compile(self.compute_losses) if cfg.compile else self.compute_losses
 
     # ------------------------------------------------------------------ public API
@@ -142,6 +154,8 @@ class AmagoLearner:
                 out = self._loss_fn(t)
             self.optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
+            if self.group is not None:
+                self.group.mean_grads_(self._params)
             clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(self._params, clip, foreach=True)
             self.optimizer.step()
@@ -214,6 +228,7 @@ class AmagoLearner:
         self._rng_cpu = state["rng_cpu"].clone()
         if self._rng_devices and state.get("rng_cuda") is not None:
             self._rng_cuda = state["rng_cuda"].clone()
+        self._sync_ranks()
 
     def save(self, path: str) -> None:
         """Write a checkpoint (see :mod:`learner.checkpoint`)."""
@@ -256,7 +271,7 @@ class AmagoLearner:
             y = td_target(
                 r, done, v_next, ag.gammas, cfg.reward_scale, subset, "mean" if two_hot else "min"
             )  # (B, T, G)
-            ag.popart.update(y, valid)
+            ag.popart.update(y, valid, self._reduce)
 
         # ---- Q(s, a) of the data action, V(s) under pi, log pi(a|s)
         if discrete:
@@ -355,6 +370,19 @@ class AmagoLearner:
 
     # ------------------------------------------------------------------ helpers
 
+    def _sync_ranks(self) -> None:
+        """Data-parallel: rank 0's agent state on every rank, and a random stream per rank
+        (ranks > 0: seeded from the seed, the rank and the update count)."""
+        if self.group is None:
+            return
+        self.group.broadcast_(list(self.agent.state_dict().values()))
+        if self.group.rank > 0:
+            with torch.random.fork_rng(devices=self._rng_devices):
+                torch.manual_seed(self.cfg.seed + 7919 * self.group.rank + 104729 * self._step)
+                self._rng_cpu = torch.get_rng_state()
+                if self._rng_devices:
+                    self._rng_cuda = torch.cuda.get_rng_state(self.device)
+
     @contextlib.contextmanager
     def _own_rng(self) -> Iterator[None]:
         """Run with the learner's RNG stream, leaving the process-global one untouched."""
@@ -372,7 +400,7 @@ class AmagoLearner:
         if tstep.norm is None or not tstep.vector_keys:
             return
         flat = tstep.flat_vector_obs(t["obs"], 2)  # (B, L, F)
-        tstep.norm.update(flat.reshape(-1, flat.shape[-1]), t["mask"].reshape(-1))
+        tstep.norm.update(flat.reshape(-1, flat.shape[-1]), t["mask"].reshape(-1), self._reduce)
 
     def _to_tensors(self, batch: Batch) -> dict[str, Any]:
         """Batch arrays -> tensors on the learner's device (pinned copy on cuda if set)."""

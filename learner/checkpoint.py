@@ -33,7 +33,7 @@ CHECKPOINT_FORMAT = 1
 
 #: Config fields allowed to differ between the writer and the reader of a checkpoint.
 RUNTIME_FIELDS = frozenset(
-    {"device", "num_threads", "pin_memory", "compile", "worker", "batch_size"}
+    {"device", "num_threads", "pin_memory", "compile", "worker", "batch_size", "num_learners"}
 )
 
 

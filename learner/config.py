@@ -199,6 +199,12 @@ class LearnerConfig:
     compile: bool = False
     # Seed of the parameter init and of the learner's own random stream.
     seed: int = 0
+    # Data-parallel learners: this many learner processes (Ray actors on one node, a
+    # torch.distributed group: gloo on CPU, NCCL on GPU with one GPU each) average their
+    # gradients every update; each samples its own batch_size windows (the update sees
+    # num_learners x batch_size), rank 0 publishes weights and writes checkpoints. 1 = one
+    # learner process, no group (README "Data-parallel learners").
+    num_learners: int = 1
     # Process-level settings of the Ray learner actor (learner/worker.py); unused by the
     # pure learner and ignored when checkpoints compare configs.
     worker: LearnerWorkerConfig = field(default_factory=LearnerWorkerConfig)
@@ -254,6 +260,7 @@ class LearnerConfig:
         require(0.0 <= self.prob_clip < 0.5, "prob_clip", "must be in [0, 0.5)")
         require(self.device in DEVICES, "device", f"must be one of {DEVICES}")
         require(self.num_threads >= 0, "num_threads", "must be >= 0")
+        require(self.num_learners >= 1, "num_learners", "must be >= 1")
         require(self.bf16 in BF16_MODES, "bf16", f"must be one of {BF16_MODES}")
 
     @property

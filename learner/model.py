@@ -36,6 +36,7 @@ Either way a slot's state holds at most L timesteps (a KV ring and/or an input r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,9 @@ from torch import nn
 from common.spec import EnvSpec
 from learner.config import ModelConfig
 from learner.losses import symlog
+
+#: Element-wise sums over data-parallel ranks (:meth:`learner.distributed.ProcessGroup.sum_`).
+Reduce = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
 
 def mlp(d_in: int, d_hidden: int, n_hidden: int, d_out: int) -> nn.Sequential:
@@ -138,14 +142,22 @@ class RunningNorm(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor, valid: torch.Tensor) -> None:
-        """Merge the rows of ``x`` (N, F) where ``valid`` (N,) into the statistics (Chan et al.)."""
+    def update(self, x: torch.Tensor, valid: torch.Tensor, reduce: Reduce | None = None) -> None:
+        """Merge the rows of ``x`` (N, F) where ``valid`` (N,) into the statistics (Chan et al.).
+        ``reduce`` (data-parallel learners: sums over the ranks) merges every rank's rows
+        (two reductions: count and sum, then the squared deviations from their mean)."""
         # no host sync: an all-padding batch leaves the statistics unchanged (n = 0)
         w = valid.to(torch.float64).unsqueeze(-1)  # (N, 1)
-        n = w.sum()
         x = x.to(torch.float64)
-        mean_b = (w * x).sum(0) / n.clamp_min(1.0)
-        var_b = (w * (x - mean_b) ** 2).sum(0) / n.clamp_min(1.0)
+        if reduce is None:
+            n = w.sum()
+            mean_b = (w * x).sum(0) / n.clamp_min(1.0)
+            var_b = (w * (x - mean_b) ** 2).sum(0) / n.clamp_min(1.0)
+        else:
+            n, x_sum = reduce([w.sum(), (w * x).sum(0)])
+            mean_b = x_sum / n.clamp_min(1.0)
+            (dev,) = reduce([(w * (x - mean_b) ** 2).sum(0)])
+            var_b = dev / n.clamp_min(1.0)
         tot = self.count + n
         safe_tot = tot.clamp_min(1.0)
         delta = mean_b - self.mean

@@ -80,3 +80,30 @@ def random_batch(
         policy_version=np.zeros(batch_size, dtype=np.int64),
     )
     return batch
+
+
+class SyntheticSampler:
+    """A :class:`common.core.ReplaySampler` of :func:`random_batch` windows (full rows) from
+    its own seeded generator: the learner's real sampling path without a replay service, for
+    tests and benchmarks. ``stats()`` counts what it sampled."""
+
+    def __init__(self, spec: EnvSpec, length: int, seed: int):
+        self.spec, self.length = spec, length
+        self.rng = np.random.default_rng(seed)
+        self.windows = self.timesteps = 0
+
+    def sample(self, batch_size: int, timeout_s: float | None = None) -> Batch:
+        batch = random_batch(self.spec, batch_size, self.length, self.rng)
+        self.windows += batch_size
+        self.timesteps += int(batch.mask.sum())
+        return batch
+
+    def stats(self):
+        from common.replay import ReplayStats
+
+        return ReplayStats(sampled_windows=self.windows, sampled_timesteps=self.timesteps)
+
+
+def synthetic_sampler(spec: EnvSpec, length: int, seed: int) -> SyntheticSampler:
+    """Sampler factory (picklable through ``functools.partial``) for ``LearnerSetup``."""
+    return SyntheticSampler(spec, length, seed)

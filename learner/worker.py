@@ -6,6 +6,14 @@ relabeling overlap the update. Weights are published through
 :class:`common.weights.WeightPublisher` every ``publish_every`` updates with ONE ``ray.put``
 per version; checkpoints are written every ``checkpoint_every_min`` minutes. Each ``train``
 call answers with a :class:`common.reports.LearnerReport`.
+
+A rank of a data-parallel group (``LearnerSetup.rendezvous``, see :mod:`learner.group`)
+joins the group's ``torch.distributed`` process group before building its learner, starts
+from the checkpoint rank 0 names, and takes each update together with the other ranks: before
+every update the ranks agree (one small all-reduce) whether all have a batch and whether any
+wants to end the call, so they always run the same number of updates. Only rank 0 publishes
+weights, writes checkpoints and serves metrics; its report counts the group's updates once and
+the timesteps of every rank's batches.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from common.reports import LearnerReport
 from common.spec import EnvSpec
 from common.weights import WeightPublisher
 from learner.config import LearnerConfig
+from learner.distributed import Rendezvous
 
 log = logging.getLogger(__name__)
 
@@ -87,38 +96,50 @@ class LearnerSetup:
     resume_from: str = ""  # checkpoint file or run directory to continue from ("" = fresh)
     metrics_host: str = "127.0.0.1"
     serve_metrics: bool = True
+    rendezvous: Rendezvous | None = None  # a rank of a data-parallel group (None = alone)
 
 
 class LearnerActor:
     def __init__(self, setup: LearnerSetup, broker) -> None:
         import torch
 
-        from learner.amago import AmagoLearner
+        from learner.amago import AmagoLearner, resolve_device
         from learner.checkpoint import latest_checkpoint
 
         cfg = setup.learner
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
         self.setup, self.cfg = setup, cfg
-        self.learner = AmagoLearner(setup.spec, cfg)
+        self.group = None
+        if setup.rendezvous is not None:
+            from learner.distributed import ProcessGroup
+
+            self.group = ProcessGroup(setup.rendezvous, resolve_device(cfg.device))
+        self.rank = self.group.rank if self.group is not None else 0
+        self.learner = AmagoLearner(setup.spec, cfg, self.group)
         self.ckpt_dir = Path(setup.run_dir) / "checkpoints"
         # A restarted learner (Ray re-runs this constructor) resumes from this run's newest
-        # checkpoint; a fresh one from ``resume_from`` if given.
+        # checkpoint; a fresh one from ``resume_from`` if given. Every rank of a group
+        # restores the one rank 0 found.
         self.resumed_from = latest_checkpoint(str(self.ckpt_dir)) or (
             latest_checkpoint(setup.resume_from) if setup.resume_from else None
         )
+        if self.group is not None:
+            self.resumed_from = self.group.broadcast_object(self.resumed_from)
         if setup.resume_from and self.resumed_from is None:
             raise FileNotFoundError(f"resume_from: no checkpoint at {setup.resume_from!r}")
         if self.resumed_from:
             self.learner.restore(self.resumed_from)
             log.warning("learner resumed from %s (update %d)", self.resumed_from, self.version())
         self.incarnation = secrets.token_hex(6)  # new in every (re)started process
+        self.metrics = Metrics()  # before the prefetcher, whose thread counts into it
         self.sampler = setup.make_sampler()
         self.prefetcher = Prefetcher(self._sample_once, cfg.worker.prefetch_batches)
+        self._held: Batch | None = None  # a rank's batch kept for the group's next update
         self._last_ckpt = time.monotonic()
-        self.metrics = Metrics()
-        self.metrics_port = self.metrics.serve(setup.metrics_host) if setup.serve_metrics else 0
-        self.weights = WeightPublisher(broker)
+        serve = setup.serve_metrics and self.rank == 0  # one endpoint per group
+        self.metrics_port = self.metrics.serve(setup.metrics_host) if serve else 0
+        self.weights = WeightPublisher(broker) if self.rank == 0 else None
         self.publish(restart=True)  # replaces the weights of a learner that died, if any
 
     def _sample_once(self) -> Batch | None:
@@ -134,14 +155,21 @@ class LearnerActor:
 
     # -- weights and checkpoints ---------------------------------------------------------
     def publish(self, restart: bool = False) -> int:
+        """Publish the current weights (rank 0 of a group only; the others' are the same)."""
         v = self.learner.version
-        if self.weights.publish(v, self.learner.policy_weights(), restart):
+        if self.weights is not None and self.weights.publish(
+            v, self.learner.policy_weights(), restart
+        ):
             self.metrics.set("amago_learner_policy_version", v)
         return v
 
     def checkpoint(self) -> str:
+        """Write a checkpoint; its path ("" on ranks other than 0: they hold the same state)."""
         from learner.checkpoint import checkpoint_name, list_checkpoints
 
+        if self.rank != 0:
+            self._last_ckpt = time.monotonic()
+            return ""
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / checkpoint_name(self.learner.version)
         self.learner.save(str(path))
@@ -158,16 +186,23 @@ class LearnerActor:
         pending: list = []
         done, waited, age_sum, seq_steps = 0, 0.0, 0.0, 0
         t_start = time.perf_counter()
-        while done < n_updates and time.monotonic() < t_end:
-            t0 = time.perf_counter()
-            batch = self.prefetcher.get(timeout=min(1.0, max(t_end - time.monotonic(), 0.01)))
-            waited += time.perf_counter() - t0
-            if batch is None:
+        while True:
+            stop = done >= n_updates or time.monotonic() >= t_end
+            if self._held is None and not stop:
+                t0 = time.perf_counter()
+                wait = min(1.0, max(t_end - time.monotonic(), 0.01))
+                self._held = self.prefetcher.get(timeout=wait)
+                waited += time.perf_counter() - t0
+            go, stop, steps = self._agree(stop)
+            if stop:
+                break
+            if not go:
                 continue
+            batch, self._held = self._held, None
             # metrics stay on the device until the call ends: no host sync per update
             pending.append(self.learner.train_step_deferred(batch))
             age_sum += float(np.mean(self.learner.version - batch.policy_version))
-            seq_steps += int(batch.mask.sum())
+            seq_steps += steps
             done += 1
             if self.learner.version % self.cfg.worker.publish_every == 0:
                 self.publish()
@@ -192,6 +227,23 @@ class LearnerActor:
             replay=self.replay_stats(),
             losses=means,
         )
+
+    def _agree(self, stop: bool) -> tuple[bool, bool, int]:
+        """``(update now, end the call, timesteps of the update's batches)``: this learner's
+        own answer, or the group's (all ranks hold a batch; any rank wants to stop; the
+        timesteps summed over the ranks) from one all-reduce."""
+        held = self._held
+        steps = int(held.mask.sum()) if held is not None else 0
+        if self.group is None:
+            return held is not None, stop, steps
+        import torch
+
+        flags = torch.tensor([float(held is not None), float(stop), float(steps)])
+        if self.group.backend == "nccl":
+            flags = flags.to(self.learner.device)
+        (flags,) = self.group.sum_([flags])
+        ready, stops, total = flags.cpu().tolist()
+        return int(ready) == self.group.world_size, stops > 0, int(total)
 
     def _export(self, means: dict, done: int, seq_steps: int, waited: float, age: float) -> None:
         m = self.metrics

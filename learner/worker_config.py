@@ -18,6 +18,9 @@ class LearnerWorkerConfig:
     # Ray restarts of a crashed learner; a restarted learner resumes from this run's newest
     # checkpoint (so a crash costs at most checkpoint_every_min of updates).
     max_restarts: int = 2
+    # Data-parallel learners (learner.num_learners > 1): a rank stuck this long in a
+    # collective or in the group's rendezvous fails, and the group restarts (seconds).
+    group_timeout_s: float = 120.0
 
     def validate(self) -> None:
         require(self.prefetch_batches >= 1, "prefetch_batches", "must be >= 1")
@@ -27,3 +30,4 @@ class LearnerWorkerConfig:
         require(self.num_cpus >= 0, "num_cpus", "must be >= 0")
         require(self.sample_timeout_s > 0, "sample_timeout_s", "must be > 0")
         require(self.max_restarts >= 0, "max_restarts", "must be >= 0")
+        require(self.group_timeout_s > 0, "group_timeout_s", "must be > 0")

@@ -46,6 +46,27 @@ def test_tmaze_reaches_the_optimal_return(tmp_path):
     assert summary["actor_restarts"] == 0
 
 
+def test_tmaze_with_two_data_parallel_learners(tmp_path):
+    """The same T-Maze threshold with ``learner.num_learners=2``: two learner ranks (gloo)
+    averaging gradients, each sampling its own batches from the shared replay. Stops at the
+    first greedy evaluation at the optimum."""
+    cfg = load_config(
+        "experiment=tmaze",
+        "learner.num_learners=2",
+        "learner.worker.num_cpus=0.5",  # two ranks and two rollout actors on 2 logical CPUs
+        "run.max_env_steps=80000",
+        "run.max_seconds=240",
+        *COMMON,
+        "run.eval_every_s=8",
+    )
+    summary = run_training(cfg, tmp_path)
+    keys = ("env_steps", "updates", "train_seconds", "final_eval_return", "solved")
+    print({k: summary[k] for k in keys})
+    assert summary["final_eval_return"] >= 0.95
+    assert summary["learner_restarts"] == 0 and summary["actor_restarts"] == 0
+    assert summary["final_checkpoint"].endswith(".pt")  # rank 0's, at the group's version
+
+
 def test_meta_bandit_explores_in_context(tmp_path):
     """5-armed meta-bandit, 20-pull trials: late-trial reward per pull clearly above the best
     any memoryless policy can get (0.26 = mean arm payoff: it cannot tell tasks apart)."""
