@@ -384,6 +384,17 @@ class Sampler:
         """Live trajectories per task ("" = untagged) as this sampler's index last saw them."""
         return self._index.task_counts()
 
+    def content(self) -> tuple[int, int]:
+        """(trajectories, timesteps) live as this sampler's index last saw them (no round
+        trip; refreshed by every sample)."""
+        idx = self._index
+        return len(idx.live()), int(idx.lens.sum())
+
+    def refund(self, batch: Batch) -> None:
+        """Un-count a batch this sampler returned but the caller discarded (its real
+        timesteps and windows come off the shared sample counters)."""
+        self._adjust(-int(batch.mask.sum()), -len(batch.mask))
+
     # -- steps of sample() -------------------------------------------------------------
 
     def _reserve_and_fetch(

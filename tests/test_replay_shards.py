@@ -1,0 +1,338 @@
+"""Sharded replay (replay_service.shards): placement by token hash, idempotent retries, per-shard
+capacity, sampling in proportion to content, the rate limiter across shards, and shard outages
+(fakeredis servers for the routing logic; three embedded Valkey servers end to end, one of
+them restarted mid-run)."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+import zlib
+
+import fakeredis
+import numpy as np
+import pytest
+
+from common.config_utils import ConfigError
+from replay_service import (
+    EmbeddedServer,
+    RateLimitConfig,
+    RateLimitTimeout,
+    RedisConfig,
+    ReplayConfig,
+    ReplayUnavailable,
+    connect,
+)
+from replay_service.shards import ShardedSampler, ShardedStore, connect_shards, shard_of
+
+K = 3
+URLS = [f"redis://127.0.0.1:{6400 + k}" for k in range(K)]  # fakeredis tests: never dialled
+
+
+def sharded_cfg(urls=URLS, **kw) -> ReplayConfig:
+    ns = f"s{uuid.uuid4().hex[:10]}"
+    base = RedisConfig(url=urls[0], shards=list(urls[1:]), namespace=ns, retries=0)
+    if "redis" in kw:
+        base = dataclasses.replace(base, **kw.pop("redis"))
+    return ReplayConfig(redis=base, **kw)
+
+
+@pytest.fixture
+def fake():
+    """K separate fakeredis servers and a client of each."""
+    servers = [fakeredis.FakeServer() for _ in range(K)]
+    return servers, [fakeredis.FakeRedis(server=s) for s in servers]
+
+
+def shard_tokens(k: int, n: int, prefix: str = "tok") -> list[str]:
+    """``n`` tokens that all hash to shard ``k`` of K."""
+    out, i = [], 0
+    while len(out) < n:
+        t = f"{prefix}-{i}"
+        if shard_of(t, K) == k:
+            out.append(t)
+        i += 1
+    return out
+
+
+# -- config ------------------------------------------------------------------------------
+
+
+def test_shard_config_splits_capacity_and_keeps_the_limiter_tolerance():
+    cfg = sharded_cfg(
+        max_steps=30_000,
+        max_bytes=3 * 2**20,
+        max_traj_steps=100,
+        max_record_bytes=2**20,
+        rate_limit=RateLimitConfig(samples_per_insert=4.0, min_size_steps=100),
+    )
+    cfg.validate()
+    assert cfg.num_shards == K and cfg.redis.urls == URLS
+    s = cfg.shard(2)
+    assert s.redis.url == URLS[2] and s.redis.shards == [] and s.num_shards == 1
+    assert (s.max_steps, s.max_bytes, s.rate_limit.min_size_steps) == (10_000, 2**20, 34)
+    assert s.rate_limit.error_buffer == cfg.effective_error_buffer()  # the global one
+    assert s.redis.namespace == cfg.redis.namespace
+    assert "shards=['redis://127.0.0.1:6401'" in repr(cfg.redis)
+
+
+@pytest.mark.parametrize(
+    "redis_kw, other, field",
+    [
+        (dict(url="", shards=["redis://a:1"]), {}, "redis.shards"),
+        (dict(url="redis://a:1", shards=["http://b:1"]), {}, "redis.shards[0]"),
+        (dict(url="redis://a:1", shards=["redis://a:1"]), {}, "redis.shards"),
+        (dict(url="redis://a:1", shards=["redis://b:1"]), {"max_steps": 15_000}, "max_traj_steps"),
+        (dict(url="redis://a:1", shards=["redis://b:1"]), {"shard_backlog": -1}, "shard_backlog"),
+    ],
+)
+def test_bad_shard_configs_fail_naming_the_field(redis_kw, other, field):
+    cfg = ReplayConfig(redis=RedisConfig(**redis_kw), max_traj_steps=10_000, **other)
+    with pytest.raises(ConfigError) as e:
+        cfg.validate()
+    assert e.value.field == field
+    assert "\n" not in str(e.value)
+
+
+# -- placement, idempotency, capacity (fakeredis) ------------------------------------------
+
+
+def test_inserts_spread_by_token_hash_and_retries_land_once(fake, make_trajectory):
+    _, clients = fake
+    cfg = sharded_cfg(max_traj_steps=100)
+    store = ShardedStore(clients, cfg)
+    tokens = [f"rollout-{i}" for i in range(300)]
+    ids = store.insert_many([make_trajectory(5, tag=i) for i in range(300)], tokens=tokens)
+    assert shard_of("rollout-7", K) == zlib.crc32(b"rollout-7") % K  # stable, not hash()
+    assert [i % K for i in ids] == [shard_of(t, K) for t in tokens]
+    counts = [s.stats().trajectories for s in store.stores]
+    assert sum(counts) == 300 and min(counts) >= 70, counts  # ~100 each
+    # a retry (same token) returns the same id and stores nothing
+    again = store.insert(make_trajectory(5, tag=7), token="rollout-7")
+    assert again == ids[7]
+    st = store.stats()
+    assert st.trajectories == st.inserted_trajectories == 300
+    assert st.shard_timesteps == [5 * c for c in counts]
+
+
+def test_each_shard_evicts_fifo_at_its_share_of_capacity(fake, make_trajectory):
+    _, clients = fake
+    cfg = sharded_cfg(max_steps=300, max_traj_steps=10)
+    store = ShardedStore(clients, cfg)
+    for i in range(200):
+        store.insert(make_trajectory(10, tag=i), token=f"t{i}")
+    per = [s.stats() for s in store.stores]
+    assert all(p.timesteps <= 100 for p in per), [p.timesteps for p in per]
+    assert all(p.timesteps >= 90 and p.evicted_trajectories > 0 for p in per)
+    # what is left on each shard is its newest inserts (FIFO)
+    for k, s in enumerate(store.stores):
+        mine = [i for i in range(200) if shard_of(f"t{i}", K) == k]
+        assert s.stats().trajectories == 10
+        assert len(mine) - s.stats().evicted_trajectories == 10
+
+
+# -- sampling (fakeredis) -------------------------------------------------------------------
+
+
+def test_samples_come_from_shards_in_proportion_to_their_content(fake, make_trajectory):
+    _, clients = fake
+    cfg = sharded_cfg(max_traj_steps=50, max_seq_len=4, batch_size=30)
+    store = ShardedStore(clients, cfg)
+    sizes = [10, 20, 40]  # trajectories per shard
+    for k, n in enumerate(sizes):
+        toks = shard_tokens(k, n, prefix=f"p{k}")
+        store.insert_many([make_trajectory(8, tag=k) for _ in toks], tokens=toks)
+    sampler = ShardedSampler(clients, cfg, seed=1)
+    seen = np.zeros(K)
+    for _ in range(60):
+        batch = sampler.sample(30)
+        assert batch.obs["observation"].shape[:2] == (30, 4)
+        tags = batch.obs["observation"][:, 0, 0] // 1000  # obs = tag * 1000 + t
+        seen += np.bincount(tags.astype(int), minlength=K)
+    share = seen / seen.sum()
+    assert np.allclose(share, np.array(sizes) / sum(sizes), atol=0.04), share
+    assert sampler.rows == seen.astype(int).tolist()
+    st = sampler.stats()
+    assert st.sampled_windows == 60 * 30 and st.shard_outages == 0
+
+
+def test_a_refusing_shard_is_left_out_and_its_rows_drawn_elsewhere(fake, make_trajectory):
+    _, clients = fake
+    cfg = sharded_cfg(max_traj_steps=50, max_seq_len=4, batch_size=12)
+    store = ShardedStore(clients, cfg)
+    for k in (0, 1):  # shard 2 stays empty
+        toks = shard_tokens(k, 5, prefix=f"r{k}")
+        store.insert_many([make_trajectory(6, tag=k) for _ in toks], tokens=toks)
+    sampler = ShardedSampler(clients, cfg, seed=0)
+    for _ in range(5):
+        assert len(sampler.sample(12, timeout_s=0).mask) == 12
+    assert sampler.rows[2] == 0 and sum(sampler.rows) == 60
+    empty = ShardedSampler(
+        [fakeredis.FakeRedis(server=fakeredis.FakeServer()) for _ in range(K)], cfg
+    )
+    with pytest.raises(RateLimitTimeout):
+        empty.sample(4, timeout_s=0.05)
+
+
+def test_rate_limiter_holds_globally_and_never_deadlocks(fake, make_trajectory):
+    """Each shard limits its own I/S with the same spi; proportional sampling keeps the
+    shards' ratios equal, so the global sampled/inserted ratio tracks spi within K error
+    buffers, and a writer refused by its shard's limiter is always unblocked by sampling."""
+    _, clients = fake
+    spi, L, n = 2.0, 4, 8
+    cfg = sharded_cfg(
+        max_traj_steps=n,
+        max_seq_len=L,
+        batch_size=6,
+        rate_limit=RateLimitConfig(samples_per_insert=spi, min_size_steps=3 * n),
+    )
+    eb = cfg.effective_error_buffer()
+    store, sampler = ShardedStore(clients, cfg), ShardedSampler(clients, cfg, seed=3)
+    blocked_writes = 0
+    for i in range(400):
+        try:
+            store.insert(make_trajectory(n, tag=i % 7), timeout_s=0, token=f"rl{i}")
+        except RateLimitTimeout:
+            blocked_writes += 1
+            for _ in range(50):  # the writer's shard accepts samples: sampling never refuses
+                sampler.sample(6, timeout_s=0)
+                try:
+                    store.insert(make_trajectory(n, tag=i % 7), timeout_s=0, token=f"rl{i}")
+                    break
+                except RateLimitTimeout:
+                    continue
+            else:
+                raise AssertionError("the writer stayed blocked")
+        if i % 3 == 0:
+            try:
+                sampler.sample(6, timeout_s=0)
+            except RateLimitTimeout:
+                pass
+    assert blocked_writes > 0  # the limiter did bite
+    st = store.stats()
+    diff = st.inserted_timesteps * spi - st.sampled_timesteps
+    target = spi * sum(s.config.rate_limit.min_size_steps for s in store.stores)
+    assert abs(diff - target) <= K * eb + spi * n + 6 * L, (diff, target, eb)
+    per = [s.stats() for s in store.stores]
+    ratios = [p.sampled_timesteps / p.inserted_timesteps for p in per]
+    assert max(ratios) - min(ratios) < 0.3, ratios
+    assert abs(st.samples_per_insert - spi) < 0.3
+
+
+# -- outages (fakeredis: a server that refuses connections) ------------------------------
+
+
+def test_a_down_shard_parks_its_inserts_and_sampling_goes_on(fake, make_trajectory):
+    servers, clients = fake
+    t = [0.0]
+    cfg = sharded_cfg(max_traj_steps=50, max_seq_len=4, batch_size=9, shard_backlog=50)
+    store = ShardedStore(clients, cfg, clock=lambda: t[0])
+    sampler = ShardedSampler(clients, cfg, seed=0, clock=lambda: t[0])
+    store.insert_many(
+        [make_trajectory(6, tag=1) for _ in range(30)], tokens=[f"a{i}" for i in range(30)]
+    )
+    sampler.sample(9)
+    servers[1].connected = False  # shard 1 goes down
+    tokens = [f"b{i}" for i in range(30)]
+    ids = store.insert_many([make_trajectory(6, tag=2) for _ in range(30)], tokens=tokens)
+    on1 = [i for i, tok in enumerate(tokens) if shard_of(tok, K) == 1]
+    assert on1 and all(ids[i] == -1 for i in on1)
+    assert all(ids[i] >= 0 for i in range(30) if i not in on1)
+    assert store.parked == len(on1) and store.health.outages == 1
+    for _ in range(5):  # sampling continues from shards 0 and 2
+        assert len(sampler.sample(9).mask) == 9
+    assert sampler.health.is_down(1) and sampler.stats().shard_outages >= 1
+    servers[1].connected = True
+    t[0] += 1.0  # past the retry time
+    store.insert(make_trajectory(6, tag=3), token="c0")  # flushes the backlog first
+    assert store.parked == 0
+    st = store.stats()
+    assert st.trajectories == st.inserted_trajectories == 61
+    # a backlog that is full: inserts to the dead shard raise, the others still go in
+    servers[2].connected = False
+    small = ShardedStore(clients, dataclasses.replace(cfg, shard_backlog=0), clock=lambda: t[0])
+    tok2 = shard_tokens(2, 1, prefix="d")[0]
+    with pytest.raises(ReplayUnavailable):
+        small.insert(make_trajectory(6), token=tok2)
+    servers[2].connected = True
+    t[0] += 10.0
+    for _ in range(3):  # the sampler retries shard 1 and 2 and finds them back
+        sampler.sample(9)
+    assert not sampler.health.down()
+
+
+# -- three embedded Valkey servers ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def valkeys(tmp_path_factory):
+    """Three embedded servers sharing one password; shard 1 persists (it gets restarted)."""
+    pw = "shard-test-password"
+    data = tmp_path_factory.mktemp("shard1")
+    servers = [
+        EmbeddedServer(password=pw, data_dir=data if k == 1 else None).start() for k in range(K)
+    ]
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+def valkey_cfg(servers, **kw) -> ReplayConfig:
+    urls = [s.url for s in servers]
+    return sharded_cfg(urls, redis={"password": servers[0].password}, **kw)
+
+
+def test_three_valkeys_end_to_end(valkeys, make_trajectory):
+    cfg = valkey_cfg(valkeys, max_steps=1_500, max_traj_steps=20, max_seq_len=8, batch_size=24)
+    clients = connect_shards(cfg)
+    store, sampler = ShardedStore(clients, cfg), ShardedSampler(clients, cfg, seed=0)
+    tokens = [f"v{i}" for i in range(150)]
+    ids = store.insert_many([make_trajectory(20, tag=i % 9) for i in range(150)], tokens=tokens)
+    assert store.insert(make_trajectory(20), token="v3") == ids[3]  # idempotent retry
+    per = [s.stats() for s in store.stores]
+    assert all(p.timesteps <= 500 and p.evicted_trajectories > 0 for p in per)  # 1/3 each
+    for k in range(K):  # every shard's data really is on its own server
+        own = connect(cfg.redis.shard(k))
+        assert int(own.hget(store.stores[k].keys.meta, "count")) == per[k].trajectories
+    for _ in range(20):
+        b = sampler.sample(24)
+        assert b.mask.shape == (24, 8) and b.mask.all()
+    assert all(r > 60 for r in sampler.rows), sampler.rows
+    st = sampler.stats()
+    assert st.sampled_windows == 480 and st.trajectories == sum(p.trajectories for p in per)
+
+
+def test_one_shard_restarted_mid_run_costs_only_its_inserts(valkeys, make_trajectory):
+    """Shard 1 stops while a writer inserts and a sampler samples: only shard 1's inserts
+    wait (parked, then stored exactly once when it is back), sampling goes on from shards 0
+    and 2, and nothing stored anywhere is lost (shard 1 persists)."""
+    cfg = valkey_cfg(valkeys, max_traj_steps=20, max_seq_len=8, batch_size=12)
+    clients = connect_shards(cfg)
+    store = ShardedStore(clients, cfg, retry_s=0.05, max_retry_s=0.2)
+    sampler = ShardedSampler(clients, cfg, seed=0, retry_s=0.05, max_retry_s=0.2)
+    tokens = [f"f{i}" for i in range(240)]
+    for i in range(80):
+        store.insert(make_trajectory(10, tag=i % 9), token=tokens[i])
+    sampler.sample(12)
+    valkeys[1].stop()
+    rows_before = list(sampler.rows)
+    for i in range(80, 160):
+        store.insert(make_trajectory(10, tag=i % 9), token=tokens[i])
+        if i % 8 == 0:
+            assert len(sampler.sample(12).mask) == 12  # from the live shards
+    parked = store.parked
+    assert parked == sum(1 for t in tokens[80:160] if shard_of(t, K) == 1) and parked > 0
+    assert store.health.outages >= 1 and sampler.health.outages >= 1
+    assert sampler.rows[1] == rows_before[1]  # nothing drawn from the dead shard
+    valkeys[1].start()
+    for i in range(160, 240):
+        store.insert(make_trajectory(10, tag=i % 9), token=tokens[i])
+        if i % 8 == 0:
+            sampler.sample(12)
+    assert store.parked == 0
+    st = store.stats()
+    assert st.trajectories == st.inserted_trajectories == 240  # each exactly once
+    # a retry of everything stores nothing new
+    store.insert_many([make_trajectory(10) for _ in tokens], tokens=tokens)
+    assert store.stats().inserted_trajectories == 240
+    assert sampler.rows[1] > rows_before[1]  # shard 1 is sampled again
