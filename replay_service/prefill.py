@@ -64,7 +64,9 @@ def prefill_namespace(namespace: str) -> str:
 
 def partition_config(cfg: ReplayConfig) -> ReplayConfig:
     """The config of the prefill partition of ``cfg``'s namespace: no eviction, no limiter."""
-    redis_cfg = dataclasses.replace(cfg.redis, namespace=prefill_namespace(cfg.redis.namespace))
+    redis_cfg = dataclasses.replace(  # a sharded replay keeps it on shard 0 (redis.url)
+        cfg.redis, namespace=prefill_namespace(cfg.redis.namespace), shards=[]
+    )
     return dataclasses.replace(
         cfg,
         redis=redis_cfg,
@@ -281,11 +283,19 @@ def make_mixed_sampler(
     spec: EnvSpec | None = None,
 ) -> MixedSampler:
     """The learner's sampler when ``cfg.prefill.mix > 0``: fresh and prefill samplers on one
-    client (the same relabeling, the same spec check), mixed."""
+    client (the same relabeling, the same spec check), mixed. With a sharded replay the
+    fresh sampler draws from every shard and the prefill partition is on shard 0
+    (``client``)."""
     from replay_service.sampler import Sampler
+    from replay_service.shards import ShardedSampler, connect_shards
 
     fresh_cfg, _ = fresh_rate_limit(cfg)
-    fresh = Sampler(client, fresh_cfg, relabel=relabel, seed=seed, spec=spec)
+    if fresh_cfg.num_shards > 1:
+        fresh = ShardedSampler(
+            [client, *connect_shards(fresh_cfg)[1:]], fresh_cfg, relabel, seed, spec
+        )
+    else:
+        fresh = Sampler(client, fresh_cfg, relabel=relabel, seed=seed, spec=spec)
     pre_seed = None if seed is None else seed + 7919
     prefill = Sampler(client, partition_config(cfg), relabel=relabel, seed=pre_seed, spec=spec)
     return MixedSampler(fresh, prefill, cfg.prefill.mix, seed=None if seed is None else seed + 1)

@@ -336,3 +336,50 @@ def test_one_shard_restarted_mid_run_costs_only_its_inserts(valkeys, make_trajec
     store.insert_many([make_trajectory(10) for _ in tokens], tokens=tokens)
     assert store.stats().inserted_trajectories == 240
     assert sampler.rows[1] > rows_before[1]  # shard 1 is sampled again
+
+
+# -- the run's wiring: K embedded servers, sharded writers and samplers ---------------------
+
+
+def test_a_run_with_embedded_shards_gets_sharded_workers(make_trajectory):
+    from deploy.builder import make_sampler, make_writer
+    from deploy.config import compose
+    from deploy.train import replay_endpoint
+
+    cfg = compose(["experiment=bandit", "deploy.embedded_shards=3", "replay.redis.namespace=k3"])
+    cfg.validate()
+    with replay_endpoint(cfg) as run_cfg:
+        r = run_cfg.replay
+        assert r.num_shards == 3 and len(set(r.redis.urls)) == 3 and r.redis.password
+        writer, sampler = make_writer(r), make_sampler(r, seed=0)
+        assert isinstance(writer, ShardedStore) and isinstance(sampler, ShardedSampler)
+        spi_free = dataclasses.replace(r, rate_limit=RateLimitConfig(min_size_steps=1))
+        writer, sampler = make_writer(spi_free), make_sampler(spi_free, seed=0)
+        writer.insert_many([make_trajectory(6) for _ in range(30)])
+        assert all(s.stats().trajectories > 0 for s in writer.stores)
+        assert len(sampler.sample(4).mask) == 4
+    # one server (the default) builds exactly today's classes
+    with replay_endpoint(compose(["experiment=bandit"])) as one:
+        from replay_service import ReplayStore, Sampler
+
+        assert one.replay.num_shards == 1
+        assert type(make_writer(one.replay)) is ReplayStore
+        assert type(make_sampler(one.replay, seed=0)) is Sampler
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (["deploy.embedded_shards=0"], "deploy.embedded_shards"),
+        (["deploy.embedded_shards=2", "replay.redis.url=redis://a:1"], "deploy.embedded_shards"),
+        (["deploy.embedded_shards=4", "replay.max_steps=30000"], "replay.max_traj_steps"),
+        (["deploy.embedded_shards=2", "run.dump_replay_on_exit=true"], "run.dump_replay_on_exit"),
+    ],
+)
+def test_bad_embedded_shard_settings_fail_at_start_up(overrides, field):
+    from deploy.config import compose
+
+    cfg = compose(["experiment=bandit", *overrides])
+    with pytest.raises(ConfigError) as e:
+        cfg.validate()
+    assert e.value.field == field and "\n" not in str(e.value)
