@@ -62,6 +62,10 @@ class DeployConfig:
     # config leaves the password empty (the password never enters the saved config.yaml).
     # "" = don't read one. `make cluster-up`, the launcher YAML and KubeRay set it on every node.
     redis_password_env: str = ""
+    # Name of an environment variable holding more replay servers (comma-separated URLs),
+    # read at startup into replay.redis.shards when the config lists none (a sharded replay:
+    # `make cluster-up REDIS_SHARDS=3` exports AMAGO_REDIS_SHARDS). "" = don't read one.
+    redis_shards_env: str = ""
     # Refuse to start an embedded Redis when replay.redis.url is empty (cluster runs: actors
     # on other nodes must reach the cluster's own Redis).
     require_external_redis: bool = False
@@ -289,14 +293,25 @@ def derive_defaults(
 
 
 def resolve_environment(cfg: TrainConfig, environ: Mapping[str, str] | None = None) -> TrainConfig:
-    """``cfg`` with the values the config asks to read from the environment filled in (so far:
-    the Redis password named by ``deploy.redis_password_env``, when the config has none)."""
+    """``cfg`` with the values the config asks to read from the environment filled in: the
+    Redis password named by ``deploy.redis_password_env`` and the replay shards named by
+    ``deploy.redis_shards_env`` (each when the config has none; shards read are checked as
+    the config's own would be: ``ConfigError`` naming ``replay.*``)."""
     environ = os.environ if environ is None else environ
+    redis = cfg.replay.redis
     name = cfg.deploy.redis_password_env
-    if not name or cfg.replay.redis.password or not environ.get(name):
+    if name and not redis.password and environ.get(name):
+        redis = dataclasses.replace(redis, password=environ[name])
+    name = cfg.deploy.redis_shards_env
+    shards = [u.strip() for u in environ.get(name, "").split(",") if u.strip()] if name else []
+    if shards and not redis.shards:
+        redis = dataclasses.replace(redis, shards=shards)
+    if redis is cfg.replay.redis:
         return cfg
-    redis = dataclasses.replace(cfg.replay.redis, password=environ[name])
-    return dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, redis=redis))
+    replay = dataclasses.replace(cfg.replay, redis=redis)
+    if redis.shards is not cfg.replay.redis.shards:
+        prefixed("replay", replay.validate)
+    return dataclasses.replace(cfg, replay=replay)
 
 
 def prepare(cfg: TrainConfig) -> tuple[TrainConfig, EnvSpec, list[Derived]]:
