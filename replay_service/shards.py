@@ -63,7 +63,7 @@ from common.spec import EnvSpec
 from replay_service.config import ReplayConfig
 from replay_service.errors import RateLimitTimeout, ReplayBackpressure, ReplayUnavailable
 from replay_service.relabel import Relabeler
-from replay_service.sampler import Sampler
+from replay_service.sampler import Sampler, concat_batches
 from replay_service.stats import RateMeter
 from replay_service.store import ReplayStore
 
@@ -353,8 +353,6 @@ class ShardedSampler:
         """A batch of ``batch_size`` windows from the shards (module doc). Waits up to
         ``timeout_s`` while every reachable shard refuses, then refunds and raises
         ``RateLimitTimeout``; raises ``ReplayUnavailable`` if no shard can be reached."""
-        from replay_service.prefill import concat_batches
-
         b = self._cfg.batch_size if batch_size is None else int(batch_size)
         if b < 1:
             raise ValueError(f"batch_size must be >= 1, got {b}")
