@@ -6,6 +6,7 @@ them restarted mid-run)."""
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 import zlib
 
@@ -189,7 +190,7 @@ def test_rate_limiter_holds_globally_and_never_deadlocks(fake, make_trajectory):
     eb = cfg.effective_error_buffer()
     store, sampler = ShardedStore(clients, cfg), ShardedSampler(clients, cfg, seed=3)
     blocked_writes = 0
-    for i in range(400):
+    for i in range(250):
         try:
             store.insert(make_trajectory(n, tag=i % 7), timeout_s=0, token=f"rl{i}")
         except RateLimitTimeout:
@@ -329,6 +330,10 @@ def test_one_shard_restarted_mid_run_costs_only_its_inserts(valkeys, make_trajec
         store.insert(make_trajectory(10, tag=i % 9), token=tokens[i])
         if i % 8 == 0:
             sampler.sample(12)
+    deadline = time.monotonic() + 5  # the backlog is retried when due (backoff <= 0.2 s)
+    while store.parked and time.monotonic() < deadline:
+        time.sleep(0.05)
+        store.flush()
     assert store.parked == 0
     st = store.stats()
     assert st.trajectories == st.inserted_trajectories == 240  # each exactly once
@@ -336,6 +341,32 @@ def test_one_shard_restarted_mid_run_costs_only_its_inserts(valkeys, make_trajec
     store.insert_many([make_trajectory(10) for _ in tokens], tokens=tokens)
     assert store.stats().inserted_trajectories == 240
     assert sampler.rows[1] > rows_before[1]  # shard 1 is sampled again
+
+
+def test_prefill_partition_on_shard_0_mixes_with_sharded_fresh_data(valkeys, make_trajectory):
+    from replay_service import ReplayStore
+    from replay_service.config import PrefillConfig
+    from replay_service.prefill import make_mixed_sampler, partition_config
+
+    cfg = valkey_cfg(
+        valkeys,
+        max_traj_steps=20,
+        max_seq_len=8,
+        batch_size=20,
+        prefill=PrefillConfig(paths=["unused"], mix=0.5),
+    )
+    clients = connect_shards(cfg)
+    pre = partition_config(cfg)
+    assert pre.redis.shards == [] and pre.redis.url == cfg.redis.url  # on shard 0 only
+    ReplayStore(clients[0], pre).insert_many([make_trajectory(10, tag=7) for _ in range(5)])
+    ShardedStore(clients, cfg).insert_many([make_trajectory(10, tag=1) for _ in range(30)])
+    mixed = make_mixed_sampler(cfg, clients[0], seed=0)
+    assert isinstance(mixed.fresh, ShardedSampler)
+    tags = mixed.sample(20).obs["observation"][:, 0, 0] // 1000
+    assert sorted(set(tags.tolist())) == [1, 7] and (tags == 7).sum() == 10
+    for _ in range(4):
+        mixed.sample(20)
+    assert sum(mixed.fresh.rows) == 50 and all(r > 0 for r in mixed.fresh.rows)
 
 
 # -- the run's wiring: K embedded servers, sharded writers and samplers ---------------------
@@ -392,7 +423,6 @@ def test_a_training_run_over_three_shards_survives_one_restarted(tmp_path):
     with no actor or learner restart, the learner counted the outage, every rollout the
     actors reported is stored exactly once, and shard 1 kept its data and took new inserts."""
     import threading
-    import time
 
     import torch
 
