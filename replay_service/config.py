@@ -252,8 +252,9 @@ class ReplayConfig:
 
     def shard(self, k: int) -> ReplayConfig:
         """The config of shard ``k`` of a sharded replay: its server, and 1/K of the
-        capacities (``max_steps``, ``max_bytes``) and of ``rate_limit.min_size_steps``
-        (rounded up), with the global config's limiter tolerance (``error_buffer``) and
+        capacities (``max_steps``, ``max_bytes``), of ``rate_limit.min_size_steps`` (rounded
+        up) and of the sampler's decode cache (``sample_cache_mb``: a sampler holds one per
+        shard), with the global config's limiter tolerance (``error_buffer``) and
         ``samples_per_insert`` unchanged (``replay_service.shards`` explains why)."""
         n = self.num_shards
         rl = self.rate_limit
@@ -263,6 +264,7 @@ class ReplayConfig:
             redis=self.redis.shard(k),
             max_steps=self.max_steps // n,
             max_bytes=self.max_bytes // n,
+            sample_cache_mb=self.sample_cache_mb // n,
             rate_limit=replace(rl, min_size_steps=-(-rl.min_size_steps // n), error_buffer=eb),
         )
 

@@ -72,6 +72,7 @@ def test_shard_config_splits_capacity_and_keeps_the_limiter_tolerance():
     s = cfg.shard(2)
     assert s.redis.url == URLS[2] and s.redis.shards == [] and s.num_shards == 1
     assert (s.max_steps, s.max_bytes, s.rate_limit.min_size_steps) == (10_000, 2**20, 34)
+    assert s.sample_cache_mb == cfg.sample_cache_mb // K  # one cache per shard sampler
     assert s.rate_limit.error_buffer == cfg.effective_error_buffer()  # the global one
     assert s.redis.namespace == cfg.redis.namespace
     assert "shards=['redis://127.0.0.1:6401'" in repr(cfg.redis)
