@@ -242,8 +242,8 @@ class ReplayConfig:
     # Longest sleep between two retries while blocked (seconds; waits back off up to it).
     poll_interval_s: float = 0.02
     # Sharded replay (redis.shards): rollouts a writer keeps in memory per unreachable shard
-    # and retries later, so that inserts to the other shards go on; when full, an insert to
-    # that shard raises ReplayUnavailable as with one server. 0 = keep none.
+    # and retries later, so that inserts to the other shards go on; beyond it the oldest are
+    # dropped (logged) while another shard is up, else the insert raises ReplayUnavailable.
     shard_backlog: int = 64
 
     @property

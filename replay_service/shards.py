@@ -35,12 +35,14 @@ accepts samples, and a sampler waits only when every reachable shard refuses, so
 and the writer goes on.
 
 Outages cost only the dead shard. :class:`ShardedStore`: a ``ReplayUnavailable`` from shard k
-parks that shard's records of the call in memory (up to ``replay.shard_backlog`` per shard; the
-insert returns -1 for them) and the call succeeds; the backlog is retried with the same tokens
-(exactly once) at later inserts, at most every ``retry_s`` (backing off to ``max_retry_s``),
-before their own records. With the backlog full an insert to the dead shard raises
-``ReplayUnavailable`` (the caller retries, as with one server). A parked rollout lives in the
-writer's memory: a writer that dies loses it. :class:`ShardedSampler` skips a dead shard for
+parks that shard's records of the call in memory (the insert returns -1 for them) and the call
+succeeds; the backlog is retried with the same tokens (exactly once) at later inserts, at most
+every ``retry_s`` (backing off to ``max_retry_s``), before their own records. A backlog holds
+``replay.shard_backlog`` records per shard; beyond it, while some other shard is up, its oldest
+parked records are dropped (counted in ``shed``, logged), so that a long outage of one shard
+never stalls the writer; when every shard is down an insert that cannot park raises
+``ReplayUnavailable`` as with one server (the caller retries). A parked rollout lives in the
+writer's memory: a writer that dies, or a run that ends before the shard is back, loses it. :class:`ShardedSampler` skips a dead shard for
 ``retry_s`` (backing off) and draws from the others; only when no shard can be reached does it
 raise ``ReplayUnavailable``. Both count outages (``ReplayStats.shard_outages``, exported by the
 learner as ``amago_replay_shard_outages``).
@@ -48,6 +50,7 @@ learner as ``amago_replay_shard_outages``).
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 import zlib
@@ -66,6 +69,8 @@ from replay_service.relabel import Relabeler
 from replay_service.sampler import Sampler, concat_batches
 from replay_service.stats import RateMeter
 from replay_service.store import ReplayStore
+
+log = logging.getLogger(__name__)
 
 _COUNTERS = (
     "trajectories",
@@ -158,6 +163,7 @@ class ShardedStore:
         self.backlog: list[list[tuple[Trajectory | bytes | memoryview, str]]] = [
             [] for _ in clients
         ]
+        self.shed = 0  # parked rollouts dropped because their shard's backlog was full
         self._meter = RateMeter()
         self._last: list[ReplayStats | None] = [None] * len(clients)
 
@@ -187,8 +193,8 @@ class ShardedStore:
     ) -> list[int]:
         """As ``ReplayStore.insert_many``, each shard's records in one call to that shard;
         ids ``local * K + shard``, -1 for parked ones. An error of one shard (other than an
-        outage with room in its backlog) is raised after the other shards were written:
-        retry with the same ``tokens``."""
+        outage it can park for) is raised after the other shards were written: retry with
+        the same ``tokens``."""
         if tokens is None:
             tokens = [secrets.token_hex(16) for _ in trajs]
         if len(tokens) != len(trajs) or len(set(tokens)) != len(tokens):
@@ -202,16 +208,18 @@ class ShardedStore:
         error: Exception | None = None
         for k, idx in groups.items():
             recs, toks = [trajs[i] for i in idx], [tokens[i] for i in idx]
-            room = len(self.backlog[k]) + len(idx) <= self._cfg.shard_backlog
-            if self.health.is_down(k) and not self.health.due(k) and room:
-                self._park(k, recs, toks)  # validated first: a bad record still raises
-                continue
+            can_park = self._can_park(k, len(idx))
             try:
+                if self.health.is_down(k) and not self.health.due(k) and can_park:
+                    for r in recs:  # the checks an insert makes before any I/O
+                        self.stores[k]._prepare(r)
+                    self._park(k, recs, toks)
+                    continue
                 got = self.stores[k].insert_many(recs, timeout_s, toks)
             except ReplayUnavailable as e:
                 self.health.failed(k)
-                if room:
-                    self.backlog[k].extend(zip(recs, toks))
+                if can_park:
+                    self._park(k, recs, toks)
                 else:
                     error = error or e
                 continue
@@ -225,11 +233,28 @@ class ShardedStore:
             raise error
         return ids
 
+    def _can_park(self, k: int, n: int) -> bool:
+        """Whether ``n`` records for shard k may be parked: there is room in its backlog, or
+        another shard is up (then the oldest parked ones make room: module doc)."""
+        if len(self.backlog[k]) + n <= self._cfg.shard_backlog:
+            return True
+        return any(not self.health.is_down(j) for j in range(self.num_shards) if j != k)
+
     def _park(self, k: int, recs: list, toks: list[str]) -> None:
-        """Park records for shard k after the checks an insert makes before any I/O."""
-        for r in recs:
-            self.stores[k]._prepare(r)  # RecordError for a malformed one (counted best effort)
-        self.backlog[k].extend(zip(recs, toks))
+        """Park records for shard k, dropping its oldest parked ones beyond the backlog."""
+        parked = self.backlog[k]
+        parked.extend(zip(recs, toks))
+        over = len(parked) - self._cfg.shard_backlog
+        if over > 0:
+            del parked[:over]
+            self.shed += over
+            log.warning(
+                "replay shard %d unreachable and its backlog full: dropped %d parked rollouts "
+                "(%d so far)",
+                k,
+                over,
+                self.shed,
+            )
 
     def flush(self) -> int:
         """Retry the parked records of every shard that is due; returns how many were

@@ -250,12 +250,22 @@ def test_a_down_shard_parks_its_inserts_and_sampling_goes_on(fake, make_trajecto
     assert store.parked == 0
     st = store.stats()
     assert st.trajectories == st.inserted_trajectories == 61
-    # a backlog that is full: inserts to the dead shard raise, the others still go in
+    # a full backlog while other shards are up: the oldest parked rollout makes room
     servers[2].connected = False
-    small = ShardedStore(clients, dataclasses.replace(cfg, shard_backlog=0), clock=lambda: t[0])
-    tok2 = shard_tokens(2, 1, prefix="d")[0]
+    small = ShardedStore(clients, dataclasses.replace(cfg, shard_backlog=2), clock=lambda: t[0])
+    tok2 = shard_tokens(2, 3, prefix="d")
+    assert small.insert_many([make_trajectory(6) for _ in tok2], tokens=tok2) == [-1] * 3
+    assert small.shed == 1 and [tok for _, tok in small.backlog[2]] == tok2[1:]
+    assert small.insert(make_trajectory(6), token=shard_tokens(0, 1, "e")[0]) >= 0  # live
+    # every shard down and the backlog full: ReplayUnavailable, as with one server
+    for srv in servers:
+        srv.connected = False
     with pytest.raises(ReplayUnavailable):
-        small.insert(make_trajectory(6), token=tok2)
+        small.insert_many(
+            [make_trajectory(6) for _ in range(9)], tokens=[f"g{i}" for i in range(9)]
+        )
+    for srv in servers:
+        srv.connected = True
     servers[2].connected = True
     t[0] += 10.0
     for _ in range(3):  # the sampler retries shard 1 and 2 and finds them back
