@@ -56,11 +56,13 @@ fmt: install
 # CLUSTER=<name>: the Ray cluster launcher YAML deploy/clusters/<name>.yaml (`ray up`).
 CLUSTER ?= local
 CLUSTER_ARGS ?=
+# Local cluster: Valkey servers the replay is sharded over (ports 6389, 6390, ...).
+REDIS_SHARDS ?= 1
 ARGS ?=
 
 cluster-up: install
 ifeq ($(CLUSTER),local)
-	$(BIN)/python -m deploy.cluster up $(CLUSTER_ARGS)
+	$(BIN)/python -m deploy.cluster up --redis-shards $(REDIS_SHARDS) $(CLUSTER_ARGS)
 else ifeq ($(CLUSTER),k8s)
 	bash deploy/k8s/up.sh
 else
@@ -69,7 +71,7 @@ endif
 
 cluster-down: install
 ifeq ($(CLUSTER),local)
-	$(BIN)/python -m deploy.cluster down $(CLUSTER_ARGS)
+	$(BIN)/python -m deploy.cluster down --redis-shards $(REDIS_SHARDS) $(CLUSTER_ARGS)
 else ifeq ($(CLUSTER),k8s)
 	kubectl delete --ignore-not-found -f deploy/k8s/rayjob.yaml -f deploy/k8s/raycluster.yaml -f deploy/k8s/redis.yaml
 else
@@ -77,7 +79,7 @@ else
 endif
 
 cluster-status: install
-	$(BIN)/python -m deploy.cluster status $(CLUSTER_ARGS)
+	$(BIN)/python -m deploy.cluster status --redis-shards $(REDIS_SHARDS) $(CLUSTER_ARGS)
 
 # Train on the local cluster: make cluster-submit ARGS="run.max_env_steps=20000"
 cluster-submit: install

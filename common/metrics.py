@@ -94,6 +94,10 @@ METRICS: dict[str, MetricDef] = {
         "missing), by reason (all samplers)",
         ("reason",),
     ),
+    "amago_replay_shard_outages": MetricDef(
+        "gauge",
+        "Sharded replay: times the learner's sampler found a shard unreachable (0 with one server)",
+    ),
     "amago_replay_sample_wait_seconds": MetricDef(
         "counter", "Time the learner's sampler waited on the rate limiter or an empty store"
     ),

@@ -55,6 +55,8 @@ class ReplayStats:
     sample_rate: float = 0.0  # windows/s
     sample_step_rate: float = 0.0  # sequence-timesteps/s
     backpressure_events: int = 0  # out-of-memory refusals seen by this process
+    shard_outages: int = 0  # sharded replay: times this process found a shard unreachable
+    shard_timesteps: list[int] = field(default_factory=list)  # stored per shard ([] = one)
 
     @property
     def samples_per_insert(self) -> float:

@@ -45,23 +45,25 @@ def make_policy(learner: LearnerConfig, spec: EnvSpec, num_slots: int):
 
 
 def make_writer(replay: ReplayConfig):
-    """Replay-writer factory: a store on the run's Redis."""
-    from replay_service import ReplayStore, connect
+    """Replay-writer factory: a store on the run's Redis (sharded over
+    ``replay.redis.shards`` when it names more servers)."""
+    from replay_service.shards import make_writer as build
 
-    return ReplayStore(connect(replay.redis), replay)
+    return build(replay)
 
 
 def make_sampler(replay: ReplayConfig, seed: int, spec: EnvSpec | None = None):
     """Replay-sampler factory: windows with the configured relabeling; ``spec`` fixes the
     batch layout (records that do not match it are skipped and counted as "schema")."""
-    from replay_service import Sampler, connect, get_relabeler
+    from replay_service import connect, get_relabeler
+    from replay_service.shards import make_sampler as build
 
     relabel = get_relabeler(replay.relabel, **dict(replay.relabel_kwargs))
     if replay.prefill.enabled:  # offline data: replay.prefill.mix of every batch from it
         from replay_service.prefill import make_mixed_sampler
 
         return make_mixed_sampler(replay, connect(replay.redis), relabel, seed, spec)
-    return Sampler(connect(replay.redis), replay, relabel=relabel, seed=seed, spec=spec)
+    return build(replay, relabel=relabel, seed=seed, spec=spec)  # sharded if several servers
 
 
 # -- processes -------------------------------------------------------------------------------

@@ -40,6 +40,9 @@ class DeployConfig:
     # persists the store (AOF + RDB) across server restarts.
     embedded_maxmemory_mb: int = 2048
     embedded_data_dir: str = ""
+    # Embedded servers to shard the replay over (replay_service.shards; each gets
+    # embedded_maxmemory_mb and, with embedded_data_dir, its own <dir>/shard-<k>). 1 = one.
+    embedded_shards: int = 1
     # Serve each process's Prometheus metrics on this host (loopback only locally; wildcards
     # such as 0.0.0.0 or :: are refused everywhere);
     # "node" = the Ray node address of each process (cluster runs: a Prometheus on the head
@@ -59,6 +62,10 @@ class DeployConfig:
     # config leaves the password empty (the password never enters the saved config.yaml).
     # "" = don't read one. `make cluster-up`, the launcher YAML and KubeRay set it on every node.
     redis_password_env: str = ""
+    # Name of an environment variable holding more replay servers (comma-separated URLs),
+    # read at startup into replay.redis.shards when the config lists none (a sharded replay:
+    # `make cluster-up REDIS_SHARDS=3` exports AMAGO_REDIS_SHARDS). "" = don't read one.
+    redis_shards_env: str = ""
     # Refuse to start an embedded Redis when replay.redis.url is empty (cluster runs: actors
     # on other nodes must reach the cluster's own Redis).
     require_external_redis: bool = False
@@ -70,6 +77,7 @@ class DeployConfig:
         require(self.num_cpus >= 0, "num_cpus", "must be >= 0")
         require(self.gpu_wait_s > 0, "gpu_wait_s", "must be > 0")
         require(self.embedded_maxmemory_mb >= 16, "embedded_maxmemory_mb", "must be >= 16")
+        require(self.embedded_shards >= 1, "embedded_shards", "must be >= 1")
         require(bool(self.metrics_host), "metrics_host", "must be a host, an IP or 'node'")
         if not self.ray_address:
             require(
@@ -195,12 +203,37 @@ class TrainConfig:
             "replay.batch_size",
             f"must equal learner.batch_size ({self.learner.batch_size})",
         )
+        if self.deploy.embedded_shards > 1:
+            self._check_embedded_shards()
+        require(
+            not (self.run.dump_replay_on_exit and self.replay_shards > 1),
+            "run.dump_replay_on_exit",
+            "not supported with a sharded replay (it would dump shard 0 only)",
+        )
         require(
             self.replay.redis.url or not self.deploy.require_external_redis,
             "replay.redis.url",
             "empty, but deploy.require_external_redis is set: give the "
             "cluster's Redis (`make cluster-up` exports AMAGO_REDIS_URL to every node)",
         )
+
+    @property
+    def replay_shards(self) -> int:
+        """Servers the replay is sharded over (external ones, or embedded ones)."""
+        return max(self.replay.num_shards, self.deploy.embedded_shards)
+
+    def _check_embedded_shards(self) -> None:
+        """deploy.embedded_shards: only with an embedded server, and each shard's share of
+        the replay's capacities must be valid (checked now, before any server starts)."""
+        n = self.deploy.embedded_shards
+        require(
+            not self.replay.redis.url,
+            "deploy.embedded_shards",
+            f"is {n}, but replay.redis.url is set: list external shards in replay.redis.shards",
+        )
+        urls = [f"redis://127.0.0.1:{k + 1}" for k in range(n)]  # placeholders
+        redis = dataclasses.replace(self.replay.redis, url=urls[0], shards=urls[1:])
+        prefixed("replay", dataclasses.replace(self.replay, redis=redis).validate)
 
 
 @dataclass(frozen=True)
@@ -260,14 +293,25 @@ def derive_defaults(
 
 
 def resolve_environment(cfg: TrainConfig, environ: Mapping[str, str] | None = None) -> TrainConfig:
-    """``cfg`` with the values the config asks to read from the environment filled in (so far:
-    the Redis password named by ``deploy.redis_password_env``, when the config has none)."""
+    """``cfg`` with the values the config asks to read from the environment filled in: the
+    Redis password named by ``deploy.redis_password_env`` and the replay shards named by
+    ``deploy.redis_shards_env`` (each when the config has none; shards read are checked as
+    the config's own would be: ``ConfigError`` naming ``replay.*``)."""
     environ = os.environ if environ is None else environ
+    redis = cfg.replay.redis
     name = cfg.deploy.redis_password_env
-    if not name or cfg.replay.redis.password or not environ.get(name):
+    if name and not redis.password and environ.get(name):
+        redis = dataclasses.replace(redis, password=environ[name])
+    name = cfg.deploy.redis_shards_env
+    shards = [u.strip() for u in environ.get(name, "").split(",") if u.strip()] if name else []
+    if shards and not redis.shards:
+        redis = dataclasses.replace(redis, shards=shards)
+    if redis is cfg.replay.redis:
         return cfg
-    redis = dataclasses.replace(cfg.replay.redis, password=environ[name])
-    return dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, redis=redis))
+    replay = dataclasses.replace(cfg.replay, redis=redis)
+    if redis.shards is not cfg.replay.redis.shards:
+        prefixed("replay", replay.validate)
+    return dataclasses.replace(cfg, replay=replay)
 
 
 def prepare(cfg: TrainConfig) -> tuple[TrainConfig, EnvSpec, list[Derived]]:

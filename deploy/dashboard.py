@@ -225,6 +225,13 @@ ROWS: tuple[Row, ...] = (
                 "short",
                 "Records refused at ingest, by reason (all writers, since the store began).",
             ),
+            Panel(
+                "Replay shard outages",
+                (_q(f"max(amago_replay_shard_outages{{{RUN}}})", "found unreachable"),),
+                "short",
+                "Sharded replay: times the learner's sampler found a shard unreachable "
+                "(its rows then come from the other shards; 0 with one server).",
+            ),
         ),
     ),
     Row(

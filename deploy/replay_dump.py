@@ -129,6 +129,11 @@ def dump_target(
     )
     spec = spec if spec is not None else _run_spec(doc.get("env") or {})
     source.update(run_dir=str(run_dir), env_id=(doc.get("env") or {}).get("id", ""))
+    if redis_doc.get("shards") or int(deploy.get("embedded_shards") or 1) > 1:
+        raise DumpError(
+            f"{target}: its replay is sharded over several servers; dump each shard by URL "
+            "(python -m deploy.replay_dump redis://<shard> <out> --namespace <namespace>)"
+        )
     url = redis_doc.get("url") or ""
     if url:
         env_var = deploy.get("redis_password_env") or ""

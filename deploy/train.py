@@ -41,7 +41,8 @@ log = logging.getLogger("amago")
 @contextlib.contextmanager
 def replay_endpoint(cfg: TrainConfig) -> Iterator[TrainConfig]:
     """Yield ``cfg`` with a reachable ``replay.redis.url``, starting an embedded server
-    (stopped on exit) when the config names none.
+    (stopped on exit) when the config names none; ``deploy.embedded_shards`` of them (all
+    with one password) for a sharded replay, the others named in ``replay.redis.shards``.
 
     The embedded server always requires a password: the config's, or a random one made for
     this run. The yielded config carries it to the run's clients (actors and learner get
@@ -50,16 +51,38 @@ def replay_endpoint(cfg: TrainConfig) -> Iterator[TrainConfig]:
         _check_external_server(cfg)
         yield cfg
         return
+    import secrets
+
     from replay_service.server import EmbeddedServer
 
     d = cfg.deploy
-    with EmbeddedServer(
-        password=cfg.replay.redis.password,  # "" = a random one
-        maxmemory_bytes=d.embedded_maxmemory_mb * 2**20,
-        data_dir=d.embedded_data_dir or None,
-    ) as server:
-        redis_cfg = dataclasses.replace(cfg.replay.redis, url=server.url, password=server.password)
+    password = cfg.replay.redis.password or secrets.token_urlsafe(32)
+    with contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(
+                EmbeddedServer(
+                    password=password,
+                    maxmemory_bytes=d.embedded_maxmemory_mb * 2**20,
+                    data_dir=_shard_data_dir(d.embedded_data_dir, k, d.embedded_shards),
+                )
+            )
+            for k in range(d.embedded_shards)
+        ]
+        redis_cfg = dataclasses.replace(
+            cfg.replay.redis,
+            url=servers[0].url,
+            shards=[s.url for s in servers[1:]],
+            password=password,
+        )
         yield dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, redis=redis_cfg))
+
+
+def _shard_data_dir(data_dir: str, k: int, shards: int) -> str | None:
+    """Where embedded shard ``k`` persists: ``data_dir`` itself with one shard (as before),
+    else ``<data_dir>/shard-<k>``; None = no persistence."""
+    if not data_dir:
+        return None
+    return data_dir if shards == 1 else str(Path(data_dir) / f"shard-{k}")
 
 
 def _check_external_server(cfg: TrainConfig) -> None:
@@ -72,10 +95,13 @@ def _check_external_server(cfg: TrainConfig) -> None:
     from replay_service import connect
     from replay_service.client import check_server
 
-    try:
-        check_server(connect(cfg.replay.redis))
-    except (redis.exceptions.RedisError, ReplayUnavailable) as e:  # not a policy problem
-        log.warning("replay server not checked at start-up (%s); workers will wait for it", e)
+    r = cfg.replay.redis
+    for k in range(cfg.replay.num_shards):
+        field = "replay.redis.url" if k == 0 else f"replay.redis.shards[{k - 1}]"
+        try:
+            check_server(connect(r.shard(k)), field)
+        except (redis.exceptions.RedisError, ReplayUnavailable) as e:  # not a policy problem
+            log.warning("replay server %s not checked at start-up (%s); workers will wait", k, e)
 
 
 class RunLog:

@@ -284,6 +284,7 @@ class LearnerActor:
             "sampled_timesteps",
         ):
             m.set(f"amago_replay_{key}", float(getattr(st, key)))
+        m.set("amago_replay_shard_outages", float(st.shard_outages))
         for reason, n in st.rejected.items():
             m.set("amago_replay_rejected", float(n), reason=reason)
         for reason, n in st.corrupt.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -21,6 +21,7 @@ _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # fullmatch: no trailing n
 SAMPLING_MODES = ("uniform", "length")
 TASK_SAMPLING_MODES = ("uniform_over_data", "uniform_over_tasks")
 _SECRET = "***"
+_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
@@ -66,20 +67,52 @@ class RedisConfig:
     connect_timeout_s: float = 5.0
     # Reconnect attempts per command after a connection error before ReplayUnavailable.
     retries: int = 2
+    # More servers to shard the replay over (replay_service.shards): each a URL as ``url``
+    # (which stays shard 0), all with this password, TLS and namespace. [] = one server.
+    # Inserts go to the shard a stable hash of their token names; samples come from all.
+    shards: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
         """As the dataclass repr, but never a secret (the password, one inside the URL)."""
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
         shown["url"] = redact_url(self.url)
+        shown["shards"] = [redact_url(u) for u in self.shards]
         shown["password"] = _SECRET if self.password else ""
         return f"RedisConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
+    @property
+    def urls(self) -> list[str]:
+        """Every shard's URL, shard 0 (``url``) first."""
+        return [self.url, *self.shards]
+
+    def shard(self, k: int) -> RedisConfig:
+        """The config of shard ``k`` alone (its URL, no further shards)."""
+        return replace(self, url=self.urls[k], shards=[])
+
     def validate(self) -> None:
         require(
-            self.url == "" or self.url.startswith(("redis://", "rediss://", "unix://")),
+            self.url == "" or self.url.startswith(_URL_SCHEMES),
             "url",
             "must be '' or start with redis://, rediss:// or unix://, got "
             f"{redact_url(self.url)!r}",
+        )
+        require(isinstance(self.shards, (list, tuple)), "shards", "must be a list of server URLs")
+        for i, u in enumerate(self.shards):
+            require(
+                isinstance(u, str) and u.startswith(_URL_SCHEMES),
+                f"shards[{i}]",
+                f"must start with redis://, rediss:// or unix://, got {redact_url(str(u))!r}",
+            )
+        require(
+            not self.shards or bool(self.url),
+            "shards",
+            "set, but url is '' (embedded server): name shard 0 in url, or let the run start "
+            "several embedded servers (deploy.embedded_shards)",
+        )
+        require(
+            len(set(self.urls)) == len(self.urls),
+            "shards",
+            "the same server twice (url and shards must all differ)",
         )
         require(
             bool(_NAMESPACE_RE.fullmatch(self.namespace)),
@@ -208,6 +241,32 @@ class ReplayConfig:
     sample_timeout_s: float = 60.0
     # Longest sleep between two retries while blocked (seconds; waits back off up to it).
     poll_interval_s: float = 0.02
+    # Sharded replay (redis.shards): rollouts a writer keeps in memory per unreachable shard
+    # and retries later, so that inserts to the other shards go on; beyond it the oldest are
+    # dropped (logged) while another shard is up, else the insert raises ReplayUnavailable.
+    shard_backlog: int = 64
+
+    @property
+    def num_shards(self) -> int:
+        return 1 + len(self.redis.shards)
+
+    def shard(self, k: int) -> ReplayConfig:
+        """The config of shard ``k`` of a sharded replay: its server, and 1/K of the
+        capacities (``max_steps``, ``max_bytes``), of ``rate_limit.min_size_steps`` (rounded
+        up) and of the sampler's decode cache (``sample_cache_mb``: a sampler holds one per
+        shard), with the global config's limiter tolerance (``error_buffer``) and
+        ``samples_per_insert`` unchanged (``replay_service.shards`` explains why)."""
+        n = self.num_shards
+        rl = self.rate_limit
+        eb = self.effective_error_buffer() if rl.enabled else rl.error_buffer
+        return replace(
+            self,
+            redis=self.redis.shard(k),
+            max_steps=self.max_steps // n,
+            max_bytes=self.max_bytes // n,
+            sample_cache_mb=self.sample_cache_mb // n,
+            rate_limit=replace(rl, min_size_steps=-(-rl.min_size_steps // n), error_buffer=eb),
+        )
 
     def _check_relabeler(self) -> None:
         """Build the relabeler once so a bad name or keyword fails at start-up."""
@@ -223,6 +282,19 @@ class ReplayConfig:
             raise ConfigError(f"relabel_kwargs.{e.field}", str(e).split(": ", 1)[1]) from None
         except TypeError as e:
             raise ConfigError("relabel_kwargs", f"not accepted by {self.relabel!r}: {e}") from None
+
+    def _validate_shard(self) -> None:
+        """What one shard gets (1/K of the capacities) must be a valid config itself."""
+        n = self.num_shards
+        try:
+            self.shard(0).validate()
+        except ConfigError as e:
+            msg = str(e).split(": ", 1)[1]
+            raise ConfigError(
+                e.field,
+                f"{msg} (per shard: each of the {n} replay.redis shards gets 1/{n} of "
+                "max_steps, max_bytes and rate_limit.min_size_steps)",
+            ) from None
 
     def effective_error_buffer(self) -> float:
         """The limiter tolerance in use: the configured one, or the smallest safe one.
@@ -245,6 +317,9 @@ class ReplayConfig:
     def validate(self) -> None:
         prefixed("redis", self.redis.validate)
         prefixed("rate_limit", self.rate_limit.validate)
+        require(self.shard_backlog >= 0, "shard_backlog", "must be >= 0")
+        if self.num_shards > 1:
+            self._validate_shard()
         prefixed("prefill", self.prefill.validate)
         require(
             not self.prefill.enabled or len(self.redis.namespace) <= 64 - len(".prefill"),

@@ -49,6 +49,7 @@ from replay_service.dump import (
     spec_problems,
 )
 from replay_service.relabel import Relabeler
+from replay_service.sampler import concat_batches
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,9 @@ def prefill_namespace(namespace: str) -> str:
 
 def partition_config(cfg: ReplayConfig) -> ReplayConfig:
     """The config of the prefill partition of ``cfg``'s namespace: no eviction, no limiter."""
-    redis_cfg = dataclasses.replace(cfg.redis, namespace=prefill_namespace(cfg.redis.namespace))
+    redis_cfg = dataclasses.replace(  # a sharded replay keeps it on shard 0 (redis.url)
+        cfg.redis, namespace=prefill_namespace(cfg.redis.namespace), shards=[]
+    )
     return dataclasses.replace(
         cfg,
         redis=redis_cfg,
@@ -185,33 +188,6 @@ def load_prefill(
     return report
 
 
-def concat_batches(parts: Sequence[Batch]) -> Batch:
-    """Rows of ``parts`` in order, right-padded to the longest length among them."""
-    if len(parts) == 1:
-        return parts[0]
-    L = max(p.mask.shape[1] for p in parts)
-
-    def cat(arrays: list[np.ndarray]) -> np.ndarray:
-        padded = []
-        for a in arrays:
-            if a.shape[1] < L:
-                pad = np.zeros((a.shape[0], L - a.shape[1], *a.shape[2:]), a.dtype)
-                a = np.concatenate([a, pad], axis=1)
-            padded.append(a)
-        return np.concatenate(padded, axis=0)
-
-    return Batch(
-        obs={k: cat([p.obs[k] for p in parts]) for k in parts[0].obs},
-        prev_action=cat([p.prev_action for p in parts]),
-        prev_reward=cat([p.prev_reward for p in parts]),
-        time_idx=cat([p.time_idx for p in parts]),
-        terminated=cat([p.terminated for p in parts]),
-        truncated=cat([p.truncated for p in parts]),
-        mask=cat([p.mask for p in parts]),
-        policy_version=np.concatenate([p.policy_version for p in parts]),
-    )
-
-
 class MixedSampler:
     """Batches of ``mix`` prefill rows and ``1 - mix`` fresh rows (implements
     ``ReplaySampler``). Each batch of B rows takes ``floor(mix * B)`` rows from the prefill
@@ -281,11 +257,19 @@ def make_mixed_sampler(
     spec: EnvSpec | None = None,
 ) -> MixedSampler:
     """The learner's sampler when ``cfg.prefill.mix > 0``: fresh and prefill samplers on one
-    client (the same relabeling, the same spec check), mixed."""
+    client (the same relabeling, the same spec check), mixed. With a sharded replay the
+    fresh sampler draws from every shard and the prefill partition is on shard 0
+    (``client``)."""
     from replay_service.sampler import Sampler
+    from replay_service.shards import ShardedSampler, connect_shards
 
     fresh_cfg, _ = fresh_rate_limit(cfg)
-    fresh = Sampler(client, fresh_cfg, relabel=relabel, seed=seed, spec=spec)
+    if fresh_cfg.num_shards > 1:
+        fresh = ShardedSampler(
+            [client, *connect_shards(fresh_cfg)[1:]], fresh_cfg, relabel, seed, spec
+        )
+    else:
+        fresh = Sampler(client, fresh_cfg, relabel=relabel, seed=seed, spec=spec)
     pre_seed = None if seed is None else seed + 7919
     prefill = Sampler(client, partition_config(cfg), relabel=relabel, seed=pre_seed, spec=spec)
     return MixedSampler(fresh, prefill, cfg.prefill.mix, seed=None if seed is None else seed + 1)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 import redis
@@ -301,6 +302,33 @@ class _DecodeCache:
         self.bytes = 0
 
 
+def concat_batches(parts: Sequence[Batch]) -> Batch:
+    """Rows of ``parts`` in order, right-padded to the longest length among them."""
+    if len(parts) == 1:
+        return parts[0]
+    L = max(p.mask.shape[1] for p in parts)
+
+    def cat(arrays: list[np.ndarray]) -> np.ndarray:
+        padded = []
+        for a in arrays:
+            if a.shape[1] < L:
+                pad = np.zeros((a.shape[0], L - a.shape[1], *a.shape[2:]), a.dtype)
+                a = np.concatenate([a, pad], axis=1)
+            padded.append(a)
+        return np.concatenate(padded, axis=0)
+
+    return Batch(
+        obs={k: cat([p.obs[k] for p in parts]) for k in parts[0].obs},
+        prev_action=cat([p.prev_action for p in parts]),
+        prev_reward=cat([p.prev_reward for p in parts]),
+        time_idx=cat([p.time_idx for p in parts]),
+        terminated=cat([p.terminated for p in parts]),
+        truncated=cat([p.truncated for p in parts]),
+        mask=cat([p.mask for p in parts]),
+        policy_version=np.concatenate([p.policy_version for p in parts]),
+    )
+
+
 class Sampler:
     """Draws right-padded windows from one namespace (implements ``ReplaySampler``).
 
@@ -383,6 +411,17 @@ class Sampler:
     def task_counts(self) -> dict[str, int]:
         """Live trajectories per task ("" = untagged) as this sampler's index last saw them."""
         return self._index.task_counts()
+
+    def content(self) -> tuple[int, int]:
+        """(trajectories, timesteps) live as this sampler's index last saw them (no round
+        trip; refreshed by every sample)."""
+        idx = self._index
+        return len(idx.live()), int(idx.lens.sum())
+
+    def refund(self, batch: Batch) -> None:
+        """Un-count a batch this sampler returned but the caller discarded (its real
+        timesteps and windows come off the shared sample counters)."""
+        self._adjust(-int(batch.mask.sum()), -len(batch.mask))
 
     # -- steps of sample() -------------------------------------------------------------
 

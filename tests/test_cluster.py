@@ -245,6 +245,48 @@ def test_cluster_config_validation():
     assert e.value.field == "worker_nodes"
 
 
+def test_cluster_starts_and_stops_k_valkey_shards_and_exports_them(tmp_path, monkeypatch):
+    """`make cluster-up REDIS_SHARDS=3` (Valkey part: Ray not started here): three servers on
+    consecutive ports with one password, the nodes' AMAGO_REDIS_SHARDS naming shards 1 and 2,
+    read by deploy=cluster into replay.redis.shards; `down` without --redis-shards stops all."""
+    from deploy.cluster import down, node_environment, redis_up, status
+
+    base = free_port()
+    while not all(port_free(base + k) for k in range(3)):
+        base = free_port()
+    cfg = ClusterConfig(state_dir=str(tmp_path / "state"), redis_port=base, redis_shards=3)
+    cfg.validate()
+    st = State(cfg.state_dir)
+    st.root.mkdir(parents=True)
+    try:
+        out = redis_up(cfg, st)
+        assert out.count("started") == 3, out
+        assert redis_up(cfg, st).count("already up") == 3  # a second up changes nothing
+        pw = st.password.read_text().strip()
+        for k in range(3):
+            assert redis.Redis(port=base + k, password=pw).ping()
+            assert "requirepass" in st.shard(k)[3].read_text()
+        env = node_environment(cfg, st)
+        urls = [f"redis://127.0.0.1:{base + k}" for k in range(3)]
+        assert env["AMAGO_REDIS_URL"] == urls[0]
+        assert env["AMAGO_REDIS_SHARDS"] == ",".join(urls[1:])
+        for key in ("AMAGO_REDIS_URL", "AMAGO_REDIS_SHARDS", "AMAGO_REDIS_PASSWORD"):
+            monkeypatch.setenv(key, env[key])
+        run = resolve_environment(compose(["deploy=cluster", "run.name=x"]))
+        assert run.replay.redis.urls == urls and run.replay.num_shards == 3
+        assert status(ClusterConfig(state_dir=cfg.state_dir, redis_port=base)) == 0
+    finally:
+        assert down(ClusterConfig(state_dir=cfg.state_dir, redis_port=base)) == 0
+    assert all(port_free(base + k) for k in range(3))
+    with pytest.raises(ConfigError) as e:
+        ClusterConfig(redis_port=65535, redis_shards=2).validate()
+    assert e.value.field == "redis_shards"
+    monkeypatch.setenv("AMAGO_REDIS_SHARDS", "http://nope")
+    with pytest.raises(ConfigError) as e:  # shards from the environment are checked too
+        resolve_environment(compose(["deploy=cluster", "run.name=x"]))
+    assert e.value.field == "replay.redis.shards[0]"
+
+
 def test_ray_temp_dir_stays_short(tmp_path):
     deep = State(tmp_path / ("d" * 50) / "cluster")
     assert len(str(deep.ray_temp_dir())) <= 40

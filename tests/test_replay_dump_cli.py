@@ -81,6 +81,13 @@ def test_unreachable_replay_is_refused_in_one_line(tmp_path, capsys):
     assert "neither a redis:// URL nor a run directory" in capsys.readouterr().err
 
 
+def test_a_sharded_runs_directory_is_refused_in_one_line(tmp_path, capsys):
+    d = run_dir(tmp_path, {"redis": {"url": "redis://a:1", "shards": ["redis://b:1"]}})
+    assert main([str(d), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sharded" in err and "dump each shard by URL" in err
+
+
 def test_start_up_refuses_dumps_the_env_could_not_have_produced(tmp_path, make_trajectory):
     write_dump([make_trajectory(6, action_dim=2)], tmp_path / "d")  # T-Maze has 4 actions
     cfg = compose(
