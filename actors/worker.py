@@ -133,14 +133,14 @@ class RolloutActor:
     def _insert(self, traj: Trajectory) -> None:
         """Write a finished rollout; waits out backpressure and replay outages."""
         lag = self.policy_lag(traj)
-        self._lags.append(lag)
-        self.metrics.observe("amago_actor_policy_lag_versions", lag, actor=self.label)
         deadline = time.monotonic() + self.setup.actors.insert_retry_s
         delay = 0.01
         token = secrets.token_hex(16)  # one per rollout: a retried insert stores it once
         while not self._stopping:
             try:
                 self.writer.insert(traj, token=token)
+                self._lags.append(lag)  # counted once handed over (stored, or parked)
+                self.metrics.observe("amago_actor_policy_lag_versions", lag, actor=self.label)
                 return
             except RecordError as e:  # counted by the store; drop it and carry on
                 self.rejected += 1
@@ -175,6 +175,8 @@ class RolloutActor:
                 n = min(cfg.weight_poll_steps, steps - done)
                 st.merge(self.loop.run(n))
                 done += n
+            if self._stopping and self.writer is not None:
+                self.writer.flush(force=True)  # a shard that came back gets what was parked
             self._export(st)
             return ActorReport(
                 actor=self.label,

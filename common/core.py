@@ -62,6 +62,10 @@ class ReplayWriter(Protocol):
         rollout). Raises ``RecordError`` if it is malformed, ``common.replay`` errors when
         the server pushes back or is unreachable."""
 
+    def flush(self, force: bool = False) -> int:
+        """Write what the writer holds back (records parked for a shard that was down), now
+        if ``force`` (an actor that stops), else when due; returns how many were stored."""
+
 
 @runtime_checkable
 class ReplaySampler(Protocol):

@@ -39,6 +39,7 @@ def init_ray(
         ray.init(address=address, **kwargs)
     else:
         ray.init(
+            address="local",  # a private instance even if a cluster runs (or left its file)
             num_cpus=num_cpus,
             num_gpus=num_gpus,
             include_dashboard=False,

@@ -256,12 +256,13 @@ class ShardedStore:
                 self.shed,
             )
 
-    def flush(self) -> int:
-        """Retry the parked records of every shard that is due; returns how many were
-        stored. Never raises: a shard that fails again stays parked (backing off)."""
+    def flush(self, force: bool = False) -> int:
+        """Retry the parked records of every shard that is due (``force``: every shard, due
+        or not: an actor that stops); returns how many were stored. Never raises: a shard
+        that fails again stays parked (backing off)."""
         stored = 0
         for k, parked in enumerate(self.backlog):
-            if not parked or not self.health.due(k):
+            if not parked or not (force or self.health.due(k)):
                 continue
             recs, toks = [r for r, _ in parked], [t for _, t in parked]
             try:

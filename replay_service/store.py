@@ -63,6 +63,10 @@ class ReplayStore:
     def config(self) -> ReplayConfig:
         return self._cfg
 
+    def flush(self, force: bool = False) -> int:
+        """Nothing is ever held back by one server (``ReplayWriter.flush``)."""
+        return 0
+
     def insert(
         self,
         traj: Trajectory | bytes | memoryview,

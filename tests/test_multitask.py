@@ -347,6 +347,9 @@ class _Writer:
     def insert(self, traj, token=None):
         self.got.append(traj)
 
+    def flush(self, force=False):
+        return 0
+
 
 def test_task_actors_step_their_task_and_label_what_they_report(monkeypatch):
     """The builder hands a task's actor that task's env (and spec) and its name; the actor
