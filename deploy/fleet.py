@@ -176,6 +176,7 @@ class Member:
     added_s: float
     ping: object | None = None  # an unanswered ping (None: it has answered)
     address: str = ""  # its metrics endpoint, once known
+    up_s: float | None = None  # when it first answered
     leaving_s: float | None = None  # when it was retired
     removed_s: float | None = None  # when it was killed
     stop_sent: bool = False
@@ -193,6 +194,7 @@ class Member:
             "id": self.id,
             "task": task_names[self.task] if task_names else "",
             "added_s": round(self.added_s, 3),
+            "up_s": None if self.up_s is None else round(self.up_s, 3),
             "left_s": None if self.leaving_s is None else round(self.leaving_s, 3),
             "removed_s": None if self.removed_s is None else round(self.removed_s, 3),
             "reports": self.reports,
@@ -231,14 +233,16 @@ class Fleet:
         actors: Sequence[object],
         tasks_of: Sequence[int],
         control=None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock``: seconds since the run started (the times in :meth:`summary`; default:
+        since this call)."""
         self.setup, self.sup, self.metrics, self.control = setup, sup, metrics, control
-        self.clock = clock
-        self.t0 = clock()
+        start = time.monotonic()
+        self.clock = clock or (lambda: time.monotonic() - start)
         self.members: dict[int, Member] = {}
         for i, (h, t) in enumerate(zip(actors, tasks_of)):
-            self._register(Member(i, h, t, 0.0))
+            self._register(Member(i, h, t, 0.0, up_s=0.0))
         self.next_id = setup.first_new_id
         self.desired = len(self.members)
         self.changes: list[dict] = []
@@ -256,7 +260,7 @@ class Fleet:
         self.sup.add("actor", m.id, m.handle.collect.remote, ACTOR_RULE)
 
     def _now(self) -> float:
-        return self.clock() - self.t0
+        return self.clock()
 
     def active(self) -> list[Member]:
         """Members not leaving (alive or starting)."""
@@ -355,7 +359,7 @@ class Fleet:
         except ray.exceptions.RayActorError:  # its constructor failed: Ray restarts it
             m.ping = m.handle.ping.remote()
             return False
-        m.ping = None
+        m.ping, m.up_s = None, self._now()
         if self.setup.address_of is not None and m.removed_s is None:
             m.address = self.setup.address_of(m.handle)
         log.info("fleet: rollout actor %d is up", m.id)

@@ -313,6 +313,7 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path) -> dict:
             w.actors,
             [w.tasks.index(t) for t in w.actor_tasks] if w.tasks else [0] * len(w.actors),
             control=control,
+            clock=runlog.elapsed,  # the time_s of metrics.jsonl
         )
         list_targets(fleet.addresses())
         summary = _loop(cfg, runlog, metrics, w, sup, fleet)

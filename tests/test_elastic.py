@@ -68,7 +68,7 @@ def test_fleet_grows_1_3_and_shrinks_to_2_losing_nothing(tmp_path):
                 *(o for o in SMOKE_OVERRIDES if not o.startswith(("run.max_", "actors.num_"))),
                 "run.max_updates=0",
                 "run.max_env_steps=0",
-                "run.max_seconds=40",
+                "run.max_seconds=60",  # of training: the stages need ~30 s of it, more when loaded
                 "run.eval_every_s=0",
                 f"run.name={RUN}",
                 "actors.num_actors=1",
@@ -102,7 +102,8 @@ def test_fleet_grows_1_3_and_shrinks_to_2_losing_nothing(tmp_path):
 
         def drive() -> None:
             try:
-                _wait(lambda: ray.is_initialized() and len(targets()) == 4, "the run's targets")
+                started = lambda: ray.is_initialized() and len(targets()) == 4  # noqa: E731
+                _wait(started, "the run's targets", timeout_s=240)  # start-up: Ray, learner
                 base = len(targets()) - 1  # driver, learner, evaluator (+ the one actor)
                 _wait(lambda: gauges() == (1, 1) and by_actor()[0] >= 8, "stage 1")
                 seen["stage1"] = (gauges(), len(targets()), round(time.monotonic() - t0, 1))
@@ -154,6 +155,7 @@ def test_fleet_grows_1_3_and_shrinks_to_2_losing_nothing(tmp_path):
     assert sorted(actors) == [0, 2, 3]  # id 1 is the evaluation actor's: never reused
     assert actors[3]["removed_s"] is not None  # the highest id left
     assert actors[0]["removed_s"] is None and actors[2]["removed_s"] is None
+    assert actors[3]["up_s"] <= actors[3]["left_s"] <= actors[3]["removed_s"]
 
     # nothing lost, nothing duplicated
     assert len(stored) == len(info) == stats.trajectories == stats.inserted_trajectories

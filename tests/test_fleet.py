@@ -118,3 +118,115 @@ def test_fleet_bound_is_checked_at_start_up():
     with pytest.raises(ConfigError) as e:
         prepare(cfg)
     assert e.value.field == "actors.drain_timeout_s"
+
+
+# -- the driver side, with stand-ins for the supervisor and the actor handles -----------------
+class _Call:
+    def __init__(self, log: list, name: str):
+        self.log, self.name = log, name
+
+    def remote(self, *args):
+        self.log.append(self.name)
+        return f"ref-{self.name}-{len(self.log)}"
+
+
+class _Handle:
+    def __init__(self, i: int):
+        self.calls: list[str] = []
+        self.id = i
+        for name in ("collect", "stop", "ping"):
+            setattr(self, name, _Call(self.calls, name))
+
+
+class _Sup:
+    """The Supervisor calls the fleet makes, recorded; ``busy`` = ids with a call in flight."""
+
+    def __init__(self):
+        self.added, self.retired, self.removed, self.called = [], [], [], []
+        self.busy: set[int] = set()
+
+    def add(self, kind, i, call, rule):
+        self.added.append(i)
+
+    def call(self, kind, i=0):
+        self.called.append(i)
+
+    def retire(self, kind, i):
+        self.retired.append(i)
+
+    def remove(self, kind, i):
+        self.removed.append(i)
+
+    def in_flight(self, kind, i=0):
+        return i in self.busy
+
+
+class _Metrics:
+    def __init__(self):
+        self.values: dict[str, float] = {}
+
+    def set(self, name, value, **labels):
+        self.values[name] = value
+
+
+def test_fleet_drains_the_leaving_actor_then_kills_it(monkeypatch):
+    import ray
+
+    from deploy.fleet import Fleet, FleetSetup
+
+    killed, listed, made = [], [], []
+    monkeypatch.setattr(ray, "kill", lambda h: killed.append(h.id))
+    now = [10.0]
+
+    def make(i, task):
+        made.append((i, task))
+        return _Handle(i)
+
+    setup = FleetSetup(
+        make_actor=make,
+        weights=[],
+        task_names=[],
+        first_new_id=4,  # ids 0-2 rollout actors, 3 the evaluator
+        low=1,
+        high=6,
+        drain_timeout_s=5.0,
+        address_of=lambda h: f"127.0.0.1:{9000 + h.id}",
+        on_addresses=listed.append,
+    )
+    sup, metrics = _Sup(), _Metrics()
+    fleet = Fleet(
+        setup, sup, metrics, [_Handle(i) for i in range(3)], [0, 0, 0], clock=lambda: now[0]
+    )
+    assert sup.added == [0, 1, 2] and fleet.alive() == 3
+    assert metrics.values == {"amago_driver_actors_alive": 3, "amago_driver_actors_desired": 3}
+
+    sup.busy = {2}  # actor 2's collect is still running
+    fleet.resize(2)
+    assert sup.retired == [2] and fleet.alive() == 2 and fleet.desired == 2
+    assert metrics.values["amago_driver_actors_alive"] == 2
+    fleet.step()
+    assert killed == [] and listed == []  # waits for the collect in flight
+    now[0] += 6.0  # past actors.drain_timeout_s: told to stop, still not killed
+    fleet.step()
+    leaving = fleet.members[2].handle
+    assert leaving.calls == ["stop"] and killed == []
+    fleet.step()
+    assert leaving.calls == ["stop"]  # once
+    sup.busy = set()  # its collect returned (the driver counted its report)
+    fleet.on_report(2, type("R", (), {"env_steps": 64, "lengths": [12, 12]})())
+    fleet.step()
+    assert killed == [2] and sup.removed == [2]
+    assert listed == [["127.0.0.1:9000", "127.0.0.1:9001"]]  # the sd file loses it
+    assert len(fleet.handles()) == 2
+
+    fleet.resize(4)  # new ids after the evaluator's, never 2 again
+    assert made == [(4, 0), (5, 0)] and sup.called[-2:] == [4, 5]
+    assert fleet.alive() == 2 and metrics.values["amago_driver_actors_desired"] == 4
+    assert all(fleet.members[i].handle.calls == ["ping"] for i in (4, 5))
+    s = fleet.summary()
+    assert [c["to"] for c in s["changes"]] == [2, 4]
+    gone = next(a for a in s["actors"] if a["id"] == 2)
+    assert (gone["rollouts"], gone["rollout_steps"], gone["env_steps"]) == (2, 22, 64)
+    assert (gone["left_s"], gone["removed_s"]) == (10.0, 16.0)
+    with pytest.raises(FleetSizeError):
+        fleet.resize(7)
