@@ -177,6 +177,7 @@ class Member:
     ping: object | None = None  # an unanswered ping (None: it has answered)
     address: str = ""  # its metrics endpoint, once known
     up_s: float | None = None  # when it first answered
+    node: str = ""  # the Ray node id it runs on, once up
     leaving_s: float | None = None  # when it was retired
     removed_s: float | None = None  # when it was killed
     stop_sent: bool = False
@@ -195,6 +196,7 @@ class Member:
             "task": task_names[self.task] if task_names else "",
             "added_s": round(self.added_s, 3),
             "up_s": None if self.up_s is None else round(self.up_s, 3),
+            "node": self.node,
             "left_s": None if self.leaving_s is None else round(self.leaving_s, 3),
             "removed_s": None if self.removed_s is None else round(self.removed_s, 3),
             "reports": self.reports,
@@ -217,6 +219,8 @@ class FleetSetup:
     drain_timeout_s: float
     # an actor's metrics endpoint "host:port" (None: metrics are not served)
     address_of: Callable[[object], str] | None = None
+    # the Ray node id an actor runs on ("" = not asked)
+    node_of: Callable[[object], str] = lambda handle: ""
     # the scrape targets changed: the full list of rollout actors' endpoints
     on_addresses: Callable[[list[str]], None] = lambda addrs: None
     started: list = field(default_factory=list)  # every handle started (killed at the end)
@@ -248,8 +252,9 @@ class Fleet:
         self.changes: list[dict] = []
         self._next_poll = 0.0
         self._control_failed = False
-        if setup.address_of is not None:
-            for m in self.members.values():
+        for m in self.members.values():
+            m.node = setup.node_of(m.handle)
+            if setup.address_of is not None:
                 m.address = setup.address_of(m.handle)
         self._export()
         self._tell_control()
@@ -360,6 +365,7 @@ class Fleet:
             m.ping = m.handle.ping.remote()
             return False
         m.ping, m.up_s = None, self._now()
+        m.node = self.setup.node_of(m.handle)
         if self.setup.address_of is not None and m.removed_s is None:
             m.address = self.setup.address_of(m.handle)
         log.info("fleet: rollout actor %d is up", m.id)

@@ -158,6 +158,19 @@ def _node_address(_actor) -> str:
     return resolve_metrics_host(NODE_HOST)
 
 
+def _node_id(_actor) -> str:
+    """Run inside an actor (``__ray_call__``): the Ray node it runs on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def _node_of(handle) -> str:
+    import ray
+
+    return ray.get(handle.__ray_call__.remote(_node_id), timeout=30)
+
+
 def _metrics_addresses(driver_addr: str, handles: list) -> list[str]:
     """``host:port`` of every process's metrics endpoint, ``node`` hosts made concrete."""
     return [driver_addr, *_process_addresses(handles)]
@@ -379,6 +392,7 @@ def _fleet_setup(cfg: TrainConfig, w, started: list, on_addresses) -> FleetSetup
         high=cfg.actors.max_num_actors,
         drain_timeout_s=cfg.actors.drain_timeout_s,
         address_of=(lambda h: _process_addresses([h])[0]) if on_addresses else None,
+        node_of=_node_of,
         on_addresses=on_addresses or (lambda addrs: None),
         started=started,
     )

@@ -185,3 +185,117 @@ def test_fleet_grows_1_3_and_shrinks_to_2_losing_nothing(tmp_path):
     assert _gauge(final, "amago_driver_actors_alive") == 2
     assert _gauge(final, "amago_driver_actors_desired") == 2
     assert len(final) == seen["stage3"][1]  # the run's processes: 1 driver, learner, eval, 2
+
+
+def test_actors_added_wait_for_and_then_use_a_node_that_joins(monkeypatch):
+    """The run joins a Ray cluster whose head has CPUs for the learner and one actor only: a
+    grow to 3 leaves the new actors pending (alive 1, desired 3) until a worker node joins;
+    then they come up on that node and write rollouts."""
+    import shutil
+    import tempfile
+
+    import ray
+    from ray._common.utils import reset_ray_address
+    from ray._private import ray_constants
+    from ray._private.utils import read_ray_address, write_ray_address
+    from ray.cluster_utils import Cluster
+
+    from common.ray_utils import RAY_CLUSTER_FLAG
+    from deploy.fleet import request_scale
+    from deploy.local_cluster import LocalRayConfig, _node_args
+    from deploy.train import run_training
+
+    # every node on loopback, as deploy/local_cluster.py does (Ray reads both)
+    monkeypatch.setenv(RAY_CLUSTER_FLAG, "0")
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+    temp = tempfile.mkdtemp(prefix="/tmp/amg-")  # short: Ray's socket paths live under it
+    shape = LocalRayConfig(temp_dir=temp, object_store_mb=128)
+    machine_default = read_ray_address()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args=_node_args(shape, 2) | {"include_dashboard": False},
+    )
+    seen: dict = {"head": cluster.head_node.node_id}
+    try:
+        with EmbeddedServer() as server:
+            cfg = compose(
+                [
+                    *(o for o in SMOKE_OVERRIDES if not o.startswith(("run.max_", "actors.num_"))),
+                    "run.max_updates=0",
+                    "run.max_env_steps=0",
+                    "run.max_seconds=45",
+                    "run.eval_every_s=0",
+                    "run.final_eval_episodes=0",
+                    f"run.name={RUN}-join",
+                    "actors.num_actors=1",
+                    "actors.num_cpus=1",  # the head's 2 CPUs: the learner and this actor
+                    f"actors.envs_per_actor={ENVS}",
+                    f"actors.steps_per_call={STEPS}",
+                    "replay.rate_limit.samples_per_insert=0",
+                    f"deploy.ray_address={cluster.address}",
+                    "deploy.serve_metrics=false",
+                ]
+            )
+            replay = dataclasses.replace(cfg.replay, redis=server.redis_config(namespace="join"))
+            cfg = dataclasses.replace(cfg, replay=replay)
+            client, keys = connect(replay.redis), Keys("join")
+
+            def control():
+                return ray.get_actor(f"control/{RUN}-join", namespace="amago")
+
+            def drive() -> None:
+                try:
+                    _wait(lambda: ray.is_initialized() and _exists(control), "the run", 240)
+                    _wait(lambda: read_stats(client, keys).inserted_trajectories >= 8, "data")
+                    assert request_scale(f"{RUN}-join", 3).error == ""
+                    time.sleep(8.0)  # no CPU left on the head: the new actors stay pending
+                    seen["pending"] = ray.get(control().get.remote())
+                    node = cluster.add_node(**_node_args(shape, 2, worker=1))
+                    seen["node"] = node.node_id
+                    _wait(lambda: ray.get(control().get.remote()).alive == 3, "3 actors up", 90)
+                except BaseException as e:  # noqa: BLE001 - reported by the assertions below
+                    seen["error"] = e
+
+            out: dict = {}
+
+            def train() -> None:
+                try:
+                    out["summary"] = run_training(cfg, Path(temp) / "run")
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    out["error"] = e
+
+            run = threading.Thread(target=train, daemon=True)  # the main thread adds the node
+            run.start()
+            drive()  # (Ray's node start-up installs signal handlers: main thread only)
+            run.join(timeout=240)
+            assert "error" not in out, out.get("error")
+            summary = out["summary"]
+            per_actor = Counter(
+                decode(client.get(k)).meta.actor_id
+                for k in client.scan_iter(match=keys.blob_prefix + "*")
+            )
+            client.close()
+    finally:
+        cluster.shutdown()
+        if machine_default:
+            write_ray_address(machine_default)
+        else:
+            reset_ray_address()
+        shutil.rmtree(temp, ignore_errors=True)
+
+    print(seen, summary["fleet"])
+    assert "error" not in seen, seen.get("error")
+    assert (seen["pending"].desired, seen["pending"].alive) == (3, 1)
+    actors = {a["id"]: a for a in summary["fleet"]["actors"]}
+    assert sorted(actors) == [0, 2, 3]
+    assert actors[0]["node"] == seen["head"] != seen["node"]
+    assert actors[2]["node"] == actors[3]["node"] == seen["node"]  # the node that joined
+    assert per_actor[2] > 0 and per_actor[3] > 0  # and they wrote rollouts from there
+
+
+def _exists(get_handle) -> bool:
+    try:
+        get_handle()
+    except ValueError:
+        return False
+    return True
