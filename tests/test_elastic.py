@@ -6,7 +6,9 @@ driver's ``amago_driver_actors_alive``/``_desired`` as scraped at each stage, th
 service-discovery file, and the replay against the actors' reports: every stored trajectory
 has a unique insert token, the actor that left has exactly the rollouts it reported (its last
 collect included), the others at least theirs (their final collect, cut short at the end, is
-not reported), and the reported env steps add up to the run's."""
+not reported), and the reported env steps add up to the run's. A second run joins a two-node
+Ray cluster on 127.0.0.1 whose head has no CPU left for more actors: grown actors wait, and
+come up on the worker node added mid-run."""
 
 from __future__ import annotations
 
