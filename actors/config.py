@@ -66,7 +66,13 @@ class ExplorationConfig:
 class ActorConfig:
     """How many rollout actors run, what each steps, and how they run under Ray."""
 
-    num_actors: int = 2  # rollout actor processes
+    num_actors: int = 2  # rollout actor processes at the start (the fleet can be resized
+    # mid-run: `python -m deploy.cluster scale N`, deploy/fleet.py)
+    max_num_actors: int = 64  # the largest fleet a scale request may ask for
+    # A shrink lets each leaving actor finish its collect call in flight (its rollouts are
+    # inserted and counted), then kills it; after this many seconds (a collect held up by
+    # replay backpressure) it is told to stop, dropping the rollout it is blocked on.
+    drain_timeout_s: float = 120.0
     envs_per_actor: int = 8  # envs each actor steps as one batch (one inference call per step)
     steps_per_call: int = 64  # env steps (per env) each `collect` call runs before reporting
     weight_poll_steps: int = 16  # check for newer published weights every this many steps
@@ -88,6 +94,12 @@ class ActorConfig:
 
     def validate(self) -> None:
         require(self.num_actors >= 1, "num_actors", "need at least one actor")
+        require(
+            self.max_num_actors >= self.num_actors,
+            "max_num_actors",
+            f"must be >= num_actors ({self.num_actors})",
+        )
+        require(self.drain_timeout_s > 0, "drain_timeout_s", "must be > 0")
         require(self.envs_per_actor >= 1, "envs_per_actor", "must be >= 1")
         require(self.steps_per_call >= 1, "steps_per_call", "must be >= 1")
         require(self.weight_poll_steps >= 1, "weight_poll_steps", "must be >= 1")

@@ -12,7 +12,9 @@ class Exploration:
     of the policy's sampled (``cfg.sample_actions``) or greedy actions.
 
     Actor ``actor_id`` of ``num_actors`` anneals from ``cfg.start`` to its own final value,
-    spread geometrically over ``[cfg.end_min, cfg.end_max]`` across actors. Within a rollout
+    spread geometrically over ``[cfg.end_min, cfg.end_max]`` across actors (an actor added
+    mid-run, ``actor_id >= num_actors``, takes the value of actor ``actor_id % num_actors``:
+    a grown fleet repeats the spread rather than leaving it). Within a rollout
     of ``horizon`` steps, epsilon is scaled down linearly to ``cfg.rollout_end_scale`` at the
     horizon and fixed over ``cfg.step_windows`` (see :class:`actors.config.ExplorationConfig`).
     """
@@ -33,7 +35,7 @@ class Exploration:
             (w.start, w.stop if w.stop > 0 else self.horizon + w.stop, w.epsilon)
             for w in cfg.step_windows
         ]
-        frac = actor_id / (num_actors - 1) if num_actors > 1 else 0.0
+        frac = (actor_id % num_actors) / (num_actors - 1) if num_actors > 1 else 0.0
         lo, hi = max(cfg.end_min, 1e-6), max(cfg.end_max, 1e-6)
         self.end = float(lo * (hi / lo) ** frac) if cfg.end_max > 0 else 0.0
         self.steps = 0

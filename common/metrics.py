@@ -128,7 +128,12 @@ METRICS: dict[str, MetricDef] = {
     "amago_driver_learner_restarts": MetricDef(
         "counter", "Learner restarts seen by the driver (resumed from the newest checkpoint)"
     ),
-    "amago_driver_actors_alive": MetricDef("gauge", "Rollout actors answering"),
+    "amago_driver_actors_alive": MetricDef(
+        "gauge", "Rollout actors up and in the fleet (started, not leaving)"
+    ),
+    "amago_driver_actors_desired": MetricDef(
+        "gauge", "Rollout actors the fleet should have (deploy.cluster scale N)"
+    ),
     "amago_eval_return": MetricDef(
         "gauge",
         'Mean greedy return on fresh evaluation episodes, by task (multi-task runs; "" otherwise)',

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,9 @@ class Workers:
     evaluators: list  # one per task (one for a single-task run)
     tasks: list[str] = field(default_factory=list)  # task names ([] = single task)
     actor_tasks: list[str] = field(default_factory=list)  # the task of each rollout actor
+    # (actor id, task index) -> one more rollout actor started as the first ones were (the
+    # elastic fleet, deploy/fleet.py; task index 0 in a single-task run)
+    make_actor: Callable[[int, int], object] | None = None
 
     @property
     def evaluator(self) -> object:
@@ -262,6 +266,11 @@ def start_rollout_actor(
     )
 
 
+def _fleet_actor(start: Callable, tasks: list[Task], index: int, task: int):
+    """Rollout actor ``index`` of task ``task`` (index into ``tasks``; [] = single task)."""
+    return start(index, task=tasks[task]) if tasks else start(index)
+
+
 def build_workers(
     cfg: TrainConfig, spec: EnvSpec, run_dir: Path, use_gpu: bool, started: list
 ) -> Workers:
@@ -293,7 +302,15 @@ def build_workers(
         actor_tasks = [tasks[k].name for k in which]
     started += [*actors, *evaluators]
     ray.get([a.ping.remote() for a in [*actors, *evaluators]])
-    return Workers(broker, learner, actors, evaluators, [t.name for t in tasks], actor_tasks)
+    return Workers(
+        broker,
+        learner,
+        actors,
+        evaluators,
+        [t.name for t in tasks],
+        actor_tasks,
+        make_actor=functools.partial(_fleet_actor, start, tasks),
+    )
 
 
 __all__ = [

@@ -4,6 +4,7 @@
     python -m deploy.cluster up [--worker-nodes 1 --dashboard-port 8265 ...]
     python -m deploy.cluster status
     python -m deploy.cluster submit -- run.max_env_steps=20000      # ray job submit ...
+    python -m deploy.cluster scale 3 --run tmaze     # a running run's rollout fleet -> 3 actors
     python -m deploy.cluster down
 
 ``up`` starts, each only if it is not running already (so a second ``up`` reports and
@@ -592,10 +593,69 @@ def submit(cfg: ClusterConfig, overrides: list[str], wait: bool = True) -> int:
     return subprocess.call(cmd, env=env, cwd=REPO)
 
 
+def scale_size(values: list[str]) -> int:
+    """The N of ``scale N``: one integer >= 1 (``ValueError`` with a one-line reason). The
+    upper bound is the run's ``actors.max_num_actors``, checked by the run's control."""
+    if len(values) != 1:
+        raise ValueError(f"scale takes one fleet size N, got {len(values)} values: {values}")
+    try:
+        n = int(values[0])
+    except ValueError:
+        raise ValueError(f"scale N: N must be an integer, got {values[0]!r}") from None
+    if n < 1:
+        raise ValueError(f"scale N: N must be >= 1, got {n}")
+    return n
+
+
+def scale(cfg: ClusterConfig, n: int, run: str, address: str = "") -> int:
+    """Ask the live run ``run`` (its ``run.name``, as the driver printed it) for ``n``
+    rollout actors through its fleet control (``deploy/fleet.py``). ``address``: the Ray
+    cluster's GCS ``host:port``; "" = this local cluster's (token authentication on)."""
+    import logging
+
+    from deploy.fleet import CONTROL_NAMESPACE, request_scale
+
+    if not address:
+        st = State(cfg.state_dir)
+        if not st.cluster_json.exists():
+            raise RuntimeError(
+                f"no local cluster in {st.root} (`make cluster-up`); for another Ray, pass "
+                "--address host:port (a local run prints its own)"
+            )
+        address = json.loads(st.cluster_json.read_text())["gcs_address"]
+        os.environ["RAY_AUTH_MODE"] = "token"
+    import ray
+
+    try:
+        ray.init(
+            address=address,
+            namespace=CONTROL_NAMESPACE,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+        )
+    except Exception as e:  # a wrong address, a cluster that is down, a refused token
+        raise RuntimeError(f"cannot connect to Ray at {address}: {e}") from None
+    try:
+        answer = request_scale(run, n)
+    except ValueError as e:
+        raise RuntimeError(str(e)) from None
+    finally:
+        ray.shutdown()
+    if answer.error:
+        print(f"error: run {run}: {answer.error}", file=sys.stderr)
+        return 1
+    st = answer.state
+    print(
+        f"run {run}: rollout actors {answer.previous} -> {st.desired} "
+        f"(alive {st.alive}, ids {list(st.actor_ids)}; the driver applies it within ~1 s)"
+    )
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> tuple[str, ClusterConfig, argparse.Namespace]:
     d, r = ClusterConfig(), LocalRayConfig()
     p = argparse.ArgumentParser(description="the local amago-ray cluster (docs/deploy.md)")
-    p.add_argument("command", choices=("up", "down", "status", "submit"))
+    p.add_argument("command", choices=("up", "down", "status", "submit", "scale"))
     p.add_argument("--state-dir", default=d.state_dir)
     p.add_argument("--gcs-port", type=int, default=r.gcs_port)
     p.add_argument("--dashboard-port", type=int, default=r.dashboard_port)
@@ -611,7 +671,9 @@ def parse_args(argv: list[str] | None) -> tuple[str, ClusterConfig, argparse.Nam
     p.add_argument("--scrape-interval-s", type=float, default=d.prom.scrape_interval_s)
     p.add_argument("--no-prometheus", action="store_true")
     p.add_argument("--no-wait", action="store_true", help="submit: return once submitted")
-    p.add_argument("overrides", nargs="*", help="submit: Hydra overrides after --")
+    p.add_argument("--run", default="amago", help="scale: the run's run.name")
+    p.add_argument("--address", default="", help="scale: Ray GCS host:port (default: ours)")
+    p.add_argument("overrides", nargs="*", help="submit: Hydra overrides after --; scale: N")
     a = p.parse_args(argv)
     state = os.path.abspath(a.state_dir)
     cfg = ClusterConfig(
@@ -640,6 +702,8 @@ def parse_args(argv: list[str] | None) -> tuple[str, ClusterConfig, argparse.Nam
 def main(argv: list[str] | None = None) -> int:
     command, cfg, args = parse_args(argv)
     try:
+        if command == "scale":
+            return scale(cfg, scale_size(args.overrides), args.run, args.address)
         if command == "up":
             return up(cfg)
         if command == "down":
@@ -647,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "status":
             return status(cfg)
         return submit(cfg, args.overrides, wait=not args.no_wait)
-    except (ConfigError, RuntimeError) as e:
+    except (ConfigError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

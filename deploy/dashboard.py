@@ -279,6 +279,7 @@ ROWS: tuple[Row, ...] = (
                 "Actor health",
                 (
                     _q(f"max(amago_driver_actors_alive{{{RUN}}})", "actors alive"),
+                    _q(f"max(amago_driver_actors_desired{{{RUN}}})", "actors desired"),
                     _q(
                         f"sum(increase(amago_driver_actor_restarts_total{{{RUN}}}[5m]))",
                         "actor restarts (5 min)",
@@ -293,7 +294,8 @@ ROWS: tuple[Row, ...] = (
                     ),
                 ),
                 "short",
-                "Actors answering the driver, Ray restarts of failed actors and learner, env exceptions.",
+                "Rollout actors up and asked for (the elastic fleet), Ray restarts of failed "
+                "actors and learner, env exceptions.",
             ),
             Panel(
                 "Inference latency",

@@ -13,6 +13,10 @@ from the ``incarnation`` each report carries (a restarted process reports a new 
     sup.call("actor", 0)
     for done in sup.poll(timeout_s=0.5):   # finished calls: Done(kind, index, report)
         ...
+
+A worker leaving mid-run (the elastic fleet, ``deploy/fleet.py``) is *retired*: it gets no
+new call and no retry, but the call it has in flight still finishes and is returned by
+``poll`` (its report counted); once ``in_flight`` is False it can be forgotten (``remove``).
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class Supervisor:
         self._deaths: Counter[Key] = Counter()
         self._down_since: dict[Key, float] = {}
         self._incarnation: dict[Key, str] = {}
+        self._retired: set[Key] = set()
         self.restarts: Counter[str] = Counter()  # by kind: "actor", "eval", "learner"
         metrics.inc("amago_driver_actor_restarts", 0)  # exported from the start
         metrics.inc("amago_driver_learner_restarts", 0)
@@ -90,10 +95,31 @@ class Supervisor:
     def busy(self, kind: str, index: int = 0) -> bool:
         return (kind, index) in self._pending.values() or (kind, index) in self._retry_at
 
+    def in_flight(self, kind: str, index: int = 0) -> bool:
+        """Whether a call to the worker is running (a scheduled retry does not count)."""
+        return (kind, index) in self._pending.values()
+
     def call(self, kind: str, index: int = 0) -> None:
-        """Start a call unless one is in flight (or a retry is scheduled)."""
-        if not self.busy(kind, index):
+        """Start a call unless one is in flight (or a retry is scheduled) or the worker is
+        retired."""
+        if not self.busy(kind, index) and (kind, index) not in self._retired:
             self._pending[self._calls[kind, index]()] = (kind, index)
+
+    def retire(self, kind: str, index: int) -> None:
+        """No new call (nor retry) for the worker; its call in flight still finishes."""
+        self._retired.add((kind, index))
+        self._retry_at.pop((kind, index), None)
+
+    def remove(self, kind: str, index: int) -> None:
+        """Forget a retired worker (after its last call finished)."""
+        key = (kind, index)
+        for store in (self._calls, self._rules, self._retry_at, self._deaths):
+            store.pop(key, None)
+        self._down_since.pop(key, None)
+        self._incarnation.pop(key, None)
+        self._retired.discard(key)
+        for ref in [r for r, k in self._pending.items() if k == key]:
+            del self._pending[ref]
 
     def call_all(self, kind: str) -> None:
         for k, i in list(self._calls):
@@ -168,6 +194,9 @@ class Supervisor:
 
         kind, index = key
         rule = self._rules[key]
+        if key in self._retired:  # leaving anyway: nothing to retry
+            log.warning("%s %d died while leaving (%s)", kind, index, type(err).__name__)
+            return
         log.warning("%s %d unavailable (%s); Ray restarts it", kind, index, type(err).__name__)
         if rule.retry_delay_s is None:
             return

@@ -32,7 +32,8 @@ import numpy as np
 from common.reports import ActorReport, EvalReport, LearnerReport
 from common.spec import EnvSpec
 from deploy.config import RunConfig, TrainConfig, prepare, resolve_environment
-from deploy.supervisor import ACTOR_RULE, EVAL_RULE, Supervisor, learner_rule
+from deploy.fleet import Fleet, FleetSetup, start_control
+from deploy.supervisor import EVAL_RULE, Supervisor, learner_rule
 from deploy.tracking import Tracker, TrackerSet, make_trackers
 
 log = logging.getLogger("amago")
@@ -151,6 +152,7 @@ class RunLog:
             data_age=age,
             actor_policy_lag=actor_lag,
         )
+        named.update(actors_alive=p.actors_alive, actors_desired=p.actors_desired)
         named.update({f"return_mean/{t}": v for t, v in by_task.items()})
         self.row(**{**(lr.losses if lr else {}), **named})  # learner means, then the driver's
         fmt = lambda v: "   -" if v is None else f"{v:6.3f}"  # noqa: E731
@@ -165,7 +167,8 @@ class RunLog:
             f"updates {p.updates:>7,d} ({ups:5.1f}/s) | return {fmt(ret)} | "
             f"eval {fmt(p.evals[-1]['return'] if p.evals else None)} | "
             f"replay {stored or 0:>9,} steps | data age {age or 0.0:6.1f} | "
-            f"actor lag {actor_lag or 0.0:5.1f}{tasks}",
+            f"actor lag {actor_lag or 0.0:5.1f} | actors {p.actors_alive}/{p.actors_desired}"
+            f"{tasks}",
             flush=True,
         )
 
@@ -181,13 +184,31 @@ def _node_address(_actor) -> str:
     return resolve_metrics_host(NODE_HOST)
 
 
+def _node_id(_actor) -> str:
+    """Run inside an actor (``__ray_call__``): the Ray node it runs on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def _node_of(handle) -> str:
+    import ray
+
+    return ray.get(handle.__ray_call__.remote(_node_id), timeout=30)
+
+
 def _metrics_addresses(driver_addr: str, handles: list) -> list[str]:
     """``host:port`` of every process's metrics endpoint, ``node`` hosts made concrete."""
+    return [driver_addr, *_process_addresses(handles)]
+
+
+def _process_addresses(handles: list) -> list[str]:
+    """``host:port`` of the metrics endpoints of the actors ``handles``."""
     import ray
 
     from common.metrics import NODE_HOST
 
-    out = [driver_addr]
+    out = []
     for h, addr in zip(handles, ray.get([h.metrics_address.remote() for h in handles])):
         host, port = addr.rsplit(":", 1)
         if host == NODE_HOST:
@@ -313,18 +334,39 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path) -> dict:
     handles: list = []
     try:
         w = build_workers(cfg, spec, run_dir, use_gpu, started=handles)
-        addrs = _metrics_addresses(driver_addr, w.all()) if d.serve_metrics else []
-        if sd_path and addrs:
-            _write_sd_file(sd_path, addrs, cfg.run.name)
-        summary = _loop(cfg, runlog, metrics, w)
-        _answers([a.stop.remote() for a in w.actors])  # unblock collects held by backpressure
+        base = (
+            _metrics_addresses(driver_addr, [w.learner, *w.evaluators]) if d.serve_metrics else []
+        )
+
+        def list_targets(actor_addrs: list[str]) -> None:
+            if sd_path and base:
+                _write_sd_file(sd_path, [*base, *actor_addrs], cfg.run.name)
+
+        sup = Supervisor(metrics)
+        control, control_as = _start_control(cfg, run_dir, len(w.actors), len(w.tasks))
+        handles.append(control)
+        fleet = Fleet(
+            _fleet_setup(cfg, w, handles, list_targets if d.serve_metrics else None),
+            sup,
+            metrics,
+            w.actors,
+            [w.tasks.index(t) for t in w.actor_tasks] if w.tasks else [0] * len(w.actors),
+            control=control,
+            clock=runlog.elapsed,  # the time_s of metrics.jsonl
+        )
+        list_targets(fleet.addresses())
+        summary = _loop(cfg, runlog, metrics, w, sup, fleet)
+        summary["fleet"] = {"control": control_as, **fleet.summary()}
+        actors = fleet.handles()
+        _answers([a.stop.remote() for a in actors])  # unblock collects held by backpressure
+        addrs = [*base, *fleet.addresses()]
         if d.dump_final_metrics and addrs:
             from deploy.scrape import FINAL_DUMP, scrape_all, write_dump
 
             summary["metrics_dump"] = str(write_dump(run_dir / FINAL_DUMP, scrape_all(addrs)))
         summary["memory_mb"] = {
             "learner": ray.get(w.learner.memory_mb.remote()),
-            "actors": _answers([a.memory_mb.remote() for a in w.actors]),
+            "actors": _answers([a.memory_mb.remote() for a in actors]),
             "replay_server": _server_memory_mb(cfg),
         }
     finally:
@@ -348,6 +390,39 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path) -> dict:
             )
         )
     return summary
+
+
+def _start_control(cfg: TrainConfig, run_dir: Path, n: int, tasks: int) -> tuple[object, str]:
+    """The run's fleet control (``deploy/fleet.py``), and the name ``scale --run`` takes."""
+    import ray
+
+    handle, name = start_control(
+        cfg.run.name, run_dir.name, n, max(1, tasks), cfg.actors.max_num_actors
+    )
+    run = name.split("/", 1)[1]
+    where = (
+        f" --address {ray.get_runtime_context().gcs_address}" if not cfg.deploy.ray_address else ""
+    )
+    print(f"fleet: resize with `python -m deploy.cluster scale N --run {run}{where}`", flush=True)
+    return handle, run
+
+
+def _fleet_setup(cfg: TrainConfig, w, started: list, on_addresses) -> FleetSetup:
+    """The elastic fleet of this run's rollout actors: new ones through the builder's
+    factory, ids after the evaluation actors' (``n .. n + tasks - 1``)."""
+    return FleetSetup(
+        make_actor=w.make_actor,
+        weights=[t.weight for t in cfg.env.task_list()],
+        task_names=list(w.tasks),
+        first_new_id=len(w.actors) + len(w.evaluators),
+        low=max(1, len(w.tasks)),
+        high=cfg.actors.max_num_actors,
+        drain_timeout_s=cfg.actors.drain_timeout_s,
+        address_of=(lambda h: _process_addresses([h])[0]) if on_addresses else None,
+        node_of=_node_of,
+        on_addresses=on_addresses or (lambda addrs: None),
+        started=started,
+    )
 
 
 @dataclass
@@ -376,6 +451,8 @@ class RunProgress:
     lag_counts: dict[int, int] = field(default_factory=dict)
     # data age (``LearnerReport.data_age``) weighted by updates, for summary.json
     _age_sum: float = 0.0
+    actors_alive: int = 0  # the elastic fleet (deploy/fleet.py), as of the last console row
+    actors_desired: int = 0
 
     def on_actor(self, r: ActorReport) -> None:
         self.env_steps += r.env_steps
@@ -476,11 +553,10 @@ def task_thresholds(cfg: TrainConfig) -> dict[str, float]:
     return out
 
 
-def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w) -> dict:
+def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w, sup: Supervisor, fleet: Fleet) -> dict:
+    """Keep every worker busy until a budget is reached (the rollout actors are ``fleet``'s,
+    already registered with ``sup``), evaluating along the way; then the final evaluation."""
     r = cfg.run
-    sup = Supervisor(metrics)
-    for i, a in enumerate(w.actors):
-        sup.add("actor", i, a.collect.remote, ACTOR_RULE)
     rule = learner_rule(cfg.learner.worker.max_restarts, LEARNER_OUTAGE_S)
     sup.add("learner", 0, lambda: w.learner.train.remote(r.updates_per_call, 10.0), rule)
     for k, ev_actor in enumerate(w.evaluators):
@@ -496,6 +572,7 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w) -> dict:
         for done in sup.poll(timeout_s=0.5):
             if done.kind == "actor":
                 p.on_actor(done.report)
+                fleet.on_report(done.index, done.report)
             elif done.kind == "learner":
                 p.on_learner(done.report)
             elif multi:
@@ -514,13 +591,14 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w) -> dict:
                     eval_success=done.report.success_rate(),
                 )
                 continue
-            sup.call(done.kind, done.index)
+            sup.call(done.kind, done.index)  # (not for an actor leaving the fleet)
+        fleet.step()
         if runlog.elapsed() >= next_eval and not evaluating():
             p.start_round()
             sup.call_all("eval")
             next_eval = runlog.elapsed() + r.eval_every_s
         if runlog.elapsed() >= next_log:
-            metrics.set("amago_driver_actors_alive", len(w.actors))
+            p.actors_alive, p.actors_desired = fleet.alive(), fleet.desired
             runlog.progress(p)
             next_log = runlog.elapsed() + r.log_every_s
     train_time = runlog.elapsed()
