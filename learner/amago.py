@@ -61,6 +61,7 @@ from learner.losses import (
     td_target,
     twohot,
     twohot_value,
+    value_error_weights,
 )
 
 
@@ -298,6 +299,10 @@ class AmagoLearner:
         if two_hot:
             labels = self._labels(symlog(y))  # (B, T, G, K)
             critic_el = -(labels.unsqueeze(0) * F.log_softmax(q_sa_out.float(), -1)).sum(-1)
+            if cfg.critic_loss_weighting == "error":
+                critic_el = critic_el * value_error_weights(
+                    q_sa_out, symlog(y), ag.bins, valid
+                )  # (C, B, T, G)
             with torch.no_grad():
                 q_sa = twohot_value(q_sa_out, ag.bins)  # (C, B, T, G) raw
                 if discrete:

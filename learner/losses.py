@@ -71,6 +71,27 @@ def td_target(
     return reward_scale * reward.unsqueeze(-1) + gammas * (1.0 - done).unsqueeze(-1) * boot
 
 
+def value_error_weights(
+    logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """Per-transition weights of a bin critic's cross-entropy (``critic_loss_weighting:
+    error``): ``|E_bins[pred] - target|`` in the bins' (symlog) units, divided by its mean
+    over the valid transitions, without gradient.
+
+    logits ``(C, B, T, G, K)``, target ``(B, T, G)`` (symlog), valid ``(B, T)``; returns
+    ``(C, B, T, G)`` with mean 1 over valid entries. Cross-entropy alone gives every
+    transition a bounded, similar-sized gradient; weighted, the transitions the critic gets
+    most wrong (in T-Maze: the junction, while the hint is unknown) dominate, as they do
+    under a squared error.
+    """
+    with torch.no_grad(), torch.autocast(logits.device.type, enabled=False):
+        pred = torch.softmax(logits.float(), -1) @ bins.float()  # (C, B, T, G)
+        err = (pred - target.float().unsqueeze(0)).abs()
+        c, b, t, g = err.shape
+        mask = valid.view(1, b, t, 1).expand_as(err)
+        return err / masked_mean(err, mask).clamp_min(1e-6)
+
+
 def advantage_filter(q_sa: torch.Tensor, v_s: torch.Tensor) -> torch.Tensor:
     """Binary filter ``1[A > 0]`` with ``A = mean_c Q_c(s, a) - mean_c V_c(s)``.
 

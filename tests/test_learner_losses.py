@@ -18,6 +18,7 @@ from learner.losses import (
     td_target,
     twohot,
     twohot_value,
+    value_error_weights,
 )
 
 
@@ -116,6 +117,22 @@ def test_hlgauss_labels_by_hand_and_smooth():
     assert (near - lab[:1]).abs().sum() < 0.15
     jump = (twohot(torch.tensor([0.02]), bins) - twohot(torch.tensor([0.0]), bins)).abs().sum()
     assert jump > 0.35
+
+
+def test_value_error_weights_follow_the_error_with_mean_one_over_valid():
+    bins = torch.linspace(-2.0, 2.0, 5)  # symlog units
+    logits = torch.full((2, 1, 3, 1, 5), -30.0)  # (C, B, T, G, K): one-hot predictions
+    logits[..., 2] = 30.0  # every prediction is bin 0.0
+    logits[1, 0, 2, 0] = -30.0
+    logits[1, 0, 2, 0, 4] = 30.0  # critic 1, t=2 predicts 2.0
+    logits.requires_grad_(True)
+    target = torch.tensor([[[1.0], [0.5], [2.0]]])  # (B, T, G)
+    valid = torch.tensor([[True, True, False]])
+    w = value_error_weights(logits, target, bins, valid)
+    assert w.shape == (2, 1, 3, 1) and not w.requires_grad
+    err = torch.tensor([[1.0, 0.5, 2.0], [1.0, 0.5, 0.0]])  # |pred - target| per critic, t
+    assert torch.allclose(w[:, 0, :, 0], err / 0.75, atol=1e-5)  # mean over valid: 0.75
+    assert torch.allclose(w[:, 0, :2, 0].mean(), torch.tensor(1.0), atol=1e-5)
 
 
 def test_twohot_value_inverts_labels():

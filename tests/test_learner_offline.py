@@ -139,6 +139,17 @@ def test_offline_tmaze_sequence_model_learns_memory(encoder):
 
 
 @pytest.mark.slow
+def test_offline_tmaze_amago2_learns_memory():
+    """AMAGO-2 (bin critics, filtered-BC actor) on the same data, seed 1: with plain
+    cross-entropy its critic stayed hint-blind (0.5) on this seed; weighted by the value
+    error (the default ``critic_loss_weighting``) it learns the hint."""
+    learner, _ = train_offline("transformer", updates=1500, seed=1, variant="amago2")
+    assert learner.cfg.critic_loss_weighting == "error"
+    ret = greedy_return(learner, episodes=50, seed=123)
+    assert ret >= 0.95, ret
+
+
+@pytest.mark.slow
 def test_offline_tmaze_memoryless_fails():
     learner, _ = train_offline("mlp", updates=1500)
     ret = greedy_return(learner, episodes=50, seed=123)
