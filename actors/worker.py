@@ -138,9 +138,10 @@ class RolloutActor:
         token = secrets.token_hex(16)  # one per rollout: a retried insert stores it once
         while not self._stopping:
             try:
-                self.writer.insert(traj, token=token)
-                self._lags.append(lag)  # counted once handed over (stored, or parked)
-                self.metrics.observe("amago_actor_policy_lag_versions", lag, actor=self.label)
+                if self.writer.insert(traj, token=token) >= 0:  # stored (-1: parked for a
+                    # shard that is down; stored later by a flush, or lost with the actor)
+                    self._lags.append(lag)
+                    self.metrics.observe("amago_actor_policy_lag_versions", lag, actor=self.label)
                 return
             except RecordError as e:  # counted by the store; drop it and carry on
                 self.rejected += 1

@@ -346,6 +346,7 @@ class _Writer:
 
     def insert(self, traj, token=None):
         self.got.append(traj)
+        return len(self.got) - 1
 
     def flush(self, force=False):
         return 0

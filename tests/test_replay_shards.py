@@ -501,7 +501,7 @@ def test_a_training_run_over_three_shards_survives_one_restarted(tmp_path):
     assert all(p.trajectories == p.inserted_trajectories > 0 for p in per)  # nothing evicted
     assert all(p.sampled_windows > 0 for p in per)
     stored = sum(p.trajectories for p in per)
-    assert stored >= summary["actor_policy_lag"]["rollouts"]  # every reported rollout
+    assert stored >= summary["actor_policy_lag"]["rollouts"]  # every rollout reported stored
     dump = read_dump(tmp_path / "run" / "metrics_final.prom")
     outages = [
         float(line.split()[-1])
