@@ -451,6 +451,12 @@ class RunProgress:
     lag_counts: dict[int, int] = field(default_factory=dict)
     # data age (``LearnerReport.data_age``) weighted by updates, for summary.json
     _age_sum: float = 0.0
+    # the learner's time inside ``train`` calls and the part of it spent waiting for a batch
+    learner_seconds: float = 0.0
+    learner_wait_s: float = 0.0
+    # start-up (run clock, ``time_s``): every worker built; the first learner update reported
+    workers_ready_s: float | None = None
+    first_update_s: float | None = None
     actors_alive: int = 0  # the elastic fleet (deploy/fleet.py), as of the last console row
     actors_desired: int = 0
 
@@ -468,6 +474,8 @@ class RunProgress:
         self.updates += r.updates
         self.last_learner = r
         self._age_sum += r.data_age * r.updates
+        self.learner_seconds += r.seconds
+        self.learner_wait_s += r.batch_wait_s
 
     def take_recent_lags(self) -> list[int]:
         """Actor lags of the rollouts reported since the previous call."""
@@ -563,6 +571,7 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w, sup: Supervisor, fleet: 
         sup.add("eval", k, lambda a=ev_actor: a.evaluate.remote(r.eval_episodes), EVAL_RULE)
     multi = bool(w.tasks)
     p = RunProgress(tasks=list(w.tasks), thresholds=task_thresholds(cfg))
+    p.workers_ready_s = runlog.elapsed()
     sup.call_all("actor")
     sup.call("learner")
     next_log = r.log_every_s
@@ -575,6 +584,8 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w, sup: Supervisor, fleet: 
                 fleet.on_report(done.index, done.report)
             elif done.kind == "learner":
                 p.on_learner(done.report)
+                if p.first_update_s is None and done.report.updates:
+                    p.first_update_s = runlog.elapsed()
             elif multi:
                 ev = p.on_task_eval(done.report, runlog.elapsed())
                 t = done.report.task
@@ -729,6 +740,11 @@ def _summary(cfg, p: RunProgress, sup: Supervisor, final: EvalReport | None, sec
         "learner_resumed_from": p.last_learner.resumed_from if p.last_learner else None,
         "env_steps_per_s": p.env_steps / max(secs, 1e-9),
         "updates_per_s": p.updates / max(secs, 1e-9),
+        # of the learner's time in train calls, the part spent waiting for a batch (rate
+        # limiter, empty replay, sampling slower than updates): 0 = never starved
+        "workers_ready_s": p.workers_ready_s,
+        "first_update_s": p.first_update_s,  # the first train call that updated, returned
+        "learner_wait_fraction": p.learner_wait_s / p.learner_seconds if p.learner_seconds else None,
         **p.lag_summary(),
     }
 
