@@ -744,7 +744,9 @@ def _summary(cfg, p: RunProgress, sup: Supervisor, final: EvalReport | None, sec
         # limiter, empty replay, sampling slower than updates): 0 = never starved
         "workers_ready_s": p.workers_ready_s,
         "first_update_s": p.first_update_s,  # the first train call that updated, returned
-        "learner_wait_fraction": p.learner_wait_s / p.learner_seconds if p.learner_seconds else None,
+        "learner_wait_fraction": (
+            p.learner_wait_s / p.learner_seconds if p.learner_seconds else None
+        ),
         **p.lag_summary(),
     }
 
