@@ -274,16 +274,20 @@ def _fleet_actor(start: Callable, tasks: list[Task], index: int, task: int):
 def build_workers(
     cfg: TrainConfig, spec: EnvSpec, run_dir: Path, use_gpu: bool, started: list
 ) -> Workers:
-    """Start the broker, the learner (waiting for its first published version: a failed
-    start-up surfaces here), the rollout actors and the evaluation actor, in that order.
-    Every handle is appended to ``started`` as soon as it exists (so the caller can kill what
-    was started when a later step fails)."""
+    """Start the broker, the learner, the rollout actors and the evaluation actor, then wait
+    for the learner's first published version (a failed start-up surfaces there) and for
+    every actor. On CPU the actors' processes start while the learner builds its model (their
+    constructors wait for its first weights), so start-up costs the slower of the two rather
+    than their sum; a learner that asked for a GPU is waited for first, since Ray may need to
+    bring up a node for it (``deploy.gpu_wait_s``). Every handle is appended to ``started`` as
+    soon as it exists (so the caller can kill what was started when a later step fails)."""
     import ray
 
     broker = start_broker()
     started.append(broker)
     learner = start_learner(cfg, spec, broker, run_dir, use_gpu, started)
-    wait_for_learner(learner, use_gpu, cfg.deploy.gpu_wait_s)
+    if use_gpu:
+        wait_for_learner(learner, use_gpu, cfg.deploy.gpu_wait_s)
     d = cfg.deploy
     strategy = "SPREAD" if (d.ray_address and d.spread_actors) else "DEFAULT"
     start = functools.partial(start_rollout_actor, cfg, broker, strategy=strategy, spec=spec)
@@ -301,6 +305,8 @@ def build_workers(
         evaluators = [start(n + k, evaluation=True, task=t) for k, t in enumerate(tasks)]
         actor_tasks = [tasks[k].name for k in which]
     started += [*actors, *evaluators]
+    if not use_gpu:
+        wait_for_learner(learner, use_gpu, cfg.deploy.gpu_wait_s)
     ray.get([a.ping.remote() for a in [*actors, *evaluators]])
     return Workers(
         broker,
