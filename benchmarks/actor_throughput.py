@@ -1,11 +1,16 @@
 """Rollout actor throughput and KV-cached inference cost.
 
-    python -m benchmarks.actor_throughput [--actors 1 2 4] [--seconds 20]
-        [--contexts 64 256 1024 2048] [--skip-actors] [--skip-context]
+    python -m benchmarks.actor_throughput [--tasks tmaze popgym] [--actors 1 2 4]
+        [--envs-per-actor 8 16 32] [--seconds 20] [--contexts 64 256 1024 2048]
+        [--skip-actors] [--skip-context]
 
-1. **Env steps/s vs number of actors** — real Ray rollout actors (T-Maze H=10, 8 envs each,
-   the T-Maze preset's Transformer) writing whole episodes to an embedded Valkey replay
-   service, weights from the broker; no learner competes for the cores. Also reports each
+1. **Env steps/s vs number of actors and envs per actor** — real Ray rollout actors writing
+   whole episodes to an embedded Valkey replay service, weights from the broker; no learner
+   competes for the cores. Tasks: ``tmaze`` (``experiment=tmaze``: T-Maze H=10 and its
+   Transformer, what ``make run`` trains) and ``popgym`` (``env=popgym
+   env.id=popgym-RepeatPreviousEasy-v0``: the generic defaults' model, window 52). Every
+   combination of ``--actors`` x ``--envs-per-actor`` is measured; one actor is one process
+   on one core (1 torch thread), so its row is env steps/s per core. Also reports each
    actor's resident memory after a warm-up and at the end (it must not grow with run length)
    and the replay server's memory.
 2. **Per-step inference cost vs context length** — the AMAGO default Transformer (d_model 256,
@@ -26,8 +31,15 @@ import time
 
 import numpy as np
 
+TASKS = {
+    "tmaze": ("experiment=tmaze",),
+    "popgym": ("env=popgym", "env.id=popgym-RepeatPreviousEasy-v0"),
+}
 
-def actor_scaling(actor_counts: list[int], seconds: float) -> list[dict]:
+
+def actor_scaling(
+    actor_counts: list[int], seconds: float, task: str = "tmaze", envs: tuple[int, ...] = (8,)
+) -> list[dict]:
     import ray
 
     from common.envs.factory import env_spec
@@ -39,7 +51,7 @@ def actor_scaling(actor_counts: list[int], seconds: float) -> list[dict]:
     from replay_service import EmbeddedServer, ReplayStore, connect
 
     cfg = compose(
-        ["experiment=tmaze", "replay.rate_limit.samples_per_insert=0", "deploy.serve_metrics=false"]
+        [*TASKS[task], "replay.rate_limit.samples_per_insert=0", "deploy.serve_metrics=false"]
     )
     spec = env_spec(cfg.env)
     init_ray(num_cpus=max(actor_counts))
@@ -51,11 +63,10 @@ def actor_scaling(actor_counts: list[int], seconds: float) -> list[dict]:
         broker = ray.remote(WeightBroker).options(num_cpus=0).remote()
         weights = AmagoLearner(spec, cfg.learner).policy_weights()
         ray.get(broker.publish.remote(1, [ray.put(to_numpy_state(weights))]))
-        for n in actor_counts:
+        for n, e in [(n, e) for e in envs for n in actor_counts]:
             store.clear()
-            run = dataclasses.replace(
-                cfg, replay=replay, actors=dataclasses.replace(cfg.actors, num_actors=n, num_cpus=1)
-            )
+            acfg = dataclasses.replace(cfg.actors, num_actors=n, num_cpus=1, envs_per_actor=e)
+            run = dataclasses.replace(cfg, replay=replay, actors=acfg)
             actors = [start_rollout_actor(run, broker, i, spec=spec) for i in range(n)]
             ray.get([a.collect.remote(64) for a in actors])  # warm-up
             mem_start = ray.get([a.memory_mb.remote() for a in actors])
@@ -73,6 +84,8 @@ def actor_scaling(actor_counts: list[int], seconds: float) -> list[dict]:
             stats = store.stats()
             rows.append(
                 {
+                    "task": task,
+                    "envs_per_actor": e,
                     "actors": n,
                     "env_steps_per_s": steps / elapsed,
                     "per_actor": steps / elapsed / n,
@@ -155,7 +168,9 @@ def context_cost(contexts: list[int], slots: int = 8, steps: int = 30, model=Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["tmaze"])
     ap.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--envs-per-actor", type=int, nargs="+", default=[8])
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--contexts", type=int, nargs="+", default=[64, 256, 512, 1024, 2048])
     ap.add_argument("--skip-actors", action="store_true")
@@ -163,20 +178,21 @@ def main() -> None:
     args = ap.parse_args()
     print(f"{platform.machine()}, {os.cpu_count()} cores")
     if not args.skip_actors:
-        rows = actor_scaling(args.actors, args.seconds)
-        base = rows[0]["env_steps_per_s"]
-        print("\nEnv steps/s vs rollout actors (T-Maze H=10, 8 envs/actor, no learner)")
-        print(
-            f"{'actors':>6} {'steps/s':>9} {'per actor':>9} {'scaling':>7} "
-            f"{'actor RSS MiB start->end':>25} {'server RSS MiB':>14}"
-        )
-        for r in rows:
+        for task in args.tasks:
+            rows = actor_scaling(args.actors, args.seconds, task, tuple(args.envs_per_actor))
+            base = rows[0]["env_steps_per_s"]
+            print(f"\nEnv steps/s vs rollout actors and envs per actor ({task}: {TASKS[task]})")
             print(
-                f"{r['actors']:>6} {r['env_steps_per_s']:>9.0f} {r['per_actor']:>9.0f} "
-                f"{r['env_steps_per_s'] / base:>6.2f}x "
-                f"{r['actor_rss_start_mb']:>12.0f} -> {r['actor_rss_end_mb']:<10.0f} "
-                f"{r['server_rss_mb']:>14.0f}"
+                f"{'envs':>4} {'actors':>6} {'steps/s':>9} {'per actor':>9} {'vs first':>8} "
+                f"{'actor RSS MiB start->end':>25} {'server RSS MiB':>14}"
             )
+            for r in rows:
+                print(
+                    f"{r['envs_per_actor']:>4} {r['actors']:>6} {r['env_steps_per_s']:>9.0f} "
+                    f"{r['per_actor']:>9.0f} {r['env_steps_per_s'] / base:>7.2f}x "
+                    f"{r['actor_rss_start_mb']:>12.0f} -> {r['actor_rss_end_mb']:<10.0f} "
+                    f"{r['server_rss_mb']:>14.0f}"
+                )
     if not args.skip_context:
         rows = context_cost(args.contexts)
         print("\nPer-step inference vs context length (AMAGO default model, 8 slots, 1 thread)")

@@ -130,9 +130,11 @@ def report(task: Task, rows: list[dict], ray_start: float) -> None:
         )
     mem = rows[-1]["memory_mb"]
     print(
-        "memory (MiB): learner rss {:.0f} (peak {:.0f}); actors rss {}; replay server rss {:.0f}".format(
+        "memory (MiB): learner rss {:.0f} (peak {:.0f}), its sampler process {:.0f}; actors rss {}; "
+        "replay server rss {:.0f}".format(
             mem["learner"]["rss_mb"],
             mem["learner"]["peak_rss_mb"],
+            mem["learner"].get("children_rss_mb", 0.0),
             [round(a["rss_mb"]) for a in mem["actors"]],
             mem["replay_server"].get("rss_mb", float("nan")),
         )

@@ -1,8 +1,9 @@
 """The learner actor: a thin Ray actor around the pure :class:`learner.amago.AmagoLearner`.
 
 Batches are sampled from the replay service (a sampler made by the factory in its
-:class:`LearnerSetup`) on a background thread (:class:`Prefetcher`) so sampling, decoding and
-relabeling overlap the update. Weights are published through
+:class:`LearnerSetup`) ahead of the updates by :mod:`learner.prefetch`: in a child process
+by default (``learner.worker.sample_in``), so sampling, decoding and relabeling run on another
+core and never contend for the update's GIL. Weights are published through
 :class:`common.weights.WeightPublisher` every ``publish_every`` updates with ONE ``ray.put``
 per version; checkpoints are written every ``checkpoint_every_min`` minutes. Each ``train``
 call answers with a :class:`common.reports.LearnerReport`.
@@ -19,9 +20,7 @@ the timesteps of every rank's batches.
 from __future__ import annotations
 
 import logging
-import queue
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,55 +31,15 @@ import numpy as np
 from common.core import ReplaySampler
 from common.metrics import Metrics, process_memory_mb
 from common.records import Batch
-from common.replay import RateLimitTimeout, ReplayStats
+from common.replay import ReplayStats
 from common.reports import LearnerReport
 from common.spec import EnvSpec
 from common.weights import WeightPublisher
 from learner.config import LearnerConfig
 from learner.distributed import Rendezvous
+from learner.prefetch import make_prefetcher
 
 log = logging.getLogger(__name__)
-
-
-class Prefetcher:
-    """Calls ``sample()`` on a daemon thread, keeping up to ``depth`` batches ready.
-
-    ``sample`` returns a batch, or None when nothing could be sampled yet (rate limiter,
-    empty store); exceptions are logged and retried after a pause, never fatal.
-    """
-
-    def __init__(self, sample: Callable[[], Batch | None], depth: int):
-        self._sample, self._q = sample, queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self.errors = 0
-        self._thread = threading.Thread(target=self._loop, name="prefetch", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                batch = self._sample()
-            except Exception as e:  # replay outage, corrupt data...: keep the learner alive
-                self.errors += 1
-                log.warning("batch sampling failed (%s); retrying", e)
-                self._stop.wait(0.5)
-                continue
-            while batch is not None and not self._stop.is_set():
-                try:
-                    self._q.put(batch, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-
-    def get(self, timeout: float) -> Batch | None:
-        try:
-            return self._q.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 @dataclass
@@ -133,25 +92,22 @@ class LearnerActor:
             log.warning("learner resumed from %s (update %d)", self.resumed_from, self.version())
         self.incarnation = secrets.token_hex(6)  # new in every (re)started process
         self.metrics = Metrics()  # before the prefetcher, whose thread counts into it
-        self.sampler = setup.make_sampler()
-        self.prefetcher = Prefetcher(self._sample_once, cfg.worker.prefetch_batches)
+        self.sampler = setup.make_sampler()  # replay statistics (and sampling, on a thread)
+        self.prefetcher = make_prefetcher(
+            cfg.worker.sample_in,
+            setup.make_sampler,
+            cfg.batch_size,
+            cfg.worker.sample_timeout_s,
+            cfg.worker.prefetch_batches,
+            on_wait=lambda s: self.metrics.inc("amago_replay_sample_wait_seconds", s),
+            sampler=self.sampler,
+        )
         self._held: Batch | None = None  # a rank's batch kept for the group's next update
         self._last_ckpt = time.monotonic()
         serve = setup.serve_metrics and self.rank == 0  # one endpoint per group
         self.metrics_port = self.metrics.serve(setup.metrics_host) if serve else 0
         self.weights = WeightPublisher(broker) if self.rank == 0 else None
         self.publish(restart=True)  # replaces the weights of a learner that died, if any
-
-    def _sample_once(self) -> Batch | None:
-        t0 = time.perf_counter()
-        try:
-            return self.sampler.sample(
-                self.cfg.batch_size, timeout_s=self.cfg.worker.sample_timeout_s
-            )
-        except RateLimitTimeout:
-            return None
-        finally:
-            self.metrics.inc("amago_replay_sample_wait_seconds", time.perf_counter() - t0)
 
     # -- weights and checkpoints ---------------------------------------------------------
     def publish(self, restart: bool = False) -> int:
@@ -298,7 +254,9 @@ class LearnerActor:
         return f"{self.setup.metrics_host}:{self.metrics_port}"
 
     def memory_mb(self) -> dict[str, float]:
-        return process_memory_mb()
+        """This process's memory; ``children_rss_mb``: its sampler process's, if it has one."""
+        pid = getattr(self.prefetcher, "pid", None)
+        return process_memory_mb((pid,) if pid else ())
 
     def close(self) -> str:
         """Stops training: publishes the current version (the last ``publish_every`` may have

@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.config_utils import require
+from learner.prefetch import KINDS
 
 
 @dataclass
 class LearnerWorkerConfig:
-    prefetch_batches: int = 2  # batches sampled ahead on a background thread
+    prefetch_batches: int = 2  # batches sampled ahead of the updates
+    # where they are sampled: "process" (a child process: another core, not the update's GIL)
+    # or "thread" (a thread of the learner process); see learner/prefetch.py
+    sample_in: str = "process"
     publish_every: int = 20  # publish weights to actors every this many updates
     checkpoint_every_min: float = 10.0  # write a checkpoint this often (wall-clock minutes)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
@@ -24,6 +28,7 @@ class LearnerWorkerConfig:
 
     def validate(self) -> None:
         require(self.prefetch_batches >= 1, "prefetch_batches", "must be >= 1")
+        require(self.sample_in in KINDS, "sample_in", f"must be one of {', '.join(KINDS)}")
         require(self.publish_every >= 1, "publish_every", "must be >= 1")
         require(self.checkpoint_every_min > 0, "checkpoint_every_min", "must be > 0")
         require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
