@@ -32,14 +32,14 @@ EXPERIMENT ?= tmaze
 run: install
 	$(BIN)/python -m deploy.train $(if $(filter none,$(EXPERIMENT)),,experiment=$(EXPERIMENT)) $(ARGS)
 
-# Every benchmark script (prints the tables quoted in the README; takes ~15 minutes).
+# Every benchmark script (prints the tables quoted in the README; takes ~25 minutes).
 bench: install
 	$(BIN)/python -m benchmarks.replay_throughput
 	$(BIN)/python -m benchmarks.learner_throughput --threads 1 2 --lengths 11 64 256
-	$(BIN)/python -m benchmarks.actor_throughput
+	$(BIN)/python -m benchmarks.actor_throughput --tasks tmaze popgym --envs-per-actor 8 16 32
 	$(BIN)/python -m benchmarks.vector_env
 	$(BIN)/python -m benchmarks.relabel_throughput
-	$(BIN)/python -m benchmarks.time_to_solve --repeats 3
+	$(BIN)/python -m benchmarks.time_to_solve --tasks tmaze popgym --repeats 4
 
 lint: install
 	$(BIN)/ruff check .

@@ -284,11 +284,15 @@ def plot(results: dict[str, list[Result]], path: Path) -> None:
     fig, axes = plt.subplots(
         (n + cols - 1) // cols, cols, figsize=(4 * cols, 3 * ((n + cols - 1) // cols))
     )
-    for ax, (name, rs) in zip(np.atleast_1d(axes).ravel(), results.items()):
+    axes = np.atleast_1d(axes).ravel()
+    for ax in axes[n:]:
+        ax.axis("off")
+    for ax, (name, rs) in zip(axes, results.items()):
         for r in rs:
             if r.curve:
-                ax.plot(*zip(*r.curve), label=f"seed {r.seed}")
-        ax.axhline(TASKS[name].baseline, color="grey", ls="--", lw=1)
+                ax.plot(*zip(*r.curve), "o-", ms=3, label=f"seed {r.seed}")
+        if TASKS[name].metric in ("return", "min_task"):  # else the baseline is not a return
+            ax.axhline(TASKS[name].baseline, color="grey", ls="--", lw=1)
         ax.set_title(name)
         ax.set_xlabel("s")
         ax.set_ylabel("greedy return")
@@ -302,8 +306,15 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=None, help="a subset of the suite's tasks")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--out", default="results/learning")
+    ap.add_argument(
+        "--from-log", default="", help="only rebuild the table and plot from a run's output"
+    )
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    out = Path(args.out)
+    if args.from_log:
+        write(results_from_log(Path(args.from_log)), out)
+        return
     names = args.tasks or list(SUITES[args.suite])
     unknown = [n for n in names if n not in TASKS]
     if unknown:
@@ -314,8 +325,6 @@ def main() -> None:
     from common.ray_utils import init_ray
 
     init_ray(num_cpus=os.cpu_count())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[Result]] = {}
     for name in names:
         for seed in range(args.seeds):
@@ -323,6 +332,21 @@ def main() -> None:
             results.setdefault(name, []).append(r)
             print(json.dumps(r.__dict__), flush=True)
     ray.shutdown()
+    write(results, out)
+
+
+def results_from_log(path: Path) -> dict[str, list[Result]]:
+    """The results a run printed (one JSON object per line), by task."""
+    results: dict[str, list[Result]] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith('{"task"'):
+            r = Result(**json.loads(line))
+            results.setdefault(r.task, []).append(r)
+    return results
+
+
+def write(results: dict[str, list[Result]], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     md = table(results)
     (out / "learning_suite.md").write_text(md + "\n")
     plot(results, out / "learning_curves.png")

@@ -13,7 +13,8 @@ task's target. Tasks:
   generic defaults, the window derived from the episode), target 0.99.
 
 Wall-clock is counted from process start: Ray's start (paid once per process, added to every
-seed) plus the run's own clock. Start-up is shown apart: Ray start, then the run's time until
+seed) plus the run's own clock (from the call of ``run_training``: config checks and the
+embedded Valkey's start are on it). Start-up is shown apart: Ray start, then the run's time until
 every worker was built (``workers_ready_s``) and until the first learner update came back
 (``first_update_s``). Also printed: env steps and updates to solve, env steps/s, updates/s,
 the part of the learner's time it waited for a batch, and each process's memory; the median
@@ -134,7 +135,7 @@ def report(task: Task, rows: list[dict], ray_start: float) -> None:
         "replay server rss {:.0f}".format(
             mem["learner"]["rss_mb"],
             mem["learner"]["peak_rss_mb"],
-            mem["learner"].get("children_rss_mb", 0.0),
+            mem["learner"].get("sampler_rss_mb", 0.0),
             [round(a["rss_mb"]) for a in mem["actors"]],
             mem["replay_server"].get("rss_mb", float("nan")),
         )

@@ -204,28 +204,23 @@ class Metrics:
         return int(server.server_address[1])
 
 
-def process_memory_mb(children: tuple[int, ...] = ()) -> dict[str, float]:
+def process_memory_mb() -> dict[str, float]:
     """This process's resident memory now and at its peak, in MiB (Linux /proc; elsewhere
-    the current value falls back to the peak); with ``children`` (pids of helper processes
-    it started), also their current resident memory summed as ``children_rss_mb``."""
-    import os
+    the current value falls back to the peak)."""
     import resource
 
-    page = os.sysconf("SC_PAGE_SIZE") / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rss = rss_mb("self")
+    return {"rss_mb": peak if rss is None else rss, "peak_rss_mb": peak}
+
+
+def rss_mb(pid: int | str) -> float | None:
+    """Resident memory of process ``pid`` ("self": this one) in MiB; None if it is gone (or
+    there is no /proc)."""
+    import os
+
     try:
-        with open("/proc/self/statm") as f:
-            rss = int(f.read().split()[1]) * page
-    except OSError:
-        rss = peak
-    out = {"rss_mb": rss, "peak_rss_mb": peak}
-    if children:
-        total = 0.0
-        for pid in children:
-            try:
-                with open(f"/proc/{pid}/statm") as f:
-                    total += int(f.read().split()[1]) * page
-            except (OSError, ValueError, IndexError):  # gone, or not Linux
-                pass
-        out["children_rss_mb"] = total
-    return out
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None

@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,12 +110,18 @@ class RunLog:
     """metrics.jsonl rows (each also sent to the run's trackers, ``deploy/tracking.py``), the
     console line and the driver's own Prometheus metrics."""
 
-    def __init__(self, run_dir: Path, metrics, trackers: Iterable[Tracker] = ()):
+    def __init__(
+        self,
+        run_dir: Path,
+        metrics,
+        trackers: Iterable[Tracker] = (),
+        t0: float | None = None,
+    ):
         self.path = run_dir / "metrics.jsonl"
         self.file = self.path.open("a", buffering=1)
         self.metrics = metrics
         self.trackers = TrackerSet(trackers)
-        self.t0 = time.monotonic()
+        self.t0 = time.monotonic() if t0 is None else t0  # the run's clock (time_s) starts
         self._last = (self.t0, 0, 0)
 
     def elapsed(self) -> float:
@@ -175,6 +182,14 @@ class RunLog:
     def close(self) -> None:
         self.file.close()
         self.trackers.close()
+
+
+def _trackers_or_none(future) -> list[Tracker]:
+    """The trackers a background start made, or none if it failed (to close them)."""
+    try:
+        return future.result()
+    except Exception:
+        return []
 
 
 def _node_address(_actor) -> str:
@@ -271,7 +286,10 @@ def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
 
     Checks everything first (:func:`deploy.config.prepare`: raises ``ConfigError`` before any
     process or server starts), fills in the derived fields, prints them and writes the
-    config the run uses to ``run_dir/config.yaml``."""
+    config the run uses to ``run_dir/config.yaml``. The run's clock (``time_s`` of
+    metrics.jsonl and the summary's times) starts here: config checks, the embedded replay
+    server's start and, if the run starts Ray itself, Ray's start are on it."""
+    started = time.monotonic()
     cfg, spec, derived = prepare(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +301,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
         from deploy.replay_dump import dump_run_replay, load_run_prefill
 
         prefill = load_run_prefill(cfg, spec)  # offline data, before the learner samples
-        summary = _train(cfg, spec, run_dir)
+        summary = _train(cfg, spec, run_dir, started)
         if prefill is not None:
             summary["prefill"] = prefill
         if cfg.run.dump_replay_on_exit:
@@ -304,14 +322,18 @@ def _save_config(cfg: TrainConfig, path: Path) -> None:
     OmegaConf.save(OmegaConf.structured(cfg), path)
 
 
-def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path) -> dict:
+def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path, started: float | None = None) -> dict:
     import ray
 
     from common.metrics import Metrics, resolve_metrics_host
     from common.ray_utils import init_ray
     from deploy.builder import build_workers
 
-    trackers = make_trackers(cfg, run_dir)  # before Ray: a backend that cannot start fails first
+    # The trackers start on a thread while Ray and the workers start (TensorBoard's writer
+    # imports torch: ~1 s); a backend that is not installed failed in prepare() already.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="trackers")
+    trackers = pool.submit(make_trackers, cfg, run_dir)
+    pool.shutdown(wait=False)
     started_ray = not ray.is_initialized()
     d = cfg.deploy
     init_ray(d.ray_address, num_cpus=(d.num_cpus or os.cpu_count()) if not d.ray_address else None)
@@ -324,16 +346,20 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path) -> dict:
     except Exception:
         if started_ray:
             ray.shutdown()
+        TrackerSet(_trackers_or_none(trackers)).close()
         raise
     metrics = Metrics()
     driver_addr = ""
     if d.serve_metrics:
         driver_addr = f"{resolve_metrics_host(d.metrics_host)}:{metrics.serve(d.metrics_host)}"
-    runlog = RunLog(run_dir, metrics, trackers)
+    runlog = RunLog(run_dir, metrics, t0=started)
+    handed = False
     sd_path, sd_temporary = _sd_path(cfg, run_dir)
     handles: list = []
     try:
         w = build_workers(cfg, spec, run_dir, use_gpu, started=handles)
+        runlog.trackers = TrackerSet(trackers.result())  # a tracker that failed to start raises
+        handed = True
         base = (
             _metrics_addresses(driver_addr, [w.learner, *w.evaluators]) if d.serve_metrics else []
         )
@@ -370,6 +396,8 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path) -> dict:
             "replay_server": _server_memory_mb(cfg),
         }
     finally:
+        if not handed:  # failed before the trackers were handed over: close what started
+            runlog.trackers = TrackerSet(_trackers_or_none(trackers))
         runlog.close()
         if sd_temporary:
             Path(sd_path).unlink(missing_ok=True)

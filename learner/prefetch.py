@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from common.core import ReplaySampler
+from common.metrics import rss_mb
 from common.records import Batch
 from common.replay import RateLimitTimeout
 
@@ -52,6 +53,8 @@ class Prefetch(Protocol):
     def get(self, timeout: float) -> Batch | None: ...
 
     def close(self) -> None: ...
+
+    def child_rss_mb(self) -> float: ...
 
 
 def sample_once(sampler: ReplaySampler, batch_size: int, timeout_s: float) -> Batch | None:
@@ -109,6 +112,9 @@ class ThreadPrefetcher:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+    def child_rss_mb(self) -> float:
+        return 0.0  # no child process
 
 
 # Messages from the child: (kind, payload, seconds spent sampling since the last message)
@@ -191,6 +197,7 @@ class ProcessPrefetcher:
         self.errors = 0
         self.restarts = 0
         self._closed = False
+        self._last_rss = 0.0
         self._start()
 
     def _start(self) -> None:
@@ -210,6 +217,11 @@ class ProcessPrefetcher:
     def pid(self) -> int | None:
         """The sampler process's pid."""
         return self._proc.pid
+
+    def child_rss_mb(self) -> float:
+        """The sampler process's resident memory (MiB): now, or as it was when closed."""
+        now = rss_mb(self._proc.pid) if self._proc.is_alive() else None
+        return self._last_rss if now is None else now
 
     def _restart(self, why: str) -> None:
         self.errors += 1
@@ -255,6 +267,7 @@ class ProcessPrefetcher:
         return None
 
     def close(self) -> None:
+        self._last_rss = self.child_rss_mb()
         self._closed = True
         self._stop_child()
 

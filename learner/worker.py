@@ -254,9 +254,9 @@ class LearnerActor:
         return f"{self.setup.metrics_host}:{self.metrics_port}"
 
     def memory_mb(self) -> dict[str, float]:
-        """This process's memory; ``children_rss_mb``: its sampler process's, if it has one."""
-        pid = getattr(self.prefetcher, "pid", None)
-        return process_memory_mb((pid,) if pid else ())
+        """This process's memory, and ``sampler_rss_mb``: its sampler process's resident
+        memory (now, or when it was stopped; 0 when sampling on a thread)."""
+        return {**process_memory_mb(), "sampler_rss_mb": self.prefetcher.child_rss_mb()}
 
     def close(self) -> str:
         """Stops training: publishes the current version (the last ``publish_every`` may have

@@ -33,3 +33,25 @@ def test_scores_follow_the_metric():
     assert suite.score(suite.TASKS["multitask"], r) == pytest.approx(0.8)  # the weakest task
     assert not suite.solved(suite.TASKS["multitask"], r)
     assert "multitask" in suite.SUITES["cpu"]
+
+
+def test_table_and_plot_rebuild_from_a_runs_output(tmp_path):
+    """``--from-log``: the JSON lines a run printed give back its results (other lines
+    ignored), and the table and PNG are written from them."""
+    import dataclasses
+    import json
+
+    rs = [
+        suite.Result("tmaze_h10", 0, 1.0, 1.0, [1.0], 17920, 1140, 21.8, [[20.1, 1.0]]),
+        suite.Result("bandit", 0, 15.0, 0.0, [0.2, 0.9], 60416, 1820, 41.0, [[20.0, 15.0]]),
+    ]
+    log = tmp_path / "suite.log"
+    log.write_text(
+        "[ 7.2s] steps 512 ...\n" + "\n".join(json.dumps(dataclasses.asdict(r)) for r in rs)
+    )
+    back = suite.results_from_log(log)
+    assert list(back) == ["tmaze_h10", "bandit"] and back["bandit"][0] == rs[1]
+    suite.write(back, tmp_path / "out")
+    md = (tmp_path / "out" / "learning_suite.md").read_text()
+    assert "| tmaze_h10 | return: 1.000" in md and "17,920" in md
+    assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000

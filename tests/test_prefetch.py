@@ -175,15 +175,16 @@ def test_sample_in_is_validated():
     assert e.value.field == "sample_in" and "process, thread" in str(e.value)
 
 
-def test_memory_counts_the_sampler_process():
-    from common.metrics import process_memory_mb
+def test_the_sampler_process_memory_is_reported_also_after_close():
+    from common.metrics import rss_mb
 
     pf = build("process", MakeNumbered())
-    try:
-        assert numbers(pf, 1) == [0]
-        mem = process_memory_mb((pf.pid,))
-        assert mem["children_rss_mb"] > 10  # a Python process with numpy loaded
-        assert process_memory_mb((2**22 + 1,))["children_rss_mb"] == 0.0  # no such pid
-        assert "children_rss_mb" not in process_memory_mb()
-    finally:
-        pf.close()
+    assert numbers(pf, 1) == [0]
+    now = pf.child_rss_mb()
+    assert now > 10  # a Python process with numpy loaded
+    assert rss_mb(2**22 + 1) is None  # above Linux's largest pid: no such process
+    pf.close()
+    assert pf.child_rss_mb() == pytest.approx(now, rel=0.5)  # as it was when closed
+    t = build("thread", MakeNumbered())
+    assert t.child_rss_mb() == 0.0
+    t.close()
