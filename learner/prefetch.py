@@ -20,7 +20,9 @@ pause: never fatal.
 - ``process`` (the default): the sampler runs in a child process (``spawn``: the learner's
   threads make ``fork`` unsafe) built from the same factory, so it uses another core, never
   the learner's GIL; batches come back pickled through a ``multiprocessing`` queue, and the
-  learner only unpickles them. A child that dies is restarted at the next ``get`` (counted
+  learner only unpickles them; every second the child also sends its sampler's
+  ``stats()`` (:meth:`ProcessPrefetcher.stats`), so counters only the sampling sampler keeps
+  (a sharded sampler's shard outages) reach the learner's metrics. A child that dies is restarted at the next ``get`` (counted
   in ``errors`` and ``restarts``; what it had queued is lost); a child whose parent died
   exits within ``timeout_s``.
 """
@@ -39,12 +41,13 @@ from typing import Protocol
 from common.core import ReplaySampler
 from common.metrics import rss_mb
 from common.records import Batch
-from common.replay import RateLimitTimeout
+from common.replay import RateLimitTimeout, ReplayStats
 
 log = logging.getLogger(__name__)
 
 KINDS = ("process", "thread")
 RETRY_PAUSE_S = 0.5  # after a failed sampling attempt
+STATS_EVERY_S = 1.0  # a sampler process sends its sampler's statistics this often
 
 
 class Prefetch(Protocol):
@@ -55,6 +58,9 @@ class Prefetch(Protocol):
     def close(self) -> None: ...
 
     def child_rss_mb(self) -> float: ...
+
+    def stats(self) -> ReplayStats | None:
+        """Statistics of the sampler that samples, if it is not the caller's own."""
 
 
 def sample_once(sampler: ReplaySampler, batch_size: int, timeout_s: float) -> Batch | None:
@@ -116,12 +122,17 @@ class ThreadPrefetcher:
     def child_rss_mb(self) -> float:
         return 0.0  # no child process
 
+    def stats(self) -> ReplayStats | None:
+        return None  # the learner's own sampler is the sampling one: ask it
+
 
 # Messages from the child: (kind, payload, seconds spent sampling since the last message)
 #   ("batch", Batch, s)   a batch (sent once the parent has a free slot: at most depth ahead)
 #   ("wait", None, s)     attempts the rate limiter / an empty store refused (only if a slot
 #                         is free at once, else their time rides on the next message)
 #   ("error", str, s)     a failed attempt (or a failed sampler start); the child then pauses
+#   ("stats", ReplayStats, s)  the child's ``sampler.stats()``, every STATS_EVERY_S: counters
+#                         only the sampling sampler sees (a sharded sampler's shard outages)
 
 
 def _child_main(
@@ -151,13 +162,16 @@ def _child_main(
                 return False
         return False
 
-    sampler, spent = None, 0.0
+    sampler, spent, stats_due = None, 0.0, time.monotonic()
     try:
         while alive():
             t0 = time.perf_counter()
             try:
                 if sampler is None:
                     sampler = make_sampler()
+                if time.monotonic() >= stats_due:
+                    stats_due = time.monotonic() + STATS_EVERY_S
+                    send(("stats", sampler.stats(), 0.0), block=True)
                 batch = sample_once(sampler, batch_size, timeout_s)
             except Exception as e:  # replay outage, corrupt data...: report, pause, retry
                 spent += time.perf_counter() - t0
@@ -198,6 +212,7 @@ class ProcessPrefetcher:
         self.restarts = 0
         self._closed = False
         self._last_rss = 0.0
+        self._stats: ReplayStats | None = None
         self._start()
 
     def _start(self) -> None:
@@ -217,6 +232,11 @@ class ProcessPrefetcher:
     def pid(self) -> int | None:
         """The sampler process's pid."""
         return self._proc.pid
+
+    def stats(self) -> ReplayStats | None:
+        """The sampler process's latest ``sampler.stats()`` (at most ~STATS_EVERY_S old while
+        the learner reads batches); None before the first."""
+        return self._stats
 
     def child_rss_mb(self) -> float:
         """The sampler process's resident memory (MiB): now, or as it was when closed."""
@@ -259,6 +279,8 @@ class ProcessPrefetcher:
             self._on_wait(spent)
             if kind == "batch":
                 return payload
+            if kind == "stats":
+                self._stats = payload
             if kind == "error":
                 self.errors += 1
                 log.warning("batch sampling failed (%s); retrying", payload)

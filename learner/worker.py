@@ -224,9 +224,10 @@ class LearnerActor:
             pass
 
     def replay_stats(self) -> ReplayStats | None:
-        """Replay service statistics, also exported as ``amago_replay_*`` gauges."""
+        """Replay service statistics, also exported as ``amago_replay_*`` gauges: those of
+        the sampler that samples (a sampler process's latest, else this process's own)."""
         try:
-            st = self.sampler.stats()
+            st = self.prefetcher.stats() or self.sampler.stats()
         except Exception as e:
             log.warning("replay stats unavailable: %s", e)
             return None

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from common.config_utils import ConfigError
-from common.replay import RateLimitTimeout
+from common.replay import RateLimitTimeout, ReplayStats
 from common.spec import ArraySpec, EnvSpec
 from learner.prefetch import ProcessPrefetcher, ThreadPrefetcher, make_prefetcher
 from learner.synthetic import random_batch
@@ -46,8 +46,9 @@ class NumberedSampler:
         b.prev_reward[:] = k
         return b
 
-    def stats(self):
-        raise NotImplementedError
+    def stats(self) -> ReplayStats:
+        """What only this sampler knows: how many attempts it made (as shard outages)."""
+        return ReplayStats(shard_outages=self.calls)
 
 
 @dataclass(frozen=True)
@@ -187,4 +188,23 @@ def test_the_sampler_process_memory_is_reported_also_after_close():
     assert pf.child_rss_mb() == pytest.approx(now, rel=0.5)  # as it was when closed
     t = build("thread", MakeNumbered())
     assert t.child_rss_mb() == 0.0
+    t.close()
+
+
+def test_the_sampler_process_sends_its_samplers_statistics():
+    """Counters only the sampling sampler keeps (a sharded sampler's shard outages) reach the
+    learner: the child sends ``sampler.stats()`` about every second."""
+    pf = build("process", MakeNumbered())
+    try:
+        numbers(pf, 1)
+        first = pf.stats()
+        assert first is not None  # sent before the first attempt
+        time.sleep(1.2)
+        numbers(pf, 4)
+        assert pf.stats().shard_outages > first.shard_outages  # a newer snapshot
+        assert pf.errors == 0
+    finally:
+        pf.close()
+    t = build("thread", MakeNumbered())
+    assert t.stats() is None  # the learner asks its own sampler
     t.close()

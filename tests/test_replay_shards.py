@@ -455,7 +455,8 @@ def test_a_training_run_over_three_shards_survives_one_restarted(tmp_path):
         [
             "experiment=tmaze",
             "run.max_env_steps=0",
-            "run.max_updates=150",
+            # long enough to outlast the 3 s outage with time to spare at ~70 updates/s
+            "run.max_updates=600",
             "run.max_seconds=120",
             "run.updates_per_call=10",
             "run.eval_every_s=1000",
