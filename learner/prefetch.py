@@ -39,7 +39,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 from common.core import ReplaySampler
-from common.metrics import rss_mb
 from common.records import Batch
 from common.replay import RateLimitTimeout, ReplayStats
 
@@ -240,6 +239,8 @@ class ProcessPrefetcher:
 
     def child_rss_mb(self) -> float:
         """The sampler process's resident memory (MiB): now, or as it was when closed."""
+        from common.metrics import rss_mb  # here: common.metrics needs prometheus_client
+
         now = rss_mb(self._proc.pid) if self._proc.is_alive() else None
         return self._last_rss if now is None else now
 

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -246,6 +247,23 @@ def _wandb_records(path: Path) -> list:
     return [pb.Record.FromString(c) for c in out]
 
 
+def _wandb_history_and_config(run_file: Path) -> tuple[dict, dict]:
+    """history (step -> {key: value}) and config ({key: value}) of an offline run file."""
+    history: dict[int, dict[str, float]] = {}
+    config: dict[str, object] = {}
+    for rec in _wandb_records(run_file):
+        kind = rec.WhichOneof("record_type")
+        if kind == "history":
+            items = {
+                i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item
+            }
+            history.setdefault(rec.history.step.num, {}).update(items)
+        elif kind in ("run", "config"):  # the run's config, then any updates to it
+            for i in (rec.run.config if kind == "run" else rec.config).update:
+                config[i.key] = json.loads(i.value_json)
+    return history, config
+
+
 @pytest.fixture
 def wandb_env(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="wandb not installed: pip install 'amago-ray[tracking]'")
@@ -265,18 +283,19 @@ def test_wandb_offline_run_reads_back(tmp_path, wandb_env):
         sets.log_row(row)
     sets.close()
     (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    history: dict[int, dict[str, float]] = {}
-    config: dict[str, object] = {}
-    for rec in _wandb_records(run_file):
-        kind = rec.WhichOneof("record_type")
-        if kind == "history":
-            items = {
-                i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item
-            }
-            history.setdefault(rec.history.step.num, {}).update(items)
-        elif kind in ("run", "config"):  # the run's config, then any updates to it
-            for i in (rec.run.config if kind == "run" else rec.config).update:
-                config[i.key] = json.loads(i.value_json)
+    # wandb's service process may still be writing the offline file when finish() returns
+    # (seen once in a clean-clone CI run): read it until its history is whole, up to 15 s
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            history, config = _wandb_history_and_config(run_file)
+        except Exception:  # a record still being written
+            if time.monotonic() > deadline:
+                raise
+            history, config = {}, {}
+        if sorted(history) == [512, 2048, 4096] or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
     assert sorted(history) == [512, 2048, 4096]
     assert history[2048]["loss"] == 3.5 and history[2048]["return_mean"] == -0.5
     assert history[4096]["eval_return"] == 0.25 and history[4096]["final_eval_return"] == 0.75
