@@ -7,10 +7,17 @@
   ``.url`` an address other processes can use.
 - ``client``: a redis-py client of ``redis_backend`` (closed afterwards).
 - ``make_trajectory``: a factory of small valid trajectories whose contents identify them.
+- ``learning_seed``: the seed of a learning test's run (``AMAGO_TEST_SEED``, default 0), and
+  ``seed_overrides(seed)`` the Hydra overrides that seed a run's learner and actors.
+- ``figure``: records a learning test's asserted figure, then asserts it against its bar;
+  ``benchmarks/test_repeats.py`` runs learning tests over many seeds and reads these records
+  (``AMAGO_TEST_FIGURES``: a JSON-lines file they are appended to).
 """
 
 from __future__ import annotations
 
+import json
+import operator
 import os
 import threading
 
@@ -34,6 +41,43 @@ from common.records import Trajectory, TrajectoryMeta
 from replay_service.client import connect
 from replay_service.config import RedisConfig
 from replay_service.server import EmbeddedServer
+
+
+def current_seed() -> int:
+    """The seed learning tests run with: ``AMAGO_TEST_SEED`` (default 0, what CI runs)."""
+    return int(os.environ.get("AMAGO_TEST_SEED", "0"))
+
+
+def seed_overrides(seed: int) -> tuple[str, ...]:
+    """Hydra overrides seeding a run's learner (init, sampling) and actors (envs, exploration)."""
+    return (f"learner.seed={seed}", f"actors.seed={seed}")
+
+
+@pytest.fixture
+def learning_seed() -> int:
+    return current_seed()
+
+
+_OPS = {">=": operator.ge, ">": operator.gt, "<": operator.lt, "<=": operator.le}
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest):
+    """``figure(name, value, op, bar, **context)``: append the figure to ``AMAGO_TEST_FIGURES``
+    (when set; one JSON line), then ``assert value <op> bar``. Recorded before the assertion,
+    so a failing repeat's figure is counted too."""
+
+    def check(name: str, value: float, op: str, bar: float, **context: Any) -> None:
+        ok = value is not None and bool(_OPS[op](value, bar))
+        out = os.environ.get("AMAGO_TEST_FIGURES")
+        if out:
+            row = {"test": request.node.nodeid, "seed": current_seed(), "figure": name}
+            row.update(value=value, op=op, bar=bar, ok=ok, **context)
+            with open(out, "a") as f:
+                f.write(json.dumps(row, default=float) + "\n")
+        assert ok, f"{name} = {value} (bar {op} {bar}) {context}"
+
+    return check
 
 
 @pytest.fixture(scope="module")
