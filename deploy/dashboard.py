@@ -453,10 +453,17 @@ def render() -> str:
     return json.dumps(build(), indent=2) + "\n"
 
 
-def main() -> None:
-    DASHBOARD_JSON.parent.mkdir(parents=True, exist_ok=True)
-    DASHBOARD_JSON.write_text(render())
-    print(f"wrote {DASHBOARD_JSON} ({len(panels())} panels)")
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m deploy.dashboard", description="Write the Grafana dashboard JSON."
+    )
+    ap.add_argument("--out", type=Path, default=DASHBOARD_JSON, help="default: %(default)s")
+    out = ap.parse_args(argv).out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render())
+    print(f"wrote {out} ({len(panels())} panels)")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.export import UsageError, env_config, parse_args, resolve_source
+from deploy.export import UsageError, env_config, parse_args, resolve_source, run_cli
 
 USAGE = (
     "python -m deploy.evaluate <run dir | checkpoint | exported policy dir> [episodes=N] "
@@ -336,12 +335,7 @@ def format_result(r: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
-    try:
-        result = evaluate(sys.argv[1:] if argv is None else argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(format_result(result))
+    print(format_result(run_cli(evaluate, argv, __doc__ or USAGE)))
 
 
 if __name__ == "__main__":

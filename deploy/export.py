@@ -5,22 +5,24 @@
 
 The newest checkpoint of a run directory (or the checkpoint named) and the run's env section
 (its ``config.yaml``) become ``out/model.safetensors`` + ``out/policy.json``. No Ray, no
-Redis. Errors (a missing path, no checkpoint, a bad argument) print one ``error: ...`` line
-and exit with code 2.
+Redis. ``--help`` prints this text (exit 0). Errors (a missing path, no checkpoint, a bad
+argument) print one ``error: ...`` line and exit with code 2.
 
-The helpers here (:func:`resolve_source`, :func:`env_config`, :func:`parse_args`) are shared
-with ``deploy.evaluate``.
+The helpers here (:func:`resolve_source`, :func:`env_config`, :func:`parse_args`,
+:func:`run_cli`) are shared with ``deploy.evaluate``.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common.envs.config import EnvConfig
+
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -86,7 +88,7 @@ def parse_args(
 ) -> tuple[str, dict[str, Any], list[str]]:
     """``PATH key=value ... env.FIELD=VALUE ...`` -> (PATH, options, env overrides).
     ``options`` maps each accepted key to its default (its type converts the value)."""
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
         raise UsageError(f"usage: {usage}")
     path, opts, env_overrides = None, dict(options), []
     for arg in argv:
@@ -189,12 +191,22 @@ def run_export(argv: Sequence[str]) -> Path:
         raise UsageError(f"cannot write {str(out)!r}: {e}") from None
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def run_cli(work: Callable[[list[str]], T], argv: Sequence[str] | None, doc: str) -> T:
+    """A command line's frame: ``-h``/``--help`` prints ``doc`` and exits 0; a
+    :class:`UsageError` prints one ``error: ...`` line and exits 2; else ``work(args)``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["-h"], ["--help"]):
+        print(doc.strip())
+        sys.exit(0)
     try:
-        out = run_export(sys.argv[1:] if argv is None else argv)
+        return work(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    out = run_cli(run_export, argv, __doc__ or USAGE)
     print(f"exported policy: {out} (model.safetensors, policy.json)")
 
 

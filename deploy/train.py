@@ -313,11 +313,16 @@ def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
 
 def _save_config(cfg: TrainConfig, path: Path) -> None:
     """The resolved config a run uses (derived fields filled in) as YAML, without secrets (a
-    password given on the command line is left out: pass it through the environment variable
-    ``deploy.redis_password_env`` names)."""
+    password given on the command line is left out, one inside a server URL is ``***``: pass
+    it through the environment variable ``deploy.redis_password_env`` names)."""
     from omegaconf import OmegaConf
 
-    redis = dataclasses.replace(cfg.replay.redis, password="")
+    from replay_service.config import redact_url
+
+    r = cfg.replay.redis
+    redis = dataclasses.replace(
+        r, password="", url=redact_url(r.url), shards=[redact_url(u) for u in r.shards]
+    )
     cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, redis=redis))
     OmegaConf.save(OmegaConf.structured(cfg), path)
 
@@ -798,12 +803,16 @@ def main() -> None:
         """One run; returns its final greedy evaluation return (the objective a Hydra
         sweeper such as Optuna's maximises; None without a final evaluation)."""
         from common.config_utils import ConfigError
+        from deploy.run_dir import discard_if_untouched, scrub_secrets
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if HydraConfig.get().output_subdir:  # .hydra/: before anything can fail
+            scrub_secrets(run_dir / HydraConfig.get().output_subdir)
         try:
             summary = run_training(OmegaConf.to_object(dcfg), run_dir)
         except ConfigError as e:  # raised before anything started: one line, no traceback
+            discard_if_untouched(run_dir)  # no run directory for a run that never started
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         print(f"run directory: {summary['run_dir']}")

@@ -382,3 +382,97 @@ def test_wildcard_metrics_hosts_are_refused_in_cluster_mode(host):
 @pytest.mark.parametrize("host", ["node", "10.0.0.5", "head.internal", "127.0.0.1"])
 def test_explicit_metrics_hosts_are_accepted_in_cluster_mode(host):
     DeployConfig(ray_address="auto", metrics_host=host).validate()
+
+
+def test_saved_config_redacts_a_password_inside_the_server_url(tmp_path, monkeypatch):
+    """An external server's URL with a password in it (``redis://:PW@host``) reaches the
+    clients whole; the run's config.yaml shows ``***`` in its place."""
+    import deploy.train as train
+
+    seen: dict = {}
+    monkeypatch.setattr(
+        train, "_train", lambda cfg, *a, **k: seen.update(url=cfg.replay.redis.url) or {}
+    )
+    url = "redis://:pw-in-the-URL-17@127.0.0.1:1"  # nothing listens there: only a warning
+    train.run_training(compose([f"replay.redis.url={url}"]), tmp_path / "run")
+    assert seen["url"] == url
+    assert _holding(tmp_path / "run", "pw-in-the-URL-17") == []
+    assert "redis://:***@127.0.0.1:1" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "text, clean",
+    [
+        ("- replay.redis.password=hunter2\n", "- replay.redis.password=***\n"),
+        ("    password: hunter2\n", "    password: ***\n"),
+        ("    password: 'hunter2'\n", "    password: '***'\n"),
+        ("    password: ''\n", "    password: ''\n"),  # nothing to hide
+        ("- replay.redis.url=redis://:hunter2@h:1\n", "- replay.redis.url=redis://:***@h:1\n"),
+        ("url: rediss://u:hunter2@h:1/0\n", "url: rediss://u:***@h:1/0\n"),
+        ("override_dirname: a=1,replay.redis.password=hunter2,b=2", None),
+        ("url: redis://h:1/0?password=hunter2&db=2", "url: redis://h:1/0?password=***&db=2"),
+        ("url: redis://h:1\nname: x\n", "url: redis://h:1\nname: x\n"),
+    ],
+)
+def test_scrub_text_hides_every_password_form(text, clean):
+    from deploy.run_dir import scrub_text
+
+    out = scrub_text(text)
+    assert "hunter2" not in out
+    if clean is not None:
+        assert out == clean
+
+
+def _hydra_main(monkeypatch, fake_run_training, *overrides: str) -> int:
+    """``python -m deploy.train OVERRIDES`` in-process (Hydra composes, makes the run
+    directory and writes .hydra/), with ``run_training`` replaced; returns the exit code."""
+    import deploy.train as train
+
+    monkeypatch.setattr(train, "run_training", fake_run_training)
+    monkeypatch.setattr(sys, "argv", ["deploy.train", *overrides])
+    try:
+        train.main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def test_hydra_files_of_a_run_hold_no_password(tmp_path, monkeypatch):
+    """Hydra writes the command line into ``.hydra/`` (overrides.yaml, hydra.yaml) and the
+    composed config (config.yaml): the entrypoint scrubs them before the run starts."""
+    run = tmp_path / "run"
+    seen = {}
+
+    def fake(cfg, run_dir):
+        seen["hydra"] = {p.name: p.read_text() for p in (Path(run_dir) / ".hydra").iterdir()}
+        return {"run_dir": str(run_dir), "final_checkpoint": None, "final_eval_return": None}
+
+    rc = _hydra_main(
+        monkeypatch,
+        fake,
+        "replay.redis.password=hunter2-cli",
+        "replay.redis.url=redis://:hunter3-url@127.0.0.1:1",
+        f"hydra.run.dir={run}",
+    )
+    assert rc == 0
+    assert set(seen["hydra"]) == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    assert "replay.redis.password=***" in seen["hydra"]["overrides.yaml"]
+    assert _holding(run, "hunter2-cli") == [] and _holding(run, "hunter3-url") == []
+
+
+def test_a_config_that_fails_validation_leaves_no_run_directory(tmp_path, monkeypatch, capsys):
+    """A ConfigError (raised before anything starts) removes the directory Hydra made for the
+    run; a directory that held anything else before is kept."""
+
+    def fake(cfg, run_dir):
+        raise ConfigError("run.max_updates", "must be >= 0")
+
+    run = tmp_path / "runs" / "x"
+    assert _hydra_main(monkeypatch, fake, f"hydra.run.dir={run}") == 2
+    assert not run.exists()
+    assert capsys.readouterr().err.strip().startswith("error: config field 'run.max_updates'")
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert _hydra_main(monkeypatch, fake, f"hydra.run.dir={kept}") == 2
+    assert (kept / "notes.txt").read_text() == "mine"

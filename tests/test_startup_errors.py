@@ -76,4 +76,4 @@ def test_bad_env_fails_at_startup_in_one_line(tmp_path, overrides, field, words)
     assert lines[0].startswith(f"error: config field '{field}': ") and words in lines[0]
     # nothing was started: no Ray session, no replay server, nothing in the run directory
     assert "Ray" not in proc.stdout + proc.stderr
-    assert not (tmp_path / "run" / "config.yaml").exists()
+    assert not (tmp_path / "run").exists()  # not even the directory Hydra made for the run
