@@ -339,6 +339,7 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, EnvSpec, list[Derived]]:
         "replay.max_traj_steps",
         f"must hold a whole rollout ({horizon + 1} timesteps for {_what(cfg)})",
     )
+    prefixed("replay", cfg.replay.check_fits, spec, horizon + 1)
     if cfg.run.eval_env:
         from learner.export import compatible
 

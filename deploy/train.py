@@ -781,7 +781,36 @@ def _summary(cfg, p: RunProgress, sup: Supervisor, final: EvalReport | None, sec
             p.learner_wait_s / p.learner_seconds if p.learner_seconds else None
         ),
         **p.lag_summary(),
+        "replay_final": _replay_brief(p.last_learner.replay if p.last_learner else None),
     }
+
+
+def _replay_brief(stats) -> dict | None:
+    """The replay as the learner last saw it: stored, ever inserted, rejected by reason."""
+    if stats is None:
+        return None
+    return {
+        "timesteps": stats.timesteps,
+        "bytes": stats.bytes,
+        "inserted_trajectories": stats.inserted_trajectories,
+        "evicted_trajectories": stats.evicted_trajectories,
+        "rejected": dict(stats.rejected),
+    }
+
+
+def no_update_reason(summary: dict, cfg: TrainConfig) -> str | None:
+    """Why a run that ended without one learner update did not train (None if it did)."""
+    if summary.get("updates"):
+        return None
+    why = f"the run ended without a learner update ({summary.get('env_steps', 0)} env steps"
+    replay = summary.get("replay_final")
+    if replay is not None:
+        why += f"; replay holds {replay['timesteps']} timesteps"
+        rejected = sum(replay["rejected"].values())
+        if rejected:
+            why += f", rejected {rejected} rollouts {replay['rejected']}"
+    need = cfg.replay.rate_limit.min_size_steps
+    return why + f"; sampling starts at replay.rate_limit.min_size_steps={need})"
 
 
 #: Seconds the driver waits for a crashed learner to come back before failing the run.
@@ -819,6 +848,10 @@ def main() -> None:
         if summary.get("plot"):
             print(f"learning curve: {summary['plot']}")
         print(f"checkpoint: {summary['final_checkpoint']}")
+        why = no_update_reason(summary, OmegaConf.to_object(dcfg))
+        if why:  # a run that did not train is not a success
+            print(f"error: {why}", file=sys.stderr)
+            sys.exit(1)
         return summary["final_eval_return"]
 
     _main()

@@ -11,11 +11,14 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 from common.codec import COMPRESSIONS
 from common.config_utils import ConfigError, prefixed, require
+
+if TYPE_CHECKING:
+    from common.spec import EnvSpec
 
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # fullmatch: no trailing newline
 SAMPLING_MODES = ("uniform", "length")
@@ -268,6 +271,33 @@ class ReplayConfig:
             rate_limit=replace(rl, min_size_steps=-(-rl.min_size_steps // n), error_buffer=eb),
         )
 
+    def check_fits(self, spec: EnvSpec, rollout_steps: int) -> None:
+        """With the env's measured record size (a ``rollout_steps``-timestep rollout of
+        ``spec``'s arrays, encoded as the writers encode it): one whole rollout fits
+        ``max_record_bytes`` (else every rollout is rejected as oversize), and ``max_bytes``
+        holds ``rate_limit.min_size_steps`` timesteps besides one rollout (else FIFO eviction
+        keeps the store below it and sampling never starts). Uncompressed records only: a
+        zstd record's size depends on its data."""
+        if self.compression:
+            return
+        size = record_bytes(spec, rollout_steps)
+        require(
+            size <= self.max_record_bytes,
+            "max_record_bytes",
+            f"{self.max_record_bytes} bytes < {size}, one whole rollout of this env "
+            f"({rollout_steps} timesteps, measured): every rollout would be rejected",
+        )
+        per_step = size / rollout_steps
+        holds = max(0, int((self.max_bytes - size) / per_step))
+        need = self.rate_limit.min_size_steps
+        require(
+            need <= holds,
+            "max_bytes",
+            f"{self.max_bytes} bytes hold about {holds} timesteps of this env ({per_step:.0f} "
+            f"bytes each, measured), fewer than rate_limit.min_size_steps={need}: "
+            "sampling could never start",
+        )
+
     def _check_relabeler(self) -> None:
         """Build the relabeler once so a bad name or keyword fails at start-up."""
         from replay_service.relabel import get_relabeler
@@ -389,3 +419,36 @@ def min_safe_error_buffer(
 ) -> float:
     """Smallest tolerance with which inserts and samples can never block at the same time."""
     return (samples_per_insert * max_insert_steps + max_sample_steps) / 2.0
+
+
+def record_bytes(spec: EnvSpec, steps: int) -> int:
+    """Bytes of one uncompressed record of a ``steps``-timestep rollout of ``spec``'s arrays
+    (what a writer inserts; contents do not change an uncompressed record's size). Past 64
+    timesteps, extrapolated from records of 32 and 64 (so a long pixel rollout is never
+    built at start-up)."""
+    if steps > 64:
+        a, b = _record_bytes(spec, 32), _record_bytes(spec, 64)
+        return b + (b - a) * (steps - 64) // 32
+    return _record_bytes(spec, steps)
+
+
+def _record_bytes(spec: EnvSpec, steps: int) -> int:
+    import numpy as np
+
+    from common.codec import encode
+    from common.records import Trajectory, TrajectoryMeta
+
+    def zeros(a) -> np.ndarray:
+        return np.zeros((steps, *a.shape), a.dtype)
+
+    traj = Trajectory(
+        obs={k: zeros(a) for k, a in spec.obs.items()},
+        prev_action=np.zeros((steps, spec.action_dim), np.float32),
+        prev_reward=np.zeros(steps, np.float32),
+        time_idx=np.arange(steps, dtype=np.int32),
+        terminated=np.zeros(steps, bool),
+        truncated=np.zeros(steps, bool),
+        extras={k: zeros(a) for k, a in spec.extras.items()},
+        meta=TrajectoryMeta(env_id="x" * 64, actor_id=2**31, policy_version=2**31),
+    )
+    return len(encode(traj, check=False))

@@ -189,3 +189,53 @@ def test_relabel_registry():
         register_relabeler("test_config_scale")(lambda: None)
     with pytest.raises(KeyError, match="unknown relabeler"):
         get_relabeler("no_such_strategy")
+
+
+@pytest.mark.parametrize(
+    "overrides, field, words",
+    [
+        (["replay.max_record_bytes=100"], "replay.max_record_bytes", "every rollout"),
+        (
+            ["replay.max_bytes=30000", "replay.max_record_bytes=4096"],
+            "replay.max_bytes",
+            "rate_limit.min_size_steps=1000: sampling could never start",
+        ),
+    ],
+)
+def test_replay_too_small_in_bytes_for_the_env_fails_at_startup(overrides, field, words):
+    """Checked against the env's measured record size (T-Maze: 12-timestep rollouts of ~68
+    bytes a timestep): a replay that would reject every rollout, or could never hold
+    ``min_size_steps`` (a run that collects and never trains), stops before anything starts."""
+    from deploy.config import compose, prepare
+
+    with pytest.raises(ConfigError) as e:
+        prepare(compose(["experiment=tmaze", *overrides]))
+    assert e.value.field == field and words in str(e.value)
+    prepare(
+        compose(["experiment=tmaze", "replay.max_bytes=200000", "replay.max_record_bytes=4096"])
+    )
+
+
+def test_record_bytes_is_the_size_a_writer_inserts():
+    from common.codec import encode
+    from common.envs.tmaze import TMaze
+    from common.records import Trajectory, TrajectoryMeta
+    from common.spec import EnvSpec
+    from replay_service.config import record_bytes
+
+    env = TMaze(10)
+    spec = EnvSpec.from_spaces(env.observation_space, env.action_space, env.max_steps)
+    n = 12
+    rng = np.random.default_rng(0)
+    traj = Trajectory(
+        obs={"observation": rng.normal(size=(n, *spec.obs["observation"].shape)).astype("f4")},
+        prev_action=np.eye(spec.action_dim, dtype=np.float32)[
+            rng.integers(spec.action_dim, size=n)
+        ],
+        prev_reward=rng.normal(size=n).astype(np.float32),
+        time_idx=np.arange(n, dtype=np.int32),
+        terminated=np.arange(n) == n - 1,
+        truncated=np.zeros(n, bool),
+        meta=TrajectoryMeta(env_id="amago/TMaze-v0", actor_id=3, policy_version=1200),
+    )
+    assert abs(record_bytes(spec, n) - len(encode(traj))) <= 64  # metadata only

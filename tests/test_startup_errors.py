@@ -77,3 +77,52 @@ def test_bad_env_fails_at_startup_in_one_line(tmp_path, overrides, field, words)
     # nothing was started: no Ray session, no replay server, nothing in the run directory
     assert "Ray" not in proc.stdout + proc.stderr
     assert not (tmp_path / "run").exists()  # not even the directory Hydra made for the run
+
+
+@pytest.mark.slow
+def test_a_run_that_never_trained_exits_non_zero_and_writes_no_secret(tmp_path):
+    """The real entrypoint, a budget that ends before the replay reaches ``min_size_steps``:
+    the run ends with 0 learner updates, says why in one ``error:`` line and exits 1 (a run
+    that did not train is not a success). The password given on the command line (the
+    embedded server's) is in no file of the run directory, Hydra's ``.hydra/`` included."""
+    secret = "hunter2-on-the-command-line"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deploy.train",
+            "experiment=tmaze",
+            "run.max_env_steps=240",  # < min_size_steps=1000: sampling never starts
+            "run.eval_every_s=0",
+            "run.final_eval_episodes=0",
+            "run.plot=false",
+            "run.tracking=[]",
+            "deploy.serve_metrics=false",
+            f"replay.redis.password={secret}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "without a learner update" in errors[0], proc.stderr[-2000:]
+    assert "replay.rate_limit.min_size_steps=1000" in errors[0]
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any(p.parent.name == ".hydra" for p in files)
+    assert [p for p in files if secret.encode() in p.read_bytes()] == []
+
+
+def test_no_update_reason_names_what_the_replay_saw():
+    from deploy.config import TrainConfig
+    from deploy.train import no_update_reason
+
+    cfg = TrainConfig()
+    assert no_update_reason({"updates": 3}, cfg) is None
+    replay = {"timesteps": 0, "bytes": 0, "inserted_trajectories": 0}
+    replay.update(evicted_trajectories=0, rejected={"oversize": 40})
+    why = no_update_reason({"updates": 0, "env_steps": 480, "replay_final": replay}, cfg)
+    assert "480 env steps" in why and "rejected 40 rollouts {'oversize': 40}" in why
+    assert f"min_size_steps={cfg.replay.rate_limit.min_size_steps}" in why
