@@ -12,12 +12,18 @@ list so Ray passes it on instead of resolving it.
     client.wait(policy)                      # blocks for the first version
     client.poll(policy)                      # each few steps: non-blocking
     client.learner_version(policy)           # newest version seen so far (no round trip)
+
+Restartable actors are given a :class:`BrokerAddress` (the broker's name) rather than its
+handle: a handle among an actor's constructor arguments is a reference Ray does not keep for
+the actor's restarts (ray-project/ray#53727, which Ray reports at every run). Publisher and
+client take either.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,11 +63,39 @@ class WeightBroker:
         return self._version
 
 
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where a :class:`WeightBroker` actor is found: the name and Ray namespace it was
+    started under (``start_named_broker``)."""
+
+    name: str
+    namespace: str | None = None
+
+    def handle(self):
+        import ray
+
+        return ray.get_actor(self.name, namespace=self.namespace)
+
+
+def resolve_broker(broker):
+    """The broker's handle, given its handle or its :class:`BrokerAddress`."""
+    return broker.handle() if isinstance(broker, BrokerAddress) else broker
+
+
+def start_named_broker(name: str):
+    """``(handle, address)`` of a new broker actor named ``name`` (owned by the caller: it ends
+    with the caller's job)."""
+    import ray
+
+    handle = ray.remote(WeightBroker).options(num_cpus=0, name=name).remote()
+    return handle, BrokerAddress(name, ray.get_runtime_context().namespace)
+
+
 class WeightPublisher:
     """The learner's side: one ``ray.put`` per new version, announced to the broker."""
 
     def __init__(self, broker) -> None:
-        self.broker = broker
+        self.broker = resolve_broker(broker)
         self.published = -1  # last version announced by this process
 
     def publish(self, version: int, weights: dict[str, Any], restart: bool = False) -> bool:
@@ -81,7 +115,7 @@ class WeightClient:
     """An actor's side: loads newer versions into a :class:`common.core.Policy`."""
 
     def __init__(self, broker, on_load=None) -> None:
-        self.broker = broker
+        self.broker = resolve_broker(broker)
         self._pending = None  # the in-flight non-blocking broker query
         self._on_load = on_load  # called with each loaded version (metrics)
         self.latest_seen = -1  # newest version any broker answer showed (see learner_version)

@@ -145,11 +145,13 @@ def wait_for_learner(learner, use_gpu: bool, timeout_s: float) -> None:
 
 
 def start_broker():
-    import ray
+    """``(handle, address)`` of the run's weight broker: the driver keeps the handle, the
+    restartable workers get the address (its unique name; see ``common.weights``)."""
+    import uuid
 
-    from common.weights import WeightBroker
+    from common.weights import start_named_broker
 
-    return ray.remote(WeightBroker).options(num_cpus=0).remote()
+    return start_named_broker(f"amago-weights-{uuid.uuid4().hex[:16]}")
 
 
 def learner_setup(cfg: TrainConfig, spec: EnvSpec, run_dir: Path, use_gpu: bool, rank: int = 0):
@@ -283,8 +285,8 @@ def build_workers(
     soon as it exists (so the caller can kill what was started when a later step fails)."""
     import ray
 
-    broker = start_broker()
-    started.append(broker)
+    broker_handle, broker = start_broker()
+    started.append(broker_handle)
     learner = start_learner(cfg, spec, broker, run_dir, use_gpu, started)
     if use_gpu:
         wait_for_learner(learner, use_gpu, cfg.deploy.gpu_wait_s)
@@ -309,7 +311,7 @@ def build_workers(
         wait_for_learner(learner, use_gpu, cfg.deploy.gpu_wait_s)
     ray.get([a.ping.remote() for a in [*actors, *evaluators]])
     return Workers(
-        broker,
+        broker_handle,
         learner,
         actors,
         evaluators,

@@ -84,7 +84,8 @@ def test_a_run_that_never_trained_exits_non_zero_and_writes_no_secret(tmp_path):
     """The real entrypoint, a budget that ends before the replay reaches ``min_size_steps``:
     the run ends with 0 learner updates, says why in one ``error:`` line and exits 1 (a run
     that did not train is not a success). The password given on the command line (the
-    embedded server's) is in no file of the run directory, Hydra's ``.hydra/`` included."""
+    embedded server's) is in no file of the run directory, Hydra's ``.hydra/`` included; and
+    Ray's warning about restartable actors' constructor arguments is gone."""
     secret = "hunter2-on-the-command-line"
     proc = subprocess.run(
         [
@@ -110,6 +111,8 @@ def test_a_run_that_never_trained_exits_non_zero_and_writes_no_secret(tmp_path):
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "without a learner update" in errors[0], proc.stderr[-2000:]
     assert "replay.rate_limit.min_size_steps=1000" in errors[0]
+    # no handle among a restartable actor's constructor arguments (ray-project/ray#53727)
+    assert "constructor arguments in the object store" not in proc.stderr
     files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
     assert any(p.parent.name == ".hydra" for p in files)
     assert [p for p in files if secret.encode() in p.read_bytes()] == []
