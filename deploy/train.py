@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,7 @@ from common.reports import ActorReport, EvalReport, LearnerReport
 from common.spec import EnvSpec
 from deploy.config import RunConfig, TrainConfig, prepare, resolve_environment
 from deploy.fleet import Fleet, FleetSetup, start_control
+from deploy.signals import StopRequest
 from deploy.supervisor import EVAL_RULE, Supervisor, learner_rule
 from deploy.tracking import Tracker, TrackerSet, make_trackers
 
@@ -358,6 +360,7 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path, started: float | None
     if d.serve_metrics:
         driver_addr = f"{resolve_metrics_host(d.metrics_host)}:{metrics.serve(d.metrics_host)}"
     runlog = RunLog(run_dir, metrics, t0=started)
+    stop = StopRequest()
     handed = False
     sd_path, sd_temporary = _sd_path(cfg, run_dir)
     handles: list = []
@@ -386,7 +389,8 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path, started: float | None
             clock=runlog.elapsed,  # the time_s of metrics.jsonl
         )
         list_targets(fleet.addresses())
-        summary = _loop(cfg, runlog, metrics, w, sup, fleet)
+        with stop.installed():  # after Ray's start: its core worker aborts on SIGTERM
+            summary = _loop(cfg, runlog, metrics, w, sup, fleet, stop)
         summary["fleet"] = {"control": control_as, **fleet.summary()}
         actors = fleet.handles()
         _answers([a.stop.remote() for a in actors])  # unblock collects held by backpressure
@@ -569,13 +573,23 @@ class RunProgress:
             self.solved = row
         return row
 
+    def stop_reason(self, r: RunConfig, elapsed_s: float) -> str | None:
+        """Which budget ended the run (``max_env_steps``, ``max_updates``, ``max_seconds``),
+        ``solved`` (``run.stop_at_return`` reached), or None while none has."""
+        if self.solved is not None:
+            return "solved"
+        for name, used in (
+            ("max_env_steps", self.env_steps),
+            ("max_updates", self.updates),
+            ("max_seconds", elapsed_s),
+        ):
+            limit = getattr(r, name)
+            if limit and used >= limit:
+                return name
+        return None
+
     def out_of_budget(self, r: RunConfig, elapsed_s: float) -> bool:
-        return bool(
-            (r.max_env_steps and self.env_steps >= r.max_env_steps)
-            or (r.max_updates and self.updates >= r.max_updates)
-            or (r.max_seconds and elapsed_s >= r.max_seconds)
-            or self.solved is not None
-        )
+        return self.stop_reason(r, elapsed_s) is not None
 
 
 def _task_mean(values: Iterable[float | None]) -> float:
@@ -594,9 +608,12 @@ def task_thresholds(cfg: TrainConfig) -> dict[str, float]:
     return out
 
 
-def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w, sup: Supervisor, fleet: Fleet) -> dict:
-    """Keep every worker busy until a budget is reached (the rollout actors are ``fleet``'s,
-    already registered with ``sup``), evaluating along the way; then the final evaluation."""
+def _loop(
+    cfg: TrainConfig, runlog: RunLog, metrics, w, sup: Supervisor, fleet: Fleet, stop: StopRequest
+) -> dict:
+    """Keep every worker busy until a budget is reached or a stop is requested (the rollout
+    actors are ``fleet``'s, already registered with ``sup``), evaluating along the way; then
+    the final checkpoint and (unless stopped by a signal) the final evaluation."""
     r = cfg.run
     rule = learner_rule(cfg.learner.worker.max_restarts, LEARNER_OUTAGE_S)
     sup.add("learner", 0, lambda: w.learner.train.remote(r.updates_per_call, 10.0), rule)
@@ -610,7 +627,7 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w, sup: Supervisor, fleet: 
     next_log = r.log_every_s
     next_eval = r.eval_every_s if r.eval_every_s > 0 else float("inf")
     evaluating = lambda: any(sup.busy("eval", k) for k in range(len(w.evaluators)))  # noqa: E731
-    while not p.out_of_budget(r, runlog.elapsed()):
+    while not stop.requested and not p.out_of_budget(r, runlog.elapsed()):
         for done in sup.poll(timeout_s=0.5):
             if done.kind == "actor":
                 p.on_actor(done.report)
@@ -647,8 +664,11 @@ def _loop(cfg: TrainConfig, runlog: RunLog, metrics, w, sup: Supervisor, fleet: 
             next_log = runlog.elapsed() + r.log_every_s
     train_time = runlog.elapsed()
     checkpoint = _finish_learner(w)  # the final evaluation evaluates exactly these weights
+    checkpoint["stop_reason"] = stop.reason or p.stop_reason(r, train_time)
+    if stop.requested:  # stopped by a signal: checkpoint and summary, no final evaluation
+        r = dataclasses.replace(r, final_eval_episodes=0)
     if multi:
-        return {**_final_multi(cfg, runlog, sup, p, w, train_time), **checkpoint}
+        return {**_final_multi(cfg, r, runlog, sup, p, w, train_time), **checkpoint}
     final = lambda: w.evaluator.evaluate.remote(r.final_eval_episodes)  # noqa: E731
     res = sup.call_blocking("eval", call=final) if r.final_eval_episodes else None
     final_return = res.mean_return() if res else None
@@ -690,11 +710,12 @@ def _eval_fields(ev: dict) -> dict:
     return out
 
 
-def _final_multi(cfg, runlog: RunLog, sup: Supervisor, p: RunProgress, w, secs: float) -> dict:
+def _final_multi(
+    cfg, r: RunConfig, runlog: RunLog, sup: Supervisor, p: RunProgress, w, secs: float
+) -> dict:
     """The final evaluation of a multi-task run: every task's evaluation actor at once."""
     import ray
 
-    r = cfg.run
     reports: dict[str, EvalReport] = {}
     if r.final_eval_episodes:
         refs = [e.evaluate.remote(r.final_eval_episodes) for e in w.evaluators]
@@ -848,6 +869,11 @@ def main() -> None:
         if summary.get("plot"):
             print(f"learning curve: {summary['plot']}")
         print(f"checkpoint: {summary['final_checkpoint']}")
+        reason = str(summary.get("stop_reason"))
+        if reason.startswith("signal:"):  # 130 / 143, as if the signal had ended it
+            name = reason.split(":", 1)[1]
+            print(f"stopped by {name}", file=sys.stderr)
+            sys.exit(128 + signal.Signals[name].value)
         why = no_update_reason(summary, OmegaConf.to_object(dcfg))
         if why:  # a run that did not train is not a success
             print(f"error: {why}", file=sys.stderr)
