@@ -206,12 +206,13 @@ class Metrics:
 
 def process_memory_mb() -> dict[str, float]:
     """This process's resident memory now and at its peak, in MiB (Linux /proc; elsewhere
-    the current value falls back to the peak)."""
+    the current value falls back to the peak). The kernel's high-water mark (``ru_maxrss``)
+    is updated lazily and can trail the current figure, so the peak is never below it."""
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     rss = rss_mb("self")
-    return {"rss_mb": peak if rss is None else rss, "peak_rss_mb": peak}
+    return {"rss_mb": peak if rss is None else rss, "peak_rss_mb": max(peak, rss or 0.0)}
 
 
 def rss_mb(pid: int | str) -> float | None:

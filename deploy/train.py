@@ -108,6 +108,16 @@ def _check_external_server(cfg: TrainConfig) -> None:
             log.warning("replay server %s not checked at start-up (%s); workers will wait", k, e)
 
 
+CONSOLE_LOG = "train.log"
+
+
+def console(run_dir: Path, text: str) -> None:
+    """A console line, also appended to ``<run dir>/train.log`` (where Hydra's log goes)."""
+    print(text, flush=True)
+    with open(Path(run_dir) / CONSOLE_LOG, "a") as f:
+        f.write(text + "\n")
+
+
 class RunLog:
     """metrics.jsonl rows (each also sent to the run's trackers, ``deploy/tracking.py``), the
     console line and the driver's own Prometheus metrics."""
@@ -119,12 +129,17 @@ class RunLog:
         trackers: Iterable[Tracker] = (),
         t0: float | None = None,
     ):
+        self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
         self.file = self.path.open("a", buffering=1)
         self.metrics = metrics
         self.trackers = TrackerSet(trackers)
         self.t0 = time.monotonic() if t0 is None else t0  # the run's clock (time_s) starts
         self._last = (self.t0, 0, 0)
+        self.budget: RunConfig | None = None  # for the console's budget / ETA figure
+
+    def say(self, text: str) -> None:
+        console(self.run_dir, text)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -171,15 +186,37 @@ class RunLog:
             tasks = " | " + " ".join(
                 f"{t} {fmt(v).strip()}/{fmt(last.get(t)).strip()}" for t, v in by_task.items()
             )
-        print(
+        self.say(
             f"[{self.elapsed():7.1f}s] steps {p.env_steps:>9,d} ({sps:6.0f}/s) | "
             f"updates {p.updates:>7,d} ({ups:5.1f}/s) | return {fmt(ret)} | "
             f"eval {fmt(p.evals[-1]['return'] if p.evals else None)} | "
             f"replay {stored or 0:>9,} steps | data age {age or 0.0:6.1f} | "
             f"actor lag {actor_lag or 0.0:5.1f} | actors {p.actors_alive}/{p.actors_desired}"
-            f"{tasks}",
-            flush=True,
+            f"{tasks}{self._budget_left(p)}"
         )
+
+    def _budget_left(self, p: RunProgress) -> str:
+        """`` | budget 43% ETA 1m12s``: the share used of the budget nearest its end and the
+        time left at the recent pace (a run may stop sooner: stop_at_return)."""
+        r = self.budget
+        if r is None:
+            return ""
+        used = [
+            u / limit
+            for u, limit in (
+                (p.env_steps, r.max_env_steps),
+                (p.updates, r.max_updates),
+                (self.elapsed(), r.max_seconds),
+            )
+            if limit
+        ]
+        if not used:
+            return ""
+        f = min(max(used), 1.0)
+        if f <= 0:
+            return " | budget   0%"
+        eta = self.elapsed() * (1 - f) / f
+        return f" | budget {100 * f:3.0f}% ETA {int(eta) // 60}m{int(eta) % 60:02d}s"
 
     def close(self) -> None:
         self.file.close()
@@ -297,7 +334,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     _save_config(cfg, run_dir / "config.yaml")  # before the environment's password goes in
     for d in derived:
-        print(f"derived: {d}", flush=True)
+        console(run_dir, f"derived: {d}")
     cfg = resolve_environment(cfg)
     with replay_endpoint(cfg) as cfg:
         from deploy.replay_dump import dump_run_replay, load_run_prefill
@@ -440,7 +477,7 @@ def _start_control(cfg: TrainConfig, run_dir: Path, n: int, tasks: int) -> tuple
     where = (
         f" --address {ray.get_runtime_context().gcs_address}" if not cfg.deploy.ray_address else ""
     )
-    print(f"fleet: resize with `python -m deploy.cluster scale N --run {run}{where}`", flush=True)
+    console(run_dir, f"fleet: resize with `python -m deploy.cluster scale N --run {run}{where}`")
     return handle, run
 
 
@@ -621,6 +658,7 @@ def _loop(
         sup.add("eval", k, lambda a=ev_actor: a.evaluate.remote(r.eval_episodes), EVAL_RULE)
     multi = bool(w.tasks)
     p = RunProgress(tasks=list(w.tasks), thresholds=task_thresholds(cfg))
+    runlog.budget = r
     p.workers_ready_s = runlog.elapsed()
     sup.call_all("actor")
     sup.call("learner")
@@ -674,10 +712,9 @@ def _loop(
     final_return = res.mean_return() if res else None
     if final_return is not None:
         runlog.row(env_steps=p.env_steps, updates=p.updates, eval_return=final_return, final=True)
-        print(
+        runlog.say(
             f"final {'sampled' if r.eval_sample else 'greedy'} evaluation over "
-            f"{len(res.returns)} rollouts: return {final_return:.3f}",
-            flush=True,
+            f"{len(res.returns)} rollouts: return {final_return:.3f}"
         )
     elif res is not None:  # every rollout hit the step cap (an env without a working limit)
         log.warning("final evaluation finished no rollout within its step cap")
@@ -737,10 +774,9 @@ def _final_multi(
         }
         runlog.row(**_eval_fields(row), eval_return=final, final=True)
         per = ", ".join(f"{t} {_nan(v):.3f}" for t, v in by_task.items())
-        print(
+        runlog.say(
             f"final {'sampled' if r.eval_sample else 'greedy'} evaluation per task: {per} "
-            f"(mean {final:.3f})",
-            flush=True,
+            f"(mean {final:.3f})"
         )
     else:
         final = None

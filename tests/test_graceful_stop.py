@@ -1,7 +1,7 @@
 """A run stopped by a signal keeps its work: SIGTERM (what ``ray job stop`` and Kubernetes send)
 or Ctrl-C (SIGINT to the terminal's whole process group) ends the real entrypoint with a final
 checkpoint, ``summary.json`` naming the signal as ``stop_reason``, and the shell's exit code
-for that signal (143 / 130), within seconds."""
+for that signal (143 / 130), within seconds. The console lines are in ``train.log`` too."""
 
 from __future__ import annotations
 
@@ -79,3 +79,8 @@ def test_signal_stops_the_run_with_a_checkpoint_and_a_summary(tmp_path, sig, cod
     assert ckpt.is_file() and ckpt.parent == run / "checkpoints"
     assert summary["final_version"] >= 40
     assert stop_s < 60
+    # the console went to train.log too, each progress line with the budget used and an ETA
+    log = (run / "train.log").read_text()
+    assert "derived: learner.max_seq_len=12" in log
+    progress = [ln for ln in log.splitlines() if "| updates" in ln]
+    assert progress and all("| budget" in ln and "ETA" in ln for ln in progress), progress[-3:]

@@ -149,6 +149,22 @@ def test_final_evaluation_scores_the_final_checkpoint(real_run):
     assert Path(summary["final_checkpoint"]).name == checkpoint_name(summary["final_version"])
 
 
+def test_every_process_reports_a_peak_at_least_its_current_memory(real_run):
+    summary, _, _ = real_run
+    mem = summary["memory_mb"]
+    procs = [mem["learner"], *mem["actors"]]
+    assert procs and all(p["peak_rss_mb"] >= p["rss_mb"] > 0 for p in procs), mem
+
+
+def test_process_memory_peak_is_never_below_current():
+    from common.metrics import process_memory_mb
+
+    blob = bytearray(64 * 2**20)  # 64 MiB touched now: current and peak both see it
+    m = process_memory_mb()
+    assert m["peak_rss_mb"] >= m["rss_mb"] >= 64
+    del blob
+
+
 def test_dump_roundtrip_and_series_names(tmp_path):
     m = Metrics()
     m.inc("amago_learner_updates", 3)
