@@ -81,6 +81,6 @@ def test_signal_stops_the_run_with_a_checkpoint_and_a_summary(tmp_path, sig, cod
     assert stop_s < 60
     # the console went to train.log too, each progress line with the budget used and an ETA
     log = (run / "train.log").read_text()
-    assert "derived: learner.max_seq_len=12" in log
+    assert "derived: learner.bc_weight=0.1" in log
     progress = [ln for ln in log.splitlines() if "| updates" in ln]
     assert progress and all("| budget" in ln and "ETA" in ln for ln in progress), progress[-3:]
