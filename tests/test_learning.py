@@ -24,7 +24,7 @@ from conftest import seed_overrides
 from deploy.config import TrainConfig, compose
 from deploy.train import run_training
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # loaded machines: see GUARD
 
 
 def load_config(*overrides: str) -> TrainConfig:
@@ -43,7 +43,7 @@ def ray_session():
 
 
 COMMON = ("deploy.serve_metrics=false", "run.plot=false", "run.eval_every_s=15")
-GUARD = "run.max_seconds=600"  # a hang guard only: no repeat came near it
+GUARD = "run.max_seconds=1500"  # a hang guard only: no repeat came near it, loaded or not
 
 
 # Budgets (learner updates) and bars of the fixed-budget tests; "10 repeats" = seeds 0-9 of
@@ -129,6 +129,7 @@ def test_dark_key_door_adapts_within_a_trial(tmp_path, learning_seed, figure):
     figure("last_minus_first", last - first, ">=", DKD_BAR)
 
 
+@pytest.mark.timeout(3600)  # two runs; ~4 min on a quiet machine
 def test_hindsight_relabeling_solves_the_sparse_goal_task(tmp_path, learning_seed, figure):
     """GoalGrid, k=2 goals per instruction: with the same budget (updates) and seeds, hindsight
     relabeling reaches a success rate (whole instruction completed) that training on the raw
