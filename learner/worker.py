@@ -5,7 +5,9 @@ Batches are sampled from the replay service (a sampler made by the factory in it
 by default (``learner.worker.sample_in``), so sampling, decoding and relabeling run on another
 core and never contend for the update's GIL. Weights are published through
 :class:`common.weights.WeightPublisher` every ``publish_every`` updates with ONE ``ray.put``
-per version; checkpoints are written every ``checkpoint_every_min`` minutes. Each ``train``
+per version; checkpoints are written every ``checkpoint_every_min`` minutes and every
+``checkpoint_every_updates`` updates (on a thread, from a copy of the state), and once soon
+after a (re)start (``checkpoint_first_after`` updates). Each ``train``
 call answers with a :class:`common.reports.LearnerReport`.
 
 A rank of a data-parallel group (``LearnerSetup.rendezvous``, see :mod:`learner.group`)
@@ -104,6 +106,9 @@ class LearnerActor:
         )
         self._held: Batch | None = None  # a rank's batch kept for the group's next update
         self._last_ckpt = time.monotonic()
+        self._ckpt_version = self.learner.version  # the version of the last checkpoint
+        self._first_ckpt_due = cfg.worker.checkpoint_first_after > 0
+        self._ckpt_writer = None  # a thread writing a periodic checkpoint (one at a time)
         serve = setup.serve_metrics and self.rank == 0  # one endpoint per group
         self.metrics_port = self.metrics.serve(setup.metrics_host) if serve else 0
         self.weights = WeightPublisher(broker) if self.rank == 0 else None
@@ -119,20 +124,60 @@ class LearnerActor:
             self.metrics.set("amago_learner_policy_version", v)
         return v
 
-    def checkpoint(self) -> str:
-        """Write a checkpoint; its path ("" on ranks other than 0: they hold the same state)."""
-        from learner.checkpoint import checkpoint_name, list_checkpoints
+    def checkpoint(self, background: bool = False) -> str:
+        """Write a checkpoint; its path ("" on ranks other than 0: they hold the same state).
+        ``background``: from a copy of the state, on a thread (the updates go on meanwhile);
+        otherwise now, after any background write in flight."""
+        import copy
+        import threading
 
+        from learner.checkpoint import checkpoint_name
+
+        self._last_ckpt, self._ckpt_version = time.monotonic(), self.learner.version
+        self._first_ckpt_due = False
         if self.rank != 0:
-            self._last_ckpt = time.monotonic()
             return ""
+        self._join_checkpoint_writer()
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / checkpoint_name(self.learner.version)
-        self.learner.save(str(path))
+        if not background:
+            self.learner.save(str(path))
+            self._prune_checkpoints()
+            return str(path)
+        state = copy.deepcopy(self.learner.state_dict())  # tensors cloned: updates go on
+        self._ckpt_writer = threading.Thread(
+            target=self._write_checkpoint, args=(str(path), state), daemon=True
+        )
+        self._ckpt_writer.start()
+        return str(path)
+
+    def _write_checkpoint(self, path: str, state: dict) -> None:
+        from learner.checkpoint import save_checkpoint
+
+        save_checkpoint(path, self.learner.cfg.to_dict(), self.learner.spec, state)
+        self._prune_checkpoints()
+
+    def _prune_checkpoints(self) -> None:
+        from learner.checkpoint import list_checkpoints
+
         for old in list_checkpoints(self.ckpt_dir)[: -self.cfg.worker.keep_checkpoints]:
             Path(old).unlink(missing_ok=True)
-        self._last_ckpt = time.monotonic()
-        return str(path)
+
+    def _join_checkpoint_writer(self) -> None:
+        if self._ckpt_writer is not None:
+            self._ckpt_writer.join()
+            self._ckpt_writer = None
+
+    def _checkpoint_due(self) -> bool:
+        """By time (``checkpoint_every_min``), by updates (``checkpoint_every_updates``), or the
+        first one ``checkpoint_first_after`` updates after this learner started."""
+        w = self.cfg.worker
+        since = self.learner.version - self._ckpt_version
+        return (
+            time.monotonic() - self._last_ckpt > 60.0 * w.checkpoint_every_min
+            or (w.checkpoint_every_updates > 0 and since >= w.checkpoint_every_updates)
+            or (self._first_ckpt_due and since >= w.checkpoint_first_after)
+        )
 
     # -- training ------------------------------------------------------------------------
     def train(self, n_updates: int, max_seconds: float = 60.0) -> LearnerReport:
@@ -162,8 +207,8 @@ class LearnerActor:
             done += 1
             if self.learner.version % self.cfg.worker.publish_every == 0:
                 self.publish()
-            if time.monotonic() - self._last_ckpt > 60.0 * self.cfg.worker.checkpoint_every_min:
-                self.checkpoint()
+            if self._checkpoint_due():
+                self.checkpoint(background=True)
         for out in self.learner.resolve(pending):  # one read for every update of the call
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v)

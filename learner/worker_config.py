@@ -16,11 +16,16 @@ class LearnerWorkerConfig:
     sample_in: str = "process"
     publish_every: int = 20  # publish weights to actors every this many updates
     checkpoint_every_min: float = 10.0  # write a checkpoint this often (wall-clock minutes)
+    # ... and every this many updates (0 = by time only), and once this many updates after the
+    # learner (re)started (0 = off): a crash early in a run resumes instead of starting over.
+    # Periodic checkpoints are written on a thread from a copy of the state (the updates go on).
+    checkpoint_every_updates: int = 5000
+    checkpoint_first_after: int = 200
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     num_cpus: float = 1.0  # Ray CPU resource the learner asks for (logical)
     sample_timeout_s: float = 1.0  # one blocking sample attempt (the loop retries)
     # Ray restarts of a crashed learner; a restarted learner resumes from this run's newest
-    # checkpoint (so a crash costs at most checkpoint_every_min of updates).
+    # checkpoint (so a crash costs at most the updates since the last checkpoint).
     max_restarts: int = 2
     # Data-parallel learners (learner.num_learners > 1): a rank stuck this long in a
     # collective or in the group's rendezvous fails, and the group restarts (seconds).
@@ -31,6 +36,8 @@ class LearnerWorkerConfig:
         require(self.sample_in in KINDS, "sample_in", f"must be one of {', '.join(KINDS)}")
         require(self.publish_every >= 1, "publish_every", "must be >= 1")
         require(self.checkpoint_every_min > 0, "checkpoint_every_min", "must be > 0")
+        require(self.checkpoint_every_updates >= 0, "checkpoint_every_updates", "must be >= 0")
+        require(self.checkpoint_first_after >= 0, "checkpoint_first_after", "must be >= 0")
         require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         require(self.num_cpus >= 0, "num_cpus", "must be >= 0")
         require(self.sample_timeout_s > 0, "sample_timeout_s", "must be > 0")

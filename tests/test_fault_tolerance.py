@@ -293,3 +293,54 @@ def test_training_survives_killed_actors_learner_and_a_replay_restart(
     assert resumed and Path(resumed).parent == Path(faults["checkpoint"]).parent
     assert Path(resumed).name >= Path(faults["checkpoint"]).name
     figure("final_eval_return", summary["final_eval_return"], ">=", 0.95)
+
+
+def test_a_learner_killed_in_its_first_minute_resumes_from_a_checkpoint(tmp_path):
+    """Default checkpoint settings (no ``checkpoint_every_min`` override): the learner writes
+    a checkpoint ``checkpoint_first_after`` (200) updates after it starts, so SIGKILLing it
+    within its first minute costs only the updates since then; Ray restarts it and it resumes
+    from that checkpoint instead of from scratch."""
+    from deploy.train import run_training
+    from learner.checkpoint import latest_checkpoint
+
+    run = tmp_path / "run"
+    cfg = compose(
+        [
+            "experiment=tmaze",
+            "run.max_updates=700",
+            "run.max_env_steps=0",
+            "run.max_seconds=900",
+            "run.stop_at_return=null",
+            "run.final_eval_episodes=0",
+            "run.plot=false",
+            "run.tracking=[]",
+            "deploy.serve_metrics=false",
+        ]
+    )
+    assert cfg.learner.worker.checkpoint_every_min >= 10
+    faults: dict = {}
+
+    def inject() -> None:
+        try:
+            t0 = time.monotonic()
+            wait_for(lambda: latest_checkpoint(str(run)) is not None, 120)
+            faults["checkpoint"] = latest_checkpoint(str(run))
+            faults["after_s"] = time.monotonic() - t0
+            (learner_pid,) = _pids("LearnerActor")
+            os.kill(learner_pid, signal.SIGKILL)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertions below
+            faults["error"] = e
+
+    injector = threading.Thread(target=inject, daemon=True)
+    injector.start()
+    summary = run_training(cfg, run)
+    injector.join(timeout=60)
+    print(faults, summary["learner_restarts"], summary["learner_resumed_from"])
+    assert "error" not in faults  # (after_s: ~15 s on a quiet 2-core machine, 60 s loaded)
+    assert summary["learner_restarts"] == 1
+    resumed = summary["learner_resumed_from"]
+    assert resumed and Path(resumed).parent == run / "checkpoints"
+    assert Path(resumed).name >= Path(faults["checkpoint"]).name  # not from scratch
+    first = int(Path(faults["checkpoint"]).stem.split("_")[1])
+    assert 200 <= first <= 300 and summary["final_version"] >= first + 300  # it trained on
+    assert summary["stop_reason"] == "max_updates"
