@@ -128,6 +128,9 @@ METRICS: dict[str, MetricDef] = {
     "amago_driver_learner_restarts": MetricDef(
         "counter", "Learner restarts seen by the driver (resumed from the newest checkpoint)"
     ),
+    "amago_driver_replay_restarts": MetricDef(
+        "counter", "Embedded replay servers found dead and restarted by the driver"
+    ),
     "amago_driver_actors_alive": MetricDef(
         "gauge", "Rollout actors up and in the fleet (started, not leaving)"
     ),

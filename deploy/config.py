@@ -118,6 +118,9 @@ class RunConfig:
     max_env_steps: int = 100_000
     max_updates: int = 0
     max_seconds: float = 0.0
+    # End the run (stop_reason "stalled", exit 1, checkpoint and summary written) when neither
+    # env steps nor learner updates moved for this long (seconds; 0 = never).
+    stall_timeout_s: float = 600.0
     # Stop early once a greedy evaluation reaches this mean return (None = never).
     stop_at_return: float | None = None
     eval_every_s: float = 20.0  # greedy evaluation period (wall-clock seconds; 0 = off)
@@ -153,6 +156,7 @@ class RunConfig:
         require(self.max_env_steps >= 0, "max_env_steps", "must be >= 0")
         require(self.max_updates >= 0, "max_updates", "must be >= 0")
         require(self.max_seconds >= 0, "max_seconds", "must be >= 0")
+        require(self.stall_timeout_s >= 0, "stall_timeout_s", "must be >= 0")
         require(
             self.max_env_steps or self.max_updates or self.max_seconds,
             "max_env_steps",

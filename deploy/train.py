@@ -35,6 +35,7 @@ from common.reports import ActorReport, EvalReport, LearnerReport
 from common.spec import EnvSpec
 from deploy.config import RunConfig, TrainConfig, prepare, resolve_environment
 from deploy.fleet import Fleet, FleetSetup, start_control
+from deploy.replay_health import ServerWatch, StallWatch
 from deploy.signals import StopRequest
 from deploy.supervisor import EVAL_RULE, Supervisor, learner_rule
 from deploy.tracking import Tracker, TrackerSet, make_trackers
@@ -51,9 +52,17 @@ def replay_endpoint(cfg: TrainConfig) -> Iterator[TrainConfig]:
     The embedded server always requires a password: the config's, or a random one made for
     this run. The yielded config carries it to the run's clients (actors and learner get
     the config); the run's ``config.yaml`` is written before, so it never holds it."""
+    with replay_servers(cfg) as (cfg, _servers):
+        yield cfg
+
+
+@contextlib.contextmanager
+def replay_servers(cfg: TrainConfig) -> Iterator[tuple[TrainConfig, list]]:
+    """:func:`replay_endpoint`, also yielding the embedded servers it started ([] for an
+    external server) for the driver to watch (``deploy.replay_health``)."""
     if cfg.replay.redis.url:
         _check_external_server(cfg)
-        yield cfg
+        yield cfg, []
         return
     import secrets
 
@@ -78,7 +87,10 @@ def replay_endpoint(cfg: TrainConfig) -> Iterator[TrainConfig]:
             shards=[s.url for s in servers[1:]],
             password=password,
         )
-        yield dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, redis=redis_cfg))
+        yield (
+            dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, redis=redis_cfg)),
+            servers,
+        )
 
 
 def _shard_data_dir(data_dir: str, k: int, shards: int) -> str | None:
@@ -336,11 +348,11 @@ def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
     for d in derived:
         console(run_dir, f"derived: {d}")
     cfg = resolve_environment(cfg)
-    with replay_endpoint(cfg) as cfg:
+    with replay_servers(cfg) as (cfg, servers):
         from deploy.replay_dump import dump_run_replay, load_run_prefill
 
         prefill = load_run_prefill(cfg, spec)  # offline data, before the learner samples
-        summary = _train(cfg, spec, run_dir, started)
+        summary = _train(cfg, spec, run_dir, started, servers=servers)
         if prefill is not None:
             summary["prefill"] = prefill
         if cfg.run.dump_replay_on_exit:
@@ -366,7 +378,13 @@ def _save_config(cfg: TrainConfig, path: Path) -> None:
     OmegaConf.save(OmegaConf.structured(cfg), path)
 
 
-def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path, started: float | None = None) -> dict:
+def _train(
+    cfg: TrainConfig,
+    spec: EnvSpec,
+    run_dir: Path,
+    started: float | None = None,
+    servers: list | None = None,
+) -> dict:
     import ray
 
     from common.metrics import Metrics, resolve_metrics_host
@@ -398,6 +416,12 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path, started: float | None
         driver_addr = f"{resolve_metrics_host(d.metrics_host)}:{metrics.serve(d.metrics_host)}"
     runlog = RunLog(run_dir, metrics, t0=started)
     stop = StopRequest()
+    metrics.inc("amago_driver_replay_restarts", 0)  # exported from the start
+    watch = ServerWatch(
+        servers or [],
+        say=runlog.say,
+        on_restart=lambda k: metrics.inc("amago_driver_replay_restarts", 1),
+    )
     handed = False
     sd_path, sd_temporary = _sd_path(cfg, run_dir)
     handles: list = []
@@ -427,7 +451,8 @@ def _train(cfg: TrainConfig, spec: EnvSpec, run_dir: Path, started: float | None
         )
         list_targets(fleet.addresses())
         with stop.installed():  # after Ray's start: its core worker aborts on SIGTERM
-            summary = _loop(cfg, runlog, metrics, w, sup, fleet, stop)
+            summary = _loop(cfg, runlog, metrics, w, sup, fleet, stop, watch)
+        summary["replay_server_restarts"] = watch.summary()
         summary["fleet"] = {"control": control_as, **fleet.summary()}
         actors = fleet.handles()
         _answers([a.stop.remote() for a in actors])  # unblock collects held by backpressure
@@ -646,7 +671,14 @@ def task_thresholds(cfg: TrainConfig) -> dict[str, float]:
 
 
 def _loop(
-    cfg: TrainConfig, runlog: RunLog, metrics, w, sup: Supervisor, fleet: Fleet, stop: StopRequest
+    cfg: TrainConfig,
+    runlog: RunLog,
+    metrics,
+    w,
+    sup: Supervisor,
+    fleet: Fleet,
+    stop: StopRequest,
+    watch: ServerWatch,
 ) -> dict:
     """Keep every worker busy until a budget is reached or a stop is requested (the rollout
     actors are ``fleet``'s, already registered with ``sup``), evaluating along the way; then
@@ -665,7 +697,13 @@ def _loop(
     next_log = r.log_every_s
     next_eval = r.eval_every_s if r.eval_every_s > 0 else float("inf")
     evaluating = lambda: any(sup.busy("eval", k) for k in range(len(w.evaluators)))  # noqa: E731
+    stall = StallWatch(r.stall_timeout_s)
+    stalled = False
     while not stop.requested and not p.out_of_budget(r, runlog.elapsed()):
+        watch.check()
+        stalled = stall.stalled(p.env_steps, p.updates)
+        if watch.fatal or stalled:
+            break
         for done in sup.poll(timeout_s=0.5):
             if done.kind == "actor":
                 p.on_actor(done.report)
@@ -702,8 +740,18 @@ def _loop(
             next_log = runlog.elapsed() + r.log_every_s
     train_time = runlog.elapsed()
     checkpoint = _finish_learner(w)  # the final evaluation evaluates exactly these weights
-    checkpoint["stop_reason"] = stop.reason or p.stop_reason(r, train_time)
-    if stop.requested:  # stopped by a signal: checkpoint and summary, no final evaluation
+    checkpoint["stop_reason"] = (
+        stop.reason
+        or ("replay_server_lost" if watch.fatal else None)
+        or ("stalled" if stalled else None)
+        or p.stop_reason(r, train_time)
+    )
+    if stalled:
+        runlog.say(
+            f"error: no env step and no update for run.stall_timeout_s={r.stall_timeout_s:g} s:"
+            " stopping the run"
+        )
+    if stop.requested or watch.fatal or stalled:  # checkpoint and summary, no final evaluation
         r = dataclasses.replace(r, final_eval_episodes=0)
     if multi:
         return {**_final_multi(cfg, r, runlog, sup, p, w, train_time), **checkpoint}
@@ -910,6 +958,8 @@ def main() -> None:
             name = reason.split(":", 1)[1]
             print(f"stopped by {name}", file=sys.stderr)
             sys.exit(128 + signal.Signals[name].value)
+        if reason in ("replay_server_lost", "stalled"):  # said on the console already
+            sys.exit(1)
         why = no_update_reason(summary, OmegaConf.to_object(dcfg))
         if why:  # a run that did not train is not a success
             print(f"error: {why}", file=sys.stderr)

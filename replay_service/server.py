@@ -406,6 +406,18 @@ class EmbeddedServer:
     def running(self) -> bool:
         return self._server is not None and self._server.is_running()
 
+    @property
+    def exited(self) -> bool:
+        """The server was started and its process has ended since (killed, crashed): cheap,
+        no round trip (``running`` also asks the server for a PONG)."""
+        proc = getattr(self._server, "_process", None)
+        return proc is not None and proc.poll() is not None
+
+    @property
+    def persistent(self) -> bool:
+        """Whether what it stores survives a restart (a ``data_dir``: AOF + RDB)."""
+        return self._data_dir is not None
+
     def redis_config(self, namespace: str = "amago", **overrides: Any) -> RedisConfig:
         """A :class:`RedisConfig` pointing at this server (with its password)."""
         return RedisConfig(url=self.url, password=self.password, namespace=namespace, **overrides)

@@ -15,6 +15,7 @@ One local Ray session for the module.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -344,3 +345,66 @@ def test_a_learner_killed_in_its_first_minute_resumes_from_a_checkpoint(tmp_path
     first = int(Path(faults["checkpoint"]).stem.split("_")[1])
     assert 200 <= first <= 300 and summary["final_version"] >= first + 300  # it trained on
     assert summary["stop_reason"] == "max_updates"
+
+
+def _valkey_children() -> list[int]:
+    """Embedded Valkey servers started by this process (the run's replay)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                title = (p / "cmdline").read_bytes()  # Valkey retitles: "<path> host:port"
+                if b"/valkey-server" in title and _parent(int(p.name)) == os.getpid():
+                    out.append(int(p.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def test_a_killed_replay_server_is_restarted_and_the_run_still_learns(tmp_path, figure):
+    """The embedded Valkey SIGKILLed mid-run (no persistence: the replay comes back empty):
+    the driver restarts it on its port within about a second, says so on the console and in
+    summary.json, actors and learner carry on against it, and T-Maze is still solved."""
+    from deploy.train import run_training
+
+    run = tmp_path / "run"
+    cfg = compose(
+        [
+            "experiment=tmaze",
+            "run.max_updates=12000",
+            "run.max_env_steps=0",
+            "run.max_seconds=1500",
+            "run.plot=false",
+            "run.tracking=[]",
+            "deploy.serve_metrics=false",
+        ]
+    )
+    faults: dict = {}
+
+    def inject() -> None:
+        try:
+            wait_for(lambda: _metrics_updates(run) >= 300, 300)
+            (pid,) = _valkey_children()
+            os.kill(pid, signal.SIGKILL)
+            faults["killed"] = pid
+        except BaseException as e:  # noqa: BLE001 - reported by the assertions below
+            faults["error"] = e
+
+    injector = threading.Thread(target=inject, daemon=True)
+    injector.start()
+    summary = run_training(cfg, run)
+    injector.join(timeout=60)
+    watch = summary["replay_server_restarts"]
+    print(faults, watch, {k: summary[k] for k in ("updates", "env_steps", "stop_reason")})
+    assert "error" not in faults and faults["killed"]
+    assert watch["restarts"] == 1 and watch["fatal"] is None
+    assert watch["outages"][0]["back_after_s"] < 10
+    assert "replay server 0 died: restarted" in (run / "train.log").read_text()
+    assert summary["stop_reason"] == "solved"
+    figure("final_eval_return", summary["final_eval_return"], ">=", 0.95)
+
+
+def _metrics_updates(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    rows = path.read_text().splitlines() if path.exists() else []
+    return max((json.loads(r).get("updates", 0) for r in rows), default=0)

@@ -321,7 +321,7 @@ def test_saved_config_holds_no_password(tmp_path, monkeypatch):
 
     seen: dict = {}
 
-    def fake_train(cfg, spec, run_dir, started=None):
+    def fake_train(cfg, spec, run_dir, started=None, servers=None):
         r = cfg.replay.redis
         seen["password"] = r.password
         client = connect(r)
