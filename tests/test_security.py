@@ -445,7 +445,13 @@ def test_hydra_files_of_a_run_hold_no_password(tmp_path, monkeypatch):
 
     def fake(cfg, run_dir):
         seen["hydra"] = {p.name: p.read_text() for p in (Path(run_dir) / ".hydra").iterdir()}
-        return {"run_dir": str(run_dir), "final_checkpoint": None, "final_eval_return": None}
+        return {
+            "run_dir": str(run_dir),
+            "final_checkpoint": None,
+            "final_eval_return": None,
+            "updates": 1,
+            "stop_reason": "max_updates",
+        }
 
     rc = _hydra_main(
         monkeypatch,
