@@ -274,18 +274,19 @@ def send(sig):
     except OSError:
         pass
 while os.getppid() == ppid:
-    if not alive():
-        sys.exit(0)
+    if not alive():  # the server died first: nothing to stop, its files still to remove
+        break
     time.sleep(0.2)
-send(signal.SIGTERM)
-deadline = time.monotonic() + 5.0
-while alive() and time.monotonic() < deadline:
-    time.sleep(0.05)
-if alive():
-    send(signal.SIGKILL)
+else:  # the parent is gone: stop the server
+    send(signal.SIGTERM)
     deadline = time.monotonic() + 5.0
     while alive() and time.monotonic() < deadline:
         time.sleep(0.05)
+    if alive():
+        send(signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
 if path:
     shutil.rmtree(path, ignore_errors=True)
 """

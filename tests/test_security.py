@@ -237,6 +237,21 @@ def test_stopping_a_server_stops_its_watchdog():
     assert dog.poll() is not None
 
 
+def test_a_server_that_dies_first_leaves_no_temporary_directory():
+    """The server SIGKILLed while its parent lives on (and never cleans up): its watchdog
+    removes the temporary data directory (log; RDB/AOF of a server without data_dir) and
+    exits, rather than leaving it behind."""
+    server = EmbeddedServer().start()
+    valkey = server._server
+    tmp, dog = valkey._temp_data_dir, valkey._watchdog
+    assert tmp is not None and tmp.is_dir() and dog.poll() is None
+    os.kill(valkey._process.pid, signal.SIGKILL)
+    valkey._process.wait(timeout=5)
+    dog.wait(timeout=10)  # it polls every 0.2 s
+    assert not tmp.exists()
+    server.kill()  # the parent's own cleanup is still safe afterwards
+
+
 def test_odd_passwords_cannot_inject_directives():
     pw = 'a b"c\\d\nrequirepass x\tdone'
     with EmbeddedServer(password=pw) as server:
