@@ -230,6 +230,26 @@ def _pids(actor_class: str) -> list[int]:
     return pids
 
 
+def _train_under_faults(cfg: TrainConfig, run_dir: Path, inject) -> tuple[dict, dict]:
+    """``run_training`` while ``inject(faults)`` runs on a thread; (summary, faults), where an
+    exception of ``inject`` is kept as ``faults["error"]`` for the test's assertions."""
+    from deploy.train import run_training
+
+    faults: dict = {}
+
+    def guarded() -> None:
+        try:
+            inject(faults)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertions
+            faults["error"] = e
+
+    injector = threading.Thread(target=guarded, daemon=True)
+    injector.start()
+    summary = run_training(cfg, run_dir)
+    injector.join(timeout=60)
+    return summary, faults
+
+
 def test_training_survives_killed_actors_learner_and_a_replay_restart(
     tmp_path, learning_seed, figure
 ):
@@ -237,7 +257,6 @@ def test_training_survives_killed_actors_learner_and_a_replay_restart(
     SIGKILLed, the replay server restarted, and the learner SIGKILLed once it has written a
     checkpoint, all mid-run; it still solves the task, the learner resuming from the
     checkpoint. Budget 12,000 updates (it stops when solved); max_seconds a hang guard."""
-    from deploy.train import run_training
     from learner.checkpoint import latest_checkpoint
 
     faults: dict = {}
@@ -259,29 +278,23 @@ def test_training_survives_killed_actors_learner_and_a_replay_restart(
         cfg = dataclasses.replace(cfg, replay=replay)
         client, keys = connect(replay.redis), Keys("e2e")
 
-        def inject() -> None:
-            try:
-                wait_for(lambda: read_stats(client, keys).inserted_trajectories >= 300, 180)
-                pids = _pids("RolloutActor")
-                for pid in pids:
-                    os.kill(pid, signal.SIGKILL)
-                faults["killed"] = len(pids)
-                time.sleep(3.0)
-                server.stop()
-                time.sleep(2.0)
-                server.start()
-                faults["restarted"] = read_stats(client, keys).trajectories
-                wait_for(lambda: latest_checkpoint(str(tmp_path / "run")) is not None, 120)
-                faults["checkpoint"] = latest_checkpoint(str(tmp_path / "run"))
-                (learner_pid,) = _pids("LearnerActor")
-                os.kill(learner_pid, signal.SIGKILL)
-            except BaseException as e:  # noqa: BLE001 - reported by the assertions below
-                faults["error"] = e
+        def inject(faults: dict) -> None:
+            wait_for(lambda: read_stats(client, keys).inserted_trajectories >= 300, 180)
+            pids = _pids("RolloutActor")
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            faults["killed"] = len(pids)
+            time.sleep(3.0)
+            server.stop()
+            time.sleep(2.0)
+            server.start()
+            faults["restarted"] = read_stats(client, keys).trajectories
+            wait_for(lambda: latest_checkpoint(str(tmp_path / "run")) is not None, 120)
+            faults["checkpoint"] = latest_checkpoint(str(tmp_path / "run"))
+            (learner_pid,) = _pids("LearnerActor")
+            os.kill(learner_pid, signal.SIGKILL)
 
-        injector = threading.Thread(target=inject, daemon=True)
-        injector.start()
-        summary = run_training(cfg, tmp_path / "run")
-        injector.join(timeout=60)
+        summary, faults = _train_under_faults(cfg, tmp_path / "run", inject)
         client.close()
     keys_shown = ("env_steps", "updates", "actor_restarts", "learner_restarts")
     print({k: summary[k] for k in keys_shown}, summary["learner_resumed_from"], faults)
@@ -301,7 +314,6 @@ def test_a_learner_killed_in_its_first_minute_resumes_from_a_checkpoint(tmp_path
     a checkpoint ``checkpoint_first_after`` (200) updates after it starts, so SIGKILLing it
     within its first minute costs only the updates since then; Ray restarts it and it resumes
     from that checkpoint instead of from scratch."""
-    from deploy.train import run_training
     from learner.checkpoint import latest_checkpoint
 
     run = tmp_path / "run"
@@ -319,23 +331,16 @@ def test_a_learner_killed_in_its_first_minute_resumes_from_a_checkpoint(tmp_path
         ]
     )
     assert cfg.learner.worker.checkpoint_every_min >= 10
-    faults: dict = {}
 
-    def inject() -> None:
-        try:
-            t0 = time.monotonic()
-            wait_for(lambda: latest_checkpoint(str(run)) is not None, 120)
-            faults["checkpoint"] = latest_checkpoint(str(run))
-            faults["after_s"] = time.monotonic() - t0
-            (learner_pid,) = _pids("LearnerActor")
-            os.kill(learner_pid, signal.SIGKILL)
-        except BaseException as e:  # noqa: BLE001 - reported by the assertions below
-            faults["error"] = e
+    def inject(faults: dict) -> None:
+        t0 = time.monotonic()
+        wait_for(lambda: latest_checkpoint(str(run)) is not None, 120)
+        faults["checkpoint"] = latest_checkpoint(str(run))
+        faults["after_s"] = time.monotonic() - t0
+        (learner_pid,) = _pids("LearnerActor")
+        os.kill(learner_pid, signal.SIGKILL)
 
-    injector = threading.Thread(target=inject, daemon=True)
-    injector.start()
-    summary = run_training(cfg, run)
-    injector.join(timeout=60)
+    summary, faults = _train_under_faults(cfg, run, inject)
     print(faults, summary["learner_restarts"], summary["learner_resumed_from"])
     assert "error" not in faults  # (after_s: ~15 s on a quiet 2-core machine, 60 s loaded)
     assert summary["learner_restarts"] == 1
@@ -365,7 +370,6 @@ def test_a_killed_replay_server_is_restarted_and_the_run_still_learns(tmp_path, 
     """The embedded Valkey SIGKILLed mid-run (no persistence: the replay comes back empty):
     the driver restarts it on its port within about a second, says so on the console and in
     summary.json, actors and learner carry on against it, and T-Maze is still solved."""
-    from deploy.train import run_training
 
     run = tmp_path / "run"
     cfg = compose(
@@ -379,21 +383,14 @@ def test_a_killed_replay_server_is_restarted_and_the_run_still_learns(tmp_path, 
             "deploy.serve_metrics=false",
         ]
     )
-    faults: dict = {}
 
-    def inject() -> None:
-        try:
-            wait_for(lambda: _metrics_updates(run) >= 300, 300)
-            (pid,) = _valkey_children()
-            os.kill(pid, signal.SIGKILL)
-            faults["killed"] = pid
-        except BaseException as e:  # noqa: BLE001 - reported by the assertions below
-            faults["error"] = e
+    def inject(faults: dict) -> None:
+        wait_for(lambda: _metrics_updates(run) >= 300, 300)
+        (pid,) = _valkey_children()
+        os.kill(pid, signal.SIGKILL)
+        faults["killed"] = pid
 
-    injector = threading.Thread(target=inject, daemon=True)
-    injector.start()
-    summary = run_training(cfg, run)
-    injector.join(timeout=60)
+    summary, faults = _train_under_faults(cfg, run, inject)
     watch = summary["replay_server_restarts"]
     print(faults, watch, {k: summary[k] for k in ("updates", "env_steps", "stop_reason")})
     assert "error" not in faults and faults["killed"]
