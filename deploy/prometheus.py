@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -95,7 +96,14 @@ def ensure_prometheus() -> str:
     found = shutil.which("prometheus")
     if found and shutil.which("promtool"):
         return found
-    res = subprocess.run(["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True)
+    print(  # never a silent change to the system: say what is installed, and show it happen
+        f"prometheus: not on PATH; installing it with the platform's package manager "
+        f"(deploy/{INSTALL_SCRIPT.name}: e.g. apt-get install prometheus, its service not "
+        "started; we run our own on 127.0.0.1). To do without: CLUSTER_ARGS=--no-prometheus",
+        file=sys.stderr,
+        flush=True,
+    )
+    res = subprocess.run(["bash", str(INSTALL_SCRIPT)], stderr=subprocess.PIPE, text=True)
     if res.returncode == 3:
         raise PrometheusUnavailable(res.stderr.strip().removeprefix("install_prometheus: "))
     found = shutil.which("prometheus")

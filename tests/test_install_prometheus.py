@@ -97,10 +97,14 @@ def test_a_failed_install_is_an_error_not_unavailable(tmp_path, monkeypatch):
     assert "install_prometheus.sh failed (exit 1)" in str(err.value)
 
 
-def test_ensure_prometheus_raises_unavailable(tmp_path, monkeypatch):
+def test_ensure_prometheus_raises_unavailable(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", fake_path(tmp_path, {"id": "echo 0"}))
     with pytest.raises(PrometheusUnavailable, match="no supported package manager"):
         ensure_prometheus()
+    # never a silent change to the system: it said what it was about to install, and how not to
+    said = capsys.readouterr().err
+    assert "prometheus: not on PATH; installing it with the platform's package manager" in said
+    assert "CLUSTER_ARGS=--no-prometheus" in said
 
 
 def test_dashboard_tests_skip_when_unavailable(monkeypatch):
