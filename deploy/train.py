@@ -540,6 +540,10 @@ class RunProgress:
     evals: list[dict] = field(default_factory=list)  # periodic greedy evaluations
     solved: dict | None = None  # the first evaluation at or above run.stop_at_return
     last_learner: LearnerReport | None = None
+    # updates a crashed learner made after its last checkpoint (redone by its successor), and
+    # each restart: where it resumed and what it discarded
+    discarded_updates: int = 0
+    learner_resumes: list[dict] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)  # multi-task runs: the task names
     thresholds: dict[str, float] = field(default_factory=dict)  # task -> stop return
     recent_by_task: dict[str, list[float]] = field(default_factory=dict)
@@ -570,6 +574,14 @@ class RunProgress:
             self.recent_by_task[r.task] = (mine + r.returns)[-200:]
 
     def on_learner(self, r: LearnerReport) -> None:
+        prev = self.last_learner
+        if prev is not None and r.incarnation != prev.incarnation:  # a restarted learner
+            resumed_at = r.version - r.updates  # the version of the checkpoint it resumed
+            lost = max(0, prev.version - resumed_at)
+            self.discarded_updates += lost
+            self.learner_resumes.append(
+                {"resumed_from": r.resumed_from, "version": resumed_at, "discarded_updates": lost}
+            )
         self.updates += r.updates
         self.last_learner = r
         self._age_sum += r.data_age * r.updates
@@ -865,7 +877,11 @@ def _summary(cfg, p: RunProgress, sup: Supervisor, final: EvalReport | None, sec
     return {
         "env_id": cfg.env.id,
         "env_steps": p.env_steps,
-        "updates": p.updates,
+        # updates behind the final weights; those a crashed learner made after its last
+        # checkpoint are listed apart (the budget counted them: they were computed)
+        "updates": p.updates - p.discarded_updates,
+        "updates_discarded": p.discarded_updates,
+        "learner_resumes": p.learner_resumes,
         "train_seconds": secs,
         "final_eval_return": final.mean_return() if final else None,
         "final_eval_success": final.success_rate() if final else None,

@@ -350,6 +350,13 @@ def test_a_learner_killed_in_its_first_minute_resumes_from_a_checkpoint(tmp_path
     first = int(Path(faults["checkpoint"]).stem.split("_")[1])
     assert 200 <= first <= 300 and summary["final_version"] >= first + 300  # it trained on
     assert summary["stop_reason"] == "max_updates"
+    # the summary counts the updates behind the final weights; the discarded ones apart
+    (resume,) = summary["learner_resumes"]
+    assert resume["resumed_from"] == resumed and resume["version"] == int(
+        Path(resumed).stem.split("_")[1]
+    )
+    assert summary["updates_discarded"] == resume["discarded_updates"] >= 0
+    assert summary["updates"] <= summary["final_version"]
 
 
 def _valkey_children() -> list[int]:
