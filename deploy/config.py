@@ -115,9 +115,13 @@ class RunConfig:
     name: str = "amago"  # run name (the run directory is out_dir/<name>/<timestamp>)
     out_dir: str = "runs"  # parent directory of run directories
     # Stop at the first budget reached (0 = no limit on that quantity; at least one > 0).
+    # max_seconds counts training time: from the first learner update (start-up apart).
     max_env_steps: int = 100_000
     max_updates: int = 0
     max_seconds: float = 0.0
+    # End the run (stop_reason "no_update", exit 1) when the learner has not updated this
+    # long after the run started (seconds; 0 = never): a replay that never fills.
+    max_startup_s: float = 900.0
     # End the run (stop_reason "stalled", exit 1, checkpoint and summary written) when neither
     # env steps nor learner updates moved for this long (seconds; 0 = never).
     stall_timeout_s: float = 600.0
@@ -157,6 +161,7 @@ class RunConfig:
         require(self.max_updates >= 0, "max_updates", "must be >= 0")
         require(self.max_seconds >= 0, "max_seconds", "must be >= 0")
         require(self.stall_timeout_s >= 0, "stall_timeout_s", "must be >= 0")
+        require(self.max_startup_s >= 0, "max_startup_s", "must be >= 0")
         require(
             self.max_env_steps or self.max_updates or self.max_seconds,
             "max_env_steps",

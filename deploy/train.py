@@ -213,21 +213,14 @@ class RunLog:
         r = self.budget
         if r is None:
             return ""
-        used = [
-            u / limit
-            for u, limit in (
-                (p.env_steps, r.max_env_steps),
-                (p.updates, r.max_updates),
-                (self.elapsed(), r.max_seconds),
-            )
-            if limit
-        ]
+        used = [u / getattr(r, k) for k, u in p.budget_used(self.elapsed()) if getattr(r, k)]
         if not used:
             return ""
         f = min(max(used), 1.0)
-        if f <= 0:
-            return " | budget   0%"
-        eta = self.elapsed() * (1 - f) / f
+        if f <= 0 or p.first_update_s is None:
+            return " | budget   0% (starting)"
+        trained = self.elapsed() - p.first_update_s
+        eta = trained * (1 - f) / f
         return f" | budget {100 * f:3.0f}% ETA {int(eta) // 60}m{int(eta) % 60:02d}s"
 
     def close(self) -> None:
@@ -652,15 +645,23 @@ class RunProgress:
         ``solved`` (``run.stop_at_return`` reached), or None while none has."""
         if self.solved is not None:
             return "solved"
-        for name, used in (
-            ("max_env_steps", self.env_steps),
-            ("max_updates", self.updates),
-            ("max_seconds", elapsed_s),
-        ):
+        for name, used in self.budget_used(elapsed_s):
             limit = getattr(r, name)
             if limit and used >= limit:
                 return name
+        if self.first_update_s is None and r.max_startup_s and elapsed_s >= r.max_startup_s:
+            return "no_update"
         return None
+
+    def budget_used(self, elapsed_s: float) -> list[tuple[str, float]]:
+        """What each budget has used: env steps, updates, seconds of training (counted from
+        the first learner update: start-up is not training)."""
+        trained_s = 0.0 if self.first_update_s is None else elapsed_s - self.first_update_s
+        return [
+            ("max_env_steps", self.env_steps),
+            ("max_updates", self.updates),
+            ("max_seconds", trained_s),
+        ]
 
     def out_of_budget(self, r: RunConfig, elapsed_s: float) -> bool:
         return self.stop_reason(r, elapsed_s) is not None

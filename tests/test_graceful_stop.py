@@ -83,4 +83,5 @@ def test_signal_stops_the_run_with_a_checkpoint_and_a_summary(tmp_path, sig, cod
     log = (run / "train.log").read_text()
     assert "derived: learner.bc_weight=0.1" in log
     progress = [ln for ln in log.splitlines() if "| updates" in ln]
-    assert progress and all("| budget" in ln and "ETA" in ln for ln in progress), progress[-3:]
+    assert progress and all("| budget" in ln for ln in progress), progress[-3:]
+    assert "ETA" in progress[-1]  # once training started (max_seconds counts training time)

@@ -129,3 +129,19 @@ def test_no_update_reason_names_what_the_replay_saw():
     why = no_update_reason({"updates": 0, "env_steps": 480, "replay_final": replay}, cfg)
     assert "480 env steps" in why and "rejected 40 rollouts {'oversize': 40}" in why
     assert f"min_size_steps={cfg.replay.rate_limit.min_size_steps}" in why
+
+
+def test_time_budget_counts_training_from_the_first_update():
+    """``run.max_seconds`` is training time: start-up (Ray, workers, filling the replay to
+    ``min_size_steps``) does not use it; ``run.max_startup_s`` bounds the start-up instead."""
+    from deploy.config import RunConfig
+    from deploy.train import RunProgress
+
+    r = RunConfig(max_env_steps=0, max_seconds=20.0, max_startup_s=300.0)
+    p = RunProgress()
+    assert p.stop_reason(r, elapsed_s=250.0) is None  # 250 s of start-up, no update yet
+    assert p.stop_reason(r, elapsed_s=300.0) == "no_update"
+    p.first_update_s = 40.0
+    assert p.stop_reason(r, elapsed_s=59.0) is None  # 19 s of training
+    assert p.stop_reason(r, elapsed_s=60.0) == "max_seconds"
+    assert dict(p.budget_used(60.0))["max_seconds"] == 20.0
