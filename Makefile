@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python -m benchmarks.actor_throughput --tasks tmaze popgym --envs-per-actor 8 16 32
 	$(BIN)/python -m benchmarks.vector_env
 	$(BIN)/python -m benchmarks.relabel_throughput
+	$(BIN)/python -m benchmarks.replay_persistence
 	$(BIN)/python -m benchmarks.time_to_solve --tasks tmaze popgym --repeats 4
 
 lint: install
