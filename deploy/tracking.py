@@ -13,8 +13,11 @@
   experiment ``run.name``, params = the resolved config. Extra ``amago-ray[tracking]``.
 
 A row becomes scalars at step ``env_steps``: every numeric, finite field but the step itself
-(``bool`` flags and ``None``/NaN values are left out); the final evaluation's row (``final:
-true``) is logged with its fields prefixed ``final_``. Secrets (any ``*password*`` field, the
+(``bool`` flags and ``None``/NaN values are left out), named ``<group>/<field>`` (:func:`tag`:
+``charts/`` returns and evaluations, ``losses/``, ``learner/``, ``replay/``, ``actors/``),
+without the fields that carry no curve (:data:`DROPPED`: the run clock, constants of the batch
+shape or the fleet's target, the learner's own step counter, a duplicate); the final
+evaluation's row (``final: true``) is logged with its fields prefixed ``final_``. Secrets (any ``*password*`` field, the
 user part of URLs) never reach a tracker. :func:`check_backends` is what start-up validation
 runs: an unknown name or a backend whose package is missing fails in one line naming
 ``run.tracking``.
@@ -42,9 +45,27 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "wandb": ("wandb", "pip install 'amago-ray[tracking]' (or pip install wandb)"),
     "mlflow": ("mlflow", "pip install 'amago-ray[tracking]' (or pip install mlflow-skinny)"),
 }
-#: The row fields TensorBoard's HPARAMS tab shows next to each run's config.
-HPARAM_METRICS = ("eval_return", "return_mean", "final_eval_return", "final_eval_success")
+#: The tags TensorBoard's HPARAMS tab shows next to each run's config.
+HPARAM_METRICS = (
+    "charts/eval_return",
+    "charts/return_mean",
+    "charts/final_eval_return",
+    "charts/final_eval_success",
+)
 STEP_FIELD = "env_steps"
+#: Row fields no tracker gets: the wall clock (``time_s``), the update count (the step axis
+#: is env steps; ``learner/updates_per_s`` has the rate), the learner's step counter,
+#: constants of the batch shape and the fleet's target, and ``filter_frac_main`` (the same
+#: as ``filter_frac`` with one discount).
+DROPPED = frozenset(
+    {"time_s", "updates", "step", "seq_timesteps", "valid_timesteps", "actors_desired"}
+    | {"filter_frac_main"}
+)
+_GROUPS = {
+    "charts": ("return_mean", "eval_return", "eval_success"),
+    "replay": ("replay_timesteps", "data_age"),
+    "actors": ("env_steps_per_s", "actor_policy_lag", "actors_alive"),
+}
 
 Scalar = int | float | str | bool
 
@@ -75,16 +96,27 @@ def check_backends(names: Sequence[str]) -> str | None:
     return None
 
 
+def tag(field: str) -> str:
+    """The tracker name of a row field: ``<group>/<field>`` (a task suffix kept:
+    ``charts/eval_return/tmaze4``); the learner's loss terms under ``losses/``, its other
+    statistics under ``learner/``."""
+    base = field.split("/", 1)[0].removeprefix("final_")
+    for group, names in _GROUPS.items():
+        if base in names:
+            return f"{group}/{field}"
+    return f"losses/{field}" if base == "loss" or base.endswith("_loss") else f"learner/{field}"
+
+
 def row_scalars(row: Mapping[str, Any]) -> tuple[int, dict[str, float]]:
     """(step, scalars) of one metrics.jsonl row (the rules in the module docstring)."""
     step = int(row.get(STEP_FIELD) or 0)
     prefix = "final_" if row.get("final") is True else ""
     out = {}
     for k, v in row.items():
-        if k == STEP_FIELD or isinstance(v, bool) or not isinstance(v, (int, float)):
+        if k == STEP_FIELD or k in DROPPED or isinstance(v, bool):
             continue
-        if math.isfinite(v):
-            out[prefix + k] = float(v)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            out[tag(prefix + k)] = float(v)
     return step, out
 
 

@@ -223,7 +223,8 @@ def test_multirun_runs_jobs_one_after_another_and_leaves_nothing(tmp_path):
         assert hp["learner.lr"] == pytest.approx(lr) and hp["run.name"] == "sweeptest"
         assert hp["replay.redis.url"].startswith("redis://127.0.0.1:")  # the job's embedded server
         urls.add(hp["replay.redis.url"])
-        assert {"return_mean", "updates", "final_eval_return"} <= set(ea.Tags()["scalars"])
+        tags = set(ea.Tags()["scalars"])
+        assert {"charts/return_mean", "learner/updates_per_s", "charts/final_eval_return"} <= tags
         if "wandb" in backends:
             assert list(job.glob("wandb/offline-run-*/run-*.wandb"))
         if "mlflow" in backends:

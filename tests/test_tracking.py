@@ -62,14 +62,34 @@ class FakeMetrics:
 
 
 def test_row_scalars_rules():
-    assert row_scalars(ROWS[0]) == (512, {"time_s": 1.0, "updates": 0.0, "return_mean": -0.8})
-    assert row_scalars(ROWS[1]) == (512, {"time_s": 1.5, "updates": 0.0})  # NaN left out
+    assert row_scalars(ROWS[0]) == (512, {"charts/return_mean": -0.8})  # clock, count dropped
+    assert row_scalars(ROWS[1]) == (512, {})  # NaN left out
+    assert row_scalars(ROWS[2])[1] == {
+        "losses/loss": 3.5,
+        "learner/grad_norm": 9.0,
+        "charts/return_mean": -0.5,
+        "replay/data_age": 2.0,
+    }
     step, final = row_scalars(ROWS[4])
-    assert step == 4096 and final == {
-        "final_time_s": 4.0,
-        "final_updates": 20.0,
-        "final_eval_return": 0.75,
-    }  # the flag itself is no scalar
+    assert step == 4096 and final == {"charts/final_eval_return": 0.75}  # the flag is no scalar
+
+
+def test_tags_are_grouped_and_constants_dropped():
+    row = {"env_steps": 10, "time_s": 1.0, "updates": 4, "step": 4.0, "seq_timesteps": 288}
+    row.update(valid_timesteps=288, actors_desired=2, filter_frac_main=0.3, filter_frac=0.3)
+    row.update({"critic_loss": 1.0, "bc_loss": 0.5, "eval_return/tmaze4": 1.0, "lr": 3e-4})
+    row.update(env_steps_per_s=500.0, actor_policy_lag=3.0, actors_alive=2, replay_timesteps=9)
+    assert row_scalars(row)[1] == {
+        "learner/filter_frac": 0.3,
+        "losses/critic_loss": 1.0,
+        "losses/bc_loss": 0.5,
+        "charts/eval_return/tmaze4": 1.0,
+        "learner/lr": 3e-4,
+        "actors/env_steps_per_s": 500.0,
+        "actors/actor_policy_lag": 3.0,
+        "actors/actors_alive": 2.0,
+        "replay/replay_timesteps": 9.0,
+    }
 
 
 def test_flat_config_is_dotted_and_secret_free():
@@ -119,18 +139,24 @@ def test_tensorboard_scalars_and_hparams_read_back(tmp_path):
     runlog.close()
     ea = _events(tmp_path)
     scalars = set(ea.Tags()["scalars"])
-    assert {"return_mean", "eval_return", "loss", "grad_norm", "final_eval_return"} <= scalars
-    assert "env_steps" not in scalars and "final" not in scalars
-    assert [(e.step, e.value) for e in ea.Scalars("return_mean")] == [
+    assert {
+        "charts/return_mean",
+        "charts/eval_return",
+        "losses/loss",
+        "learner/grad_norm",
+        "charts/final_eval_return",
+    } <= scalars
+    assert not {"env_steps", "final", "time_s", "updates"} & {t.split("/")[-1] for t in scalars}
+    assert [(e.step, e.value) for e in ea.Scalars("charts/return_mean")] == [
         (512, pytest.approx(-0.8)),
         (2048, pytest.approx(-0.5)),
     ]
-    assert [(e.step, e.value) for e in ea.Scalars("eval_return")] == [(4096, 0.25)]
-    assert [(e.step, e.value) for e in ea.Scalars("final_eval_return")] == [(4096, 0.75)]
+    assert [(e.step, e.value) for e in ea.Scalars("charts/eval_return")] == [(4096, 0.25)]
+    assert [(e.step, e.value) for e in ea.Scalars("charts/final_eval_return")] == [(4096, 0.75)]
     hp, metric_tags, ended = _hparams(ea)
     assert hp["learner.lr"] == pytest.approx(3e-4) and hp["env.id"] == "amago/TMaze-v0"
     assert hp["actors.n"] == 2 and hp["run.plot"] in (False, 0.0)
-    assert {"eval_return", "final_eval_return"} <= set(metric_tags) and ended
+    assert {"charts/eval_return", "charts/final_eval_return"} <= set(metric_tags) and ended
     # metrics.jsonl still holds every row as written
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(ROWS) and json.loads(lines[-1])["final"] is True
@@ -160,7 +186,7 @@ def test_a_failing_tracker_is_dropped_not_fatal(tmp_path, caplog):
         runlog.row(**row)
     runlog.close()
     assert "tracker Broken failed in log" in caplog.text
-    assert [s for s, _ in good.logged] == [512, 512, 2048, 4096, 4096] and good.closed
+    assert [s for s, _ in good.logged] == [512, 2048, 4096, 4096] and good.closed  # 2nd: empty
     assert not bad.closed  # dropped at its first failure
     assert TrackerSet().log_row(ROWS[0]) is None  # no trackers: nothing to do
 
@@ -297,8 +323,9 @@ def test_wandb_offline_run_reads_back(tmp_path, wandb_env):
             break
         time.sleep(0.25)
     assert sorted(history) == [512, 2048, 4096]
-    assert history[2048]["loss"] == 3.5 and history[2048]["return_mean"] == -0.5
-    assert history[4096]["eval_return"] == 0.25 and history[4096]["final_eval_return"] == 0.75
+    assert history[2048]["losses/loss"] == 3.5 and history[2048]["charts/return_mean"] == -0.5
+    assert history[4096]["charts/eval_return"] == 0.25
+    assert history[4096]["charts/final_eval_return"] == 0.75
     assert config["learner.lr"] == 3e-4 and config["env.id"] == "amago/TMaze-v0"
 
 
@@ -331,6 +358,6 @@ def test_mlflow_file_store_reads_back(tmp_path, mlflow_env):
     assert client.get_experiment(run.info.experiment_id).name == "mltest"
     assert float(run.data.params["learner.lr"]) == 1e-3
     assert len(run.data.params) == len(flat_config(cfg)) > 100  # more than one batch
-    hist = client.get_metric_history(t.run_id, "return_mean")
+    hist = client.get_metric_history(t.run_id, "charts/return_mean")
     assert [(m.step, m.value) for m in hist] == [(512, -0.8), (2048, -0.5)]
-    assert run.data.metrics["final_eval_return"] == 0.75
+    assert run.data.metrics["charts/final_eval_return"] == 0.75
