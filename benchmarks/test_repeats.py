@@ -125,6 +125,32 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: list[dict]) -> str:
+    """The same summary as a Markdown table (for docs/learning_tests.md)."""
+    alias = {v: k for k, v in LEARNING_TESTS.items()}
+    by_test: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        by_test[r["test"]].append(r)
+    lines = [
+        "| test | repeats passed | figure | bar | min | median | max | s/repeat (median) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for test, runs in by_test.items():
+        secs = float(np.median([r["seconds"] for r in runs]))
+        passed = f"{sum(r['passed'] for r in runs)}/{len(runs)}"
+        figs: dict[str, list[dict]] = defaultdict(list)
+        for r in runs:
+            for f in r["figures"]:
+                figs[f["figure"]].append(f)
+        for fig, rows in figs.items():
+            v = np.array([f["value"] for f in rows], float)
+            lines.append(
+                f"| {alias.get(test, test)} | {passed} | {fig} | {rows[0]['op']} {rows[0]['bar']:g} "
+                f"| {v.min():.3f} | {np.median(v):.3f} | {v.max():.3f} | {secs:.0f} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tests", nargs="*", default=list(LEARNING_TESTS), help="aliases or node ids")
@@ -133,12 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout-s", type=float, default=1200.0, help="per repeat")
     ap.add_argument("--jsonl", help="append one JSON line per repeat here")
     ap.add_argument("--from-jsonl", nargs="*", help="only print the table of earlier runs")
+    ap.add_argument("--markdown", action="store_true", help="with --from-jsonl: Markdown")
     args = ap.parse_args(argv)
     if args.from_jsonl:
         results = [
             json.loads(line) for p in args.from_jsonl for line in Path(p).read_text().splitlines()
         ]
-        print(table(results))
+        print(markdown(results) if args.markdown else table(results))
         return 0
     tests = [LEARNING_TESTS.get(t, t) for t in args.tests]
     print(
