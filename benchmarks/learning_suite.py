@@ -89,6 +89,21 @@ TASKS = {
             "adapt",
         ),
         Task(
+            "dark_key_door_small_memoryless",  # the ablation of the learning test's claim
+            (
+                "experiment=dark_key_door_small",
+                "learner.model.encoder=mlp",
+                "run.max_updates=2200",
+                "run.max_env_steps=0",
+                "run.final_eval_episodes=240",
+            ),
+            0.0,
+            0.0,
+            "the learning test's bar (tests/test_learning.py); the memoryless MLP encoder, same "
+            "budget and trials, is expected below it",
+            "adapt",
+        ),
+        Task(
             "point_goal",
             ("experiment=point_goal",),
             -24.0,
@@ -167,6 +182,7 @@ SUITES = {
         "bandit",
         "dark_key_door",
         "dark_key_door_small",
+        "dark_key_door_small_memoryless",
         "goal_grid_relabel",
         "goal_grid_no_relabel",
         "popgym_repeat_previous",
