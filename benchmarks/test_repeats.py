@@ -36,7 +36,6 @@ LEARNING_TESTS = {
     "tmaze": "tests/test_learning.py::test_tmaze_reaches_the_optimal_return",
     "tmaze_ddp": "tests/test_learning.py::test_tmaze_with_two_data_parallel_learners",
     "bandit": "tests/test_learning.py::test_meta_bandit_explores_in_context",
-    "dark_key_door": "tests/test_learning.py::test_dark_key_door_adapts_within_a_trial",
     "hindsight": "tests/test_learning.py::test_hindsight_relabeling_solves_the_sparse_goal_task",
     "popgym": "tests/test_learning.py::test_popgym_repeat_previous_learns_through_a_sliding_window",
     "multitask": "tests/test_learning.py::test_two_tmazes_in_one_run",

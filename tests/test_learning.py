@@ -13,6 +13,14 @@ is budgeted in learner updates (``run.max_updates``; the rate limiter ties env s
 can stop as soon as they have shown their claim do (``run.stop_at_return``). Each bar was set
 from 10 repeats (``python -m benchmarks.test_repeats``, seeds 0-9, ``AMAGO_TEST_SEED``; CI runs
 seed 0) so that the worst repeat clears it with margin; each docstring says what they measured.
+
+No Dark Key-To-Door test (removed 2026-12-07): its figure, last minus first episode of a
+trial (4x4 room, 2,200 updates, 240 trials), ranged +0.054 .. +0.56 over 10 seeds, and the
+memoryless MLP encoder with the same budget reached +0.054 (it sees the time within the trial,
+so it too can change behaviour between episodes). No bar is both above the memoryless agent
+and below every seed's figure at a CI budget; the task stays in the learning suite
+(``benchmarks/learning_suite.py``: dark_key_door_small and its _memoryless ablation). In-context
+meta-RL is asserted by the meta-bandit test.
 """
 
 from __future__ import annotations
@@ -49,7 +57,6 @@ GUARD = "run.max_seconds=1500"  # a hang guard only: no repeat came near it, loa
 # Budgets (learner updates) and bars of the fixed-budget tests; "10 repeats" = seeds 0-9 of
 # benchmarks/test_repeats.py on the 2-core VM (2026-12-07), the figures in the docstrings.
 BANDIT_UPDATES, BANDIT_BAR = 1800, 0.56
-DKD_UPDATES, DKD_TRIALS, DKD_BAR = 2200, 240, 0.0
 HER_UPDATES, HER_EPISODES, HER_BAR, HER_GAP = 6000, 100, 0.5, 0.3
 POPGYM_UPDATES = 6000
 
@@ -107,32 +114,6 @@ def test_meta_bandit_explores_in_context(tmp_path, learning_seed, figure):
     show(summary)
     figure("late_reward_per_pull", late, ">=", BANDIT_BAR)
     assert BANDIT_BAR > 0.26
-
-
-def test_dark_key_door_adapts_within_a_trial(tmp_path, learning_seed, figure):
-    """Dark Key-To-Door, 4x4 room, 3-episode trials (``experiment=dark_key_door_small``): over
-    240 final greedy trials the last episode of a trial scores at least as well as the first.
-    An agent that remembers where it found the key and the door walks straight to them; one
-    that cannot remember its trial does worse in later episodes (the memoryless MLP encoder,
-    same preset and budget: last minus first -0.22).
-
-    10 repeats (seeds 0-9, 2,200 updates, 240 trials): last minus first min +0.054, median
-    +0.35, max +0.56 (the two lowest +0.054 and +0.22); a normal fit (mean 0.32, sd 0.14)
-    puts a run below the bar 0 at ~1%. The greedy snapshot after the last update varies (the
-    +0.054 run's last periodic evaluation scored 4.1 per trial, its final one 2.7): the bar
-    was +0.2 with 60 trials and failed once at +0.156 (2026-12-07)."""
-    cfg = load_config(
-        "experiment=dark_key_door_small",
-        *budget(DKD_UPDATES),
-        f"run.final_eval_episodes={DKD_TRIALS}",
-        *COMMON,
-        *seed_overrides(learning_seed),
-    )
-    summary = run_training(cfg, tmp_path)
-    first, *_, last = summary["final_eval_by_episode"]
-    show(summary, "final_eval_by_episode")
-    assert len(summary["final_eval_by_episode"]) == 3
-    figure("last_minus_first", last - first, ">=", DKD_BAR)
 
 
 @pytest.mark.timeout(3600)  # two runs; ~4 min on a quiet machine
