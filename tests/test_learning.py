@@ -16,8 +16,8 @@ seed 0) so that the worst repeat clears it with margin; each docstring says what
 
 No Dark Key-To-Door test (removed 2026-12-07): its figure, last minus first episode of a
 trial (4x4 room, 2,200 updates, 240 trials), ranged +0.054 .. +0.56 over 10 seeds, and the
-memoryless MLP encoder with the same budget reached +0.054 (it sees the time within the trial,
-so it too can change behaviour between episodes). No bar is both above the memoryless agent
+memoryless MLP encoder with the same budget reached +0.054 and -0.063 on two seeds (it sees
+the time within the trial, so it too can change behaviour between episodes). No bar is both above the memoryless agent
 and below every seed's figure at a CI budget; the task stays in the learning suite
 (``benchmarks/learning_suite.py``: dark_key_door_small and its _memoryless ablation). In-context
 meta-RL is asserted by the meta-bandit test.
