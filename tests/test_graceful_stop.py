@@ -56,7 +56,13 @@ def test_signal_stops_the_run_with_a_checkpoint_and_a_summary(tmp_path, sig, cod
         deadline = time.monotonic() + 240
         while _updates(run) < 40 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
-        assert proc.poll() is None and _updates(run) >= 40, "the run never trained"
+        if proc.poll() is not None or _updates(run) < 40:  # say why, with its output
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=60)
+            pytest.fail(
+                f"the run never trained (exit {proc.returncode}):\n{out[-2000:]}{err[-4000:]}"
+            )
         t0 = time.monotonic()
         signum = getattr(signal, sig)
         if group:  # Ctrl-C: the whole foreground process group gets SIGINT
