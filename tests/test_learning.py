@@ -75,7 +75,8 @@ def show(summary: dict, *extra: str) -> dict:
 
 def test_tmaze_reaches_the_optimal_return(tmp_path, learning_seed, figure):
     """T-Maze H=10: greedy return >= 0.95 of the optimum 1.0 (memoryless policies get 0.5).
-    Stops at the first greedy evaluation at 1.0 (the preset's stop return)."""
+    Stops at the first greedy evaluation at 1.0 (the preset's stop return). 10 repeats: 10/10
+    at 1.0; budget 12,000 updates (the slowest seed known needed 5,800)."""
     cfg = load_config("experiment=tmaze", *budget(12000), *COMMON, *seed_overrides(learning_seed))
     summary = run_training(cfg, tmp_path)
     show(summary)
@@ -105,7 +106,8 @@ def test_tmaze_with_two_data_parallel_learners(tmp_path, learning_seed, figure):
 
 def test_meta_bandit_explores_in_context(tmp_path, learning_seed, figure):
     """5-armed meta-bandit, 20-pull trials: late-trial reward per pull clearly above the best
-    any memoryless policy can get (0.26 = mean arm payoff: it cannot tell tasks apart)."""
+    any memoryless policy can get (0.26 = mean arm payoff: it cannot tell tasks apart).
+    1,800 updates; 3 repeats + the baseline run: 0.85-0.88 against the bar 0.56."""
     cfg = load_config(
         "experiment=bandit", *budget(BANDIT_UPDATES), *COMMON, *seed_overrides(learning_seed)
     )
@@ -120,7 +122,9 @@ def test_meta_bandit_explores_in_context(tmp_path, learning_seed, figure):
 def test_hindsight_relabeling_solves_the_sparse_goal_task(tmp_path, learning_seed, figure):
     """GoalGrid, k=2 goals per instruction: with the same budget (updates) and seeds, hindsight
     relabeling reaches a success rate (whole instruction completed) that training on the raw
-    sparse rewards does not."""
+    sparse rewards does not. 10 repeats (seeds 0-9, 6,000 updates per arm, 100 final episodes):
+    relabeled success 0.75-0.84 (median 0.81), minus no relabeling 0.48-0.67 (median 0.59; no
+    relabeling 0.16-0.30); bars 0.5 and 0.3."""
     results = {}
     for arm, p in (("relabel", 0.8), ("none", 0.0)):
         cfg = load_config(
