@@ -357,65 +357,79 @@ def metric_names(expr: str) -> set[str]:
     return set(_NAME.findall(expr))
 
 
-def build() -> dict:
-    """The dashboard as Grafana JSON."""
-    ds = {"type": "prometheus", "uid": DATASOURCE_UID}
+def _targets(p: Panel, ds: dict) -> list[dict]:
+    """The Grafana query targets of one panel, lettered A, B, ..."""
+    return [
+        {
+            "refId": chr(ord("A") + k),
+            "datasource": ds,
+            "expr": q.expr,
+            "legendFormat": q.legend or "__auto",
+            "range": True,
+        }
+        for k, q in enumerate(p.queries)
+    ]
+
+
+def _row_json(row: Row, panel_id: int, y: int) -> dict:
+    """The Grafana JSON of one (expanded) row header at height ``y``."""
+    return {
+        "id": panel_id,
+        "type": "row",
+        "title": row.title,
+        "collapsed": False,
+        "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+        "panels": [],
+    }
+
+
+def _panel_json(p: Panel, panel_id: int, i: int, y: int, ds: dict) -> dict:
+    """The Grafana JSON of the ``i``-th timeseries panel of a row whose panels start at ``y``."""
+    return {
+        "id": panel_id,
+        "type": "timeseries",
+        "title": p.title,
+        "description": p.description,
+        "datasource": ds,
+        "gridPos": {
+            "h": PANEL_H,
+            "w": PANEL_W,
+            "x": (i % COLUMNS) * PANEL_W,
+            "y": y + (i // COLUMNS) * PANEL_H,
+        },
+        "targets": _targets(p, ds),
+        "fieldConfig": {
+            "defaults": {"unit": p.unit, "custom": {"lineWidth": 1, "fillOpacity": 0}},
+            "overrides": [],
+        },
+        "options": {
+            "legend": {
+                "displayMode": "list",
+                "placement": "bottom",
+                "showLegend": True,
+            },
+            "tooltip": {"mode": "multi", "sort": "none"},
+        },
+    }
+
+
+def _layout(ds: dict) -> list[dict]:
+    """Every row header and panel as Grafana JSON, laid out top to bottom."""
     out: list[dict] = []
     next_id, y = 1, 0
     for row in ROWS:
-        out.append(
-            {
-                "id": next_id,
-                "type": "row",
-                "title": row.title,
-                "collapsed": False,
-                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
-                "panels": [],
-            }
-        )
+        out.append(_row_json(row, next_id, y))
         next_id, y = next_id + 1, y + 1
         for i, p in enumerate(row.panels):
-            targets = [
-                {
-                    "refId": chr(ord("A") + k),
-                    "datasource": ds,
-                    "expr": q.expr,
-                    "legendFormat": q.legend or "__auto",
-                    "range": True,
-                }
-                for k, q in enumerate(p.queries)
-            ]
-            out.append(
-                {
-                    "id": next_id,
-                    "type": "timeseries",
-                    "title": p.title,
-                    "description": p.description,
-                    "datasource": ds,
-                    "gridPos": {
-                        "h": PANEL_H,
-                        "w": PANEL_W,
-                        "x": (i % COLUMNS) * PANEL_W,
-                        "y": y + (i // COLUMNS) * PANEL_H,
-                    },
-                    "targets": targets,
-                    "fieldConfig": {
-                        "defaults": {"unit": p.unit, "custom": {"lineWidth": 1, "fillOpacity": 0}},
-                        "overrides": [],
-                    },
-                    "options": {
-                        "legend": {
-                            "displayMode": "list",
-                            "placement": "bottom",
-                            "showLegend": True,
-                        },
-                        "tooltip": {"mode": "multi", "sort": "none"},
-                    },
-                }
-            )
+            out.append(_panel_json(p, next_id, i, y, ds))
             next_id += 1
         y += -(-len(row.panels) // COLUMNS) * PANEL_H
-    run_var = {
+    return out
+
+
+def _run_variable(ds: dict) -> dict:
+    """The ``$run`` template variable (multi-select over the runs Prometheus has seen)."""
+    return {
         "name": "run",
         "label": "run",
         "type": "query",
@@ -429,6 +443,11 @@ def build() -> dict:
         "sort": 1,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
     }
+
+
+def build() -> dict:
+    """The dashboard as Grafana JSON."""
+    ds = {"type": "prometheus", "uid": DATASOURCE_UID}
     return {
         "uid": DASHBOARD_UID,
         "title": "amago-ray training",
@@ -442,10 +461,10 @@ def build() -> dict:
         "time": {"from": "now-30m", "to": "now"},
         "refresh": "10s",
         "timezone": "",
-        "templating": {"list": [run_var]},
+        "templating": {"list": [_run_variable(ds)]},
         "annotations": {"list": []},
         "links": [],
-        "panels": out,
+        "panels": _layout(ds),
     }
 
 

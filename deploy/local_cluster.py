@@ -81,14 +81,18 @@ def _node_args(cfg: LocalRayConfig, cpus: float, worker: int | None = None) -> d
     }
 
 
-def run(cfg: LocalRayConfig, ready_file: Path) -> int:
-    """Start the cluster, write ``ready_file`` (JSON), hold it until SIGTERM/SIGINT."""
-    cfg.validate()
-    # Read by Ray when it is imported, and inherited by every node and worker process.
-    os.environ[RAY_CLUSTER_FLAG] = "0"
-    from ray._common.utils import reset_ray_address
-    from ray.cluster_utils import Cluster
+def _head_args(cfg: LocalRayConfig) -> dict:
+    """Node arguments of the head: a worker node's plus the GCS and dashboard ports."""
+    return _node_args(cfg, cfg.head_cpus) | {
+        "gcs_server_port": cfg.gcs_port,
+        "include_dashboard": True,
+        "dashboard_host": LOOPBACK,
+        "dashboard_port": cfg.dashboard_port,
+    }
 
+
+def _stop_on_signals() -> dict:
+    """Record SIGTERM/SIGINT in the returned dict's ``"signal"`` (0 until one arrives)."""
     stop = {"signal": 0}
 
     def on_signal(signum, _frame) -> None:
@@ -96,12 +100,22 @@ def run(cfg: LocalRayConfig, ready_file: Path) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    head = _node_args(cfg, cfg.head_cpus) | {
-        "gcs_server_port": cfg.gcs_port,
-        "include_dashboard": True,
-        "dashboard_host": LOOPBACK,
-        "dashboard_port": cfg.dashboard_port,
-    }
+    return stop
+
+
+def _restore_machine_default(machine_default: str | None) -> None:
+    """Put back the machine-wide default Ray address (``machine_default``; none: remove it)."""
+    from ray._common.utils import reset_ray_address
+    from ray._private.utils import write_ray_address
+
+    if machine_default:
+        write_ray_address(machine_default)
+    else:
+        reset_ray_address()
+
+
+def _start_head(cfg: LocalRayConfig, cluster_cls: type):
+    """Start the head node as a ``cluster_cls`` (Ray's ``Cluster``) and return the cluster."""
     from ray._private.utils import read_ray_address, write_ray_address
 
     # Cluster() records its address as the machine-wide default that `ray.init()` and
@@ -109,57 +123,88 @@ def run(cfg: LocalRayConfig, ready_file: Path) -> int:
     # keep starting their own instances. Inside the cluster, "auto" (the jobs' drivers) reads
     # <temp_dir>/ray_current_cluster.
     machine_default = read_ray_address()
-
-    def restore_machine_default() -> None:
-        if machine_default:
-            write_ray_address(machine_default)
-        else:
-            reset_ray_address()
-
-    cluster = Cluster(initialize_head=True, head_node_args=head, shutdown_at_exit=True)
+    cluster = cluster_cls(
+        initialize_head=True, head_node_args=_head_args(cfg), shutdown_at_exit=True
+    )
     write_ray_address(cluster.gcs_address, cfg.temp_dir)
-    restore_machine_default()
+    _restore_machine_default(machine_default)
+    return cluster
+
+
+def _add_workers(cfg: LocalRayConfig, cluster) -> list[dict]:
+    """Add the worker nodes, wait for all nodes, and check every one is on loopback."""
+    for i in range(cfg.worker_nodes):
+        cluster.add_node(**_node_args(cfg, cfg.worker_cpus, worker=i + 1))
+    cluster.wait_for_nodes()
+    nodes = [
+        {"node_id": n.node_id, "address": n.node_ip_address, "head": n.head}
+        for n in [cluster.head_node, *cluster.worker_nodes]
+    ]
+    bad = [n["address"] for n in nodes if n["address"] != LOOPBACK]
+    if bad:
+        raise RuntimeError(f"Ray nodes came up on {bad}, not {LOOPBACK}")
+    return nodes
+
+
+def _write_ready(cfg: LocalRayConfig, cluster, nodes: list[dict], ready_file: Path) -> dict:
+    """Write the cluster's addresses and nodes to ``ready_file`` atomically; return them."""
+    info = {
+        "pid": os.getpid(),
+        "gcs_address": cluster.gcs_address,
+        "dashboard_url": f"http://{LOOPBACK}:{cfg.dashboard_port}",
+        "session_dir": cluster.head_node.get_session_dir_path(),
+        "prometheus_sd_file": str(Path(cfg.temp_dir) / "prom_metrics_service_discovery.json"),
+        "nodes": nodes,
+        "config": asdict(cfg),
+    }
+    tmp = ready_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(ready_file)
+    return info
+
+
+def _hold(cluster, stop: dict) -> int:
+    """Wait for a signal (exit code 0) or a dead head node process (1)."""
+    while not stop["signal"]:
+        if not cluster.head_node.remaining_processes_alive():
+            print("ray: a head node process died; shutting down", flush=True)
+            return 1
+        time.sleep(0.5)
+    print(f"ray: signal {stop['signal']}, shutting down", flush=True)
+    return 0
+
+
+def _shutdown(cluster) -> None:
+    """Stop every node, keeping the machine-wide default Ray address as it was."""
+    from ray._private.utils import read_ray_address
+
+    machine_default = read_ray_address()  # shutdown() deletes it, whoever wrote it
+    cluster.shutdown()
+    _restore_machine_default(machine_default)
+    print("ray: all nodes stopped", flush=True)
+
+
+def run(cfg: LocalRayConfig, ready_file: Path) -> int:
+    """Start the cluster, write ``ready_file`` (JSON), hold it until SIGTERM/SIGINT."""
+    cfg.validate()
+    # Read by Ray when it is imported, and inherited by every node and worker process.
+    os.environ[RAY_CLUSTER_FLAG] = "0"
+    from ray.cluster_utils import Cluster
+
+    stop = _stop_on_signals()
+    cluster = _start_head(cfg, Cluster)
     try:
-        for i in range(cfg.worker_nodes):
-            cluster.add_node(**_node_args(cfg, cfg.worker_cpus, worker=i + 1))
-        cluster.wait_for_nodes()
-        nodes = [
-            {"node_id": n.node_id, "address": n.node_ip_address, "head": n.head}
-            for n in [cluster.head_node, *cluster.worker_nodes]
-        ]
-        bad = [n["address"] for n in nodes if n["address"] != LOOPBACK]
-        if bad:
-            raise RuntimeError(f"Ray nodes came up on {bad}, not {LOOPBACK}")
-        info = {
-            "pid": os.getpid(),
-            "gcs_address": cluster.gcs_address,
-            "dashboard_url": f"http://{LOOPBACK}:{cfg.dashboard_port}",
-            "session_dir": cluster.head_node.get_session_dir_path(),
-            "prometheus_sd_file": str(Path(cfg.temp_dir) / "prom_metrics_service_discovery.json"),
-            "nodes": nodes,
-            "config": asdict(cfg),
-        }
-        tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=1))
-        tmp.replace(ready_file)
+        nodes = _add_workers(cfg, cluster)
+        info = _write_ready(cfg, cluster, nodes, ready_file)
         print(
             f"ray: {len(nodes)} nodes up at {cluster.gcs_address}, dashboard "
             f"{info['dashboard_url']}",
             flush=True,
         )
-        while not stop["signal"]:
-            if not cluster.head_node.remaining_processes_alive():
-                print("ray: a head node process died; shutting down", flush=True)
-                return 1
-            time.sleep(0.5)
-        print(f"ray: signal {stop['signal']}, shutting down", flush=True)
-        return 0
+        return _hold(cluster, stop)
     finally:
         ready_file.unlink(missing_ok=True)
-        machine_default = read_ray_address()  # shutdown() deletes it, whoever wrote it
-        cluster.shutdown()
-        restore_machine_default()
-        print("ray: all nodes stopped", flush=True)
+        _shutdown(cluster)
 
 
 def main(argv: list[str] | None = None) -> int:

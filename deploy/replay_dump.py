@@ -108,27 +108,34 @@ def dump_target(
     from replay_service import connect
     from replay_service.config import RedisConfig
 
-    limits = Limits()
-    source: dict[str, Any] = {"target": target}
     if "://" in target:
         rcfg = RedisConfig(url=target, password=password, namespace=namespace or "amago")
         return dump_namespace(
-            connect(rcfg), rcfg.namespace, out, spec, limits, {"target": _redact(target)}
+            connect(rcfg), rcfg.namespace, out, spec, Limits(), {"target": _redact(target)}
         )
+    return _dump_run(target, out, namespace, password, spec)
+
+
+def _dump_run(
+    target: str, out: str | Path, namespace: str | None, password: str, spec: EnvSpec | None
+) -> DumpSummary:
+    """``dump_target`` of a run directory: from its server, or its persisted embedded data."""
+    from replay_service import connect
+    from replay_service.config import RedisConfig
+
     run_dir = Path(target)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise DumpError(f"{target}: neither a redis:// URL nor a run directory (no config.yaml)")
-    doc = yaml.safe_load(cfg_path.read_text()) or {}
+    doc = _run_config(target, run_dir)
     replay, deploy = doc.get("replay") or {}, doc.get("deploy") or {}
     redis_doc = replay.get("redis") or {}
     ns = namespace or redis_doc.get("namespace") or "amago"
+    defaults = Limits()
     limits = Limits(
-        max_steps=int(replay.get("max_traj_steps", limits.max_steps)),
-        max_bytes=int(replay.get("max_record_bytes", limits.max_bytes)),
+        max_steps=int(replay.get("max_traj_steps", defaults.max_steps)),
+        max_bytes=int(replay.get("max_record_bytes", defaults.max_bytes)),
     )
     spec = spec if spec is not None else _run_spec(doc.get("env") or {})
-    source.update(run_dir=str(run_dir), env_id=(doc.get("env") or {}).get("id", ""))
+    env_id = (doc.get("env") or {}).get("id", "")
+    source: dict[str, Any] = {"target": target, "run_dir": str(run_dir), "env_id": env_id}
     if redis_doc.get("shards") or int(deploy.get("embedded_shards") or 1) > 1:
         raise DumpError(
             f"{target}: its replay is sharded over several servers; dump each shard by URL "
@@ -141,6 +148,25 @@ def dump_target(
         rcfg = RedisConfig(url=url, password=pw, namespace=ns, tls=bool(redis_doc.get("tls")))
         source["target"] = _redact(url)
         return dump_namespace(connect(rcfg), ns, out, spec, limits, source)
+    data_dir = _embedded_data_dir(target, deploy)
+    from replay_service.server import EmbeddedServer
+
+    with EmbeddedServer(data_dir=data_dir) as server:
+        return dump_namespace(
+            connect(server.redis_config(namespace=ns)), ns, out, spec, limits, source
+        )
+
+
+def _run_config(target: str, run_dir: Path) -> dict:
+    """The run's ``config.yaml`` as a dict (``DumpError`` if ``run_dir`` has none)."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise DumpError(f"{target}: neither a redis:// URL nor a run directory (no config.yaml)")
+    return yaml.safe_load(cfg_path.read_text()) or {}
+
+
+def _embedded_data_dir(target: str, deploy: dict) -> str:
+    """The run's persisted embedded-server data directory (an error if it has none)."""
     data_dir = deploy.get("embedded_data_dir") or ""
     if not data_dir:
         raise ConfigError(
@@ -151,12 +177,7 @@ def dump_target(
         )
     if not Path(data_dir).is_dir():
         raise DumpError(f"{target}: its deploy.embedded_data_dir {data_dir!r} does not exist")
-    from replay_service.server import EmbeddedServer
-
-    with EmbeddedServer(data_dir=data_dir) as server:
-        return dump_namespace(
-            connect(server.redis_config(namespace=ns)), ns, out, spec, limits, source
-        )
+    return data_dir
 
 
 def _redact(url: str) -> str:

@@ -15,7 +15,6 @@ One local Ray session for the module.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import threading
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _runs import descendant_pids, metrics_updates
 from conftest import seed_overrides
 
 from common.codec import decode
@@ -210,24 +210,11 @@ def test_replay_restart_under_a_collecting_actor_loses_nothing(cfg, broker, tmp_
         client.close()
 
 
-def _parent(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
 def _pids(actor_class: str) -> list[int]:
     """Processes of live actors of one class (Ray titles them ``ray::<class>``) in this
     test's Ray session: workers are children of the raylet, a child of this process."""
-    pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if (p / "cmdline").read_bytes().startswith(f"ray::{actor_class}".encode()):
-                    if _parent(_parent(int(p.name))) == os.getpid():
-                        pids.append(int(p.name))
-            except (OSError, ValueError, IndexError):
-                pass
-    return pids
+    title = f"ray::{actor_class}".encode()
+    return descendant_pids(lambda cmdline: cmdline.startswith(title), depth=2)
 
 
 def _train_under_faults(cfg: TrainConfig, run_dir: Path, inject) -> tuple[dict, dict]:
@@ -361,16 +348,8 @@ def test_a_learner_killed_in_its_first_minute_resumes_from_a_checkpoint(tmp_path
 
 def _valkey_children() -> list[int]:
     """Embedded Valkey servers started by this process (the run's replay)."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                title = (p / "cmdline").read_bytes()  # Valkey retitles: "<path> host:port"
-                if b"/valkey-server" in title and _parent(int(p.name)) == os.getpid():
-                    out.append(int(p.name))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
+    # Valkey retitles itself: "<path> host:port"
+    return descendant_pids(lambda cmdline: b"/valkey-server" in cmdline, depth=1)
 
 
 def test_a_killed_replay_server_is_restarted_and_the_run_still_learns(tmp_path, figure):
@@ -392,7 +371,7 @@ def test_a_killed_replay_server_is_restarted_and_the_run_still_learns(tmp_path, 
     )
 
     def inject(faults: dict) -> None:
-        wait_for(lambda: _metrics_updates(run) >= 300, 300)
+        wait_for(lambda: metrics_updates(run) >= 300, 300)
         (pid,) = _valkey_children()
         os.kill(pid, signal.SIGKILL)
         faults["killed"] = pid
@@ -406,9 +385,3 @@ def test_a_killed_replay_server_is_restarted_and_the_run_still_learns(tmp_path, 
     assert "replay server 0 died: restarted" in (run / "train.log").read_text()
     assert summary["stop_reason"] == "solved"
     figure("final_eval_return", summary["final_eval_return"], ">=", 0.95)
-
-
-def _metrics_updates(run: Path) -> int:
-    path = run / "metrics.jsonl"
-    rows = path.read_text().splitlines() if path.exists() else []
-    return max((json.loads(r).get("updates", 0) for r in rows), default=0)

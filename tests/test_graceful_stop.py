@@ -14,17 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from _runs import metrics_updates
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _updates(run: Path) -> int:
-    rows = (
-        (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
-    )
-    return max((json.loads(r).get("updates", 0) for r in rows), default=0)
 
 
 @pytest.mark.parametrize("sig, code, group", [("SIGTERM", 143, False), ("SIGINT", 130, True)])
@@ -54,9 +48,9 @@ def test_signal_stops_the_run_with_a_checkpoint_and_a_summary(tmp_path, sig, cod
     )
     try:
         deadline = time.monotonic() + 240
-        while _updates(run) < 40 and time.monotonic() < deadline and proc.poll() is None:
+        while metrics_updates(run) < 40 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
-        if proc.poll() is not None or _updates(run) < 40:  # say why, with its output
+        if proc.poll() is not None or metrics_updates(run) < 40:  # say why, with its output
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate(timeout=60)
