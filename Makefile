@@ -32,7 +32,7 @@ EXPERIMENT ?= tmaze
 run: install
 	$(BIN)/python -m deploy.train $(if $(filter none,$(EXPERIMENT)),,experiment=$(EXPERIMENT)) $(ARGS)
 
-# Every benchmark script (prints the tables quoted in the README; takes ~25 minutes).
+# Every benchmark script (prints the tables quoted in benchmarks/README.md; ~25 minutes).
 bench: install
 	$(BIN)/python -m benchmarks.replay_throughput
 	$(BIN)/python -m benchmarks.learner_throughput --threads 1 2 --lengths 11 64 256

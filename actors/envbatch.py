@@ -18,7 +18,7 @@ sync env is. Rewards, flags and infos come back as the env returned them (pickle
 batched into arrays); observations through gymnasium's shared memory, in the observation
 space's dtypes (what a standardised env returns anyway).
 
-What differs with ``async`` (documented in the README):
+What differs with ``async`` (documented in docs/configuration.md, "Vectorised envs"):
 
 * an exception inside an env is caught in its subprocess (:class:`_Guard`), which survives,
   and reported to the loop as in sync mode; but a subprocess that *dies* (segfault, killed,

@@ -25,7 +25,6 @@ from test_learner_offline import H, greedy_return, scripted_episode, train_offli
 
 from common.envs.tmaze import TMaze  # noqa: E402
 from learner.agent import categorical_probs  # noqa: E402
-from learner.losses import twohot_value  # noqa: E402
 from learner.synthetic import collate  # noqa: E402
 
 
@@ -42,10 +41,7 @@ def junction_report(learner, episodes: int = 40) -> list[str]:
         h = ag.policy.encode(t["obs"], t["prev_action"], t["prev_reward"], t["time_idx"])
         s = h[:, H]  # (B, D) the state at the junction
         q = ag.critics.head(ag.critics.embed_state(s))  # (C, B, G, A, K)
-        if learner.cfg.variant == "amago2":
-            qv = twohot_value(q, ag.bins)
-        else:
-            qv = ag.popart.raw(q.squeeze(-1), trailing=1)
+        qv = learner.variant.target_values(ag, q, trailing=1)  # (C, B, G, A) raw
         qv = qv.mean(0)[:, -1]  # (B, A)
         p = categorical_probs(ag.policy.actor(s), learner.cfg.prob_clip)[:, -1]  # (B, A)
     hint = batch.obs["observation"][:, 0, 0]

@@ -244,18 +244,19 @@ def sec_checkpoint(args) -> None:
 
 
 def sec_variants(args) -> None:
-    """AMAGO and AMAGO-2 with a Transformer and a GRU: finite updates in bf16, the bin
-    critic's value in fp32, s/update."""
+    """Every registered learner variant (AMAGO, AMAGO-2) with a Transformer and a GRU: finite
+    updates in bf16, a bin critic's value in fp32, s/update."""
     import torch
 
     from learner.amago import AmagoLearner
     from learner.losses import twohot_value
+    from learner.variants import variant_names
 
     spec, length = _spec(), args.lengths[0]
     problems = []
     print("| variant | encoder | s/update | loss | q_mean |")
     print("| --- | --- | --- | --- | --- |")
-    for variant in ("amago", "amago2"):
+    for variant in variant_names():  # every registered variant (learner/variants/)
         for encoder in ("transformer", "gru"):
             learner = AmagoLearner(
                 spec, _cfg(args, length, variant=variant, model=dict(encoder=encoder))
@@ -270,8 +271,8 @@ def sec_variants(args) -> None:
             )
             if not ok:
                 problems.append(f"{variant}/{encoder}: non-finite metrics")
-            if variant == "amago2":
-                bins = learner.agent.bins
+            bins = getattr(learner.agent, "bins", None)  # a bin critic's (amago2's)
+            if bins is not None:
                 logits = torch.randn(8, bins.numel(), device=bins.device)
                 with torch.autocast(bins.device.type, dtype=torch.bfloat16):
                     v = twohot_value(logits, bins)

@@ -25,6 +25,7 @@ import tempfile
 import time
 
 from common.spec import ArraySpec, EnvSpec
+from deploy.builder import make_learner
 from learner.config import LearnerConfig
 from learner.synthetic import synthetic_sampler, tiny_model
 from learner.worker import LearnerActor, LearnerSetup
@@ -57,6 +58,7 @@ def start(cfg: LearnerConfig, args: argparse.Namespace, run_dir: str, broker):
             spec=SPEC,
             learner=cfg,
             make_sampler=functools.partial(synthetic_sampler, SPEC, args.length, r),
+            make_learner=make_learner,
             run_dir=run_dir,
             serve_metrics=False,
         )

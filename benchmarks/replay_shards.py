@@ -15,7 +15,7 @@ For each shard count K (K = 1 is the plain ReplayStore / Sampler a run uses with
   learner whose replay fits its cache).
 
 Every server, writer and sampler shares this machine's cores: where they are few (the 2-vCPU
-VM of the README figures) sharding cannot add server capacity, and the figures show the
+VM of the benchmarks/README.md figures) sharding cannot add server capacity, and the figures show the
 router's overhead rather than the scaling K servers on K machines give.
 
     python -m benchmarks.replay_shards [--seconds 3] [--writers 2] [--case small]

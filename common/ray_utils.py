@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from common.net import LOOPBACK
 
@@ -55,3 +57,19 @@ def init_ray(
             ray.shutdown()
             raise RuntimeError(f"local Ray came up on {bad}, not {LOOPBACK}; refusing to run")
     return ray.util.get_node_ip_address()
+
+
+@contextlib.contextmanager
+def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[bool]:
+    """:func:`init_ray` for a run; yields whether this call started Ray, and shuts down on
+    exit the Ray it started (a Ray already initialised, or a cluster joined by an outer
+    caller, is left as it is)."""
+    import ray
+
+    started = not ray.is_initialized()
+    init_ray(address, num_cpus=num_cpus)
+    try:
+        yield started
+    finally:
+        if started:
+            ray.shutdown()

@@ -62,3 +62,20 @@ class EnvSpec:
         if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
             return EnvSpec(obs, int(action_space.shape[0]), False, int(max_episode_steps))
         raise TypeError(f"unsupported action space {action_space}")
+
+
+def compatible(policy: EnvSpec, env: EnvSpec, whose: str = "the policy's") -> list[str]:
+    """How an env's spec differs from the one a policy was trained on (``whose``, in the
+    messages), in what acting needs: observation keys, shapes and dtypes, the action space.
+    The horizon may differ."""
+    out = []
+    if policy.obs != env.obs:
+        out.append(f"observations {_obs_str(env.obs)} != {whose} {_obs_str(policy.obs)}")
+    if (policy.discrete, policy.action_dim) != (env.discrete, env.action_dim):
+        kind = lambda s: f"{'discrete' if s.discrete else 'continuous'} {s.action_dim}"  # noqa: E731
+        out.append(f"actions {kind(env)} != {whose} {kind(policy)}")
+    return out
+
+
+def _obs_str(obs: dict[str, ArraySpec]) -> str:
+    return "{" + ", ".join(f"{k}: {list(v.shape)} {v.dtype}" for k, v in obs.items()) + "}"

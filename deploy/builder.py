@@ -1,8 +1,9 @@
 """Builds a run's processes and hands each the factories it needs (Acme's ``make_actor`` /
 ``make_policy`` pattern), so that peer packages never import each other: ``actors/`` gets a
 policy factory (the learner's inference policy), an env factory and a replay-writer factory;
-``learner/`` gets a replay-sampler factory. Everything here is picklable (Ray ships it to the
-processes, which call the factories in their own address space).
+``learner/`` gets a replay-sampler factory and a learner factory. Everything here is
+picklable (Ray ships it to the processes, which call the factories in their own address
+space).
 
     workers = build_workers(cfg, spec, run_dir, use_gpu)
     workers.learner, workers.actors, workers.evaluator, workers.broker
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from common.envs.config import EnvConfig, Task
 from common.spec import EnvSpec
-from deploy.config import TrainConfig
+from deploy.config import TrainConfig, assign_tasks
 from learner.config import LearnerConfig
 from replay_service.config import ReplayConfig
 
@@ -67,6 +68,14 @@ def make_sampler(replay: ReplayConfig, seed: int, spec: EnvSpec | None = None):
     return build(replay, relabel=relabel, seed=seed, spec=spec)  # sharded if several servers
 
 
+def make_learner(spec: EnvSpec, learner: LearnerConfig, group=None):
+    """Learner factory: the pure AMAGO learner; its update is ``learner.variant``'s
+    (:mod:`learner.variants`). ``group``: the rank's data-parallel process group, or None."""
+    from learner.amago import AmagoLearner
+
+    return AmagoLearner(spec, learner, group)
+
+
 # -- processes -------------------------------------------------------------------------------
 @dataclass
 class Workers:
@@ -76,10 +85,10 @@ class Workers:
     learner: object
     actors: list
     evaluators: list  # one per task (one for a single-task run)
-    tasks: list[str] = field(default_factory=list)  # task names ([] = single task)
+    tasks: list[str] = field(default_factory=list)  # task names ([""] = a single task)
     actor_tasks: list[str] = field(default_factory=list)  # the task of each rollout actor
     # (actor id, task index) -> one more rollout actor started as the first ones were (the
-    # elastic fleet, deploy/fleet.py; task index 0 in a single-task run)
+    # elastic fleet, deploy/fleet.py)
     make_actor: Callable[[int, int], object] | None = None
 
     @property
@@ -163,6 +172,7 @@ def learner_setup(cfg: TrainConfig, spec: EnvSpec, run_dir: Path, use_gpu: bool,
         # the device Ray placed it for: never "auto" (see learner_placement)
         learner=dataclasses.replace(cfg.learner, device="cuda" if use_gpu else "cpu"),
         make_sampler=functools.partial(make_sampler, cfg.replay, cfg.learner.seed + rank, spec),
+        make_learner=make_learner,
         run_dir=str(run_dir),
         resume_from=cfg.run.resume_from,
         metrics_host=cfg.deploy.metrics_host,
@@ -269,8 +279,17 @@ def start_rollout_actor(
 
 
 def _fleet_actor(start: Callable, tasks: list[Task], index: int, task: int):
-    """Rollout actor ``index`` of task ``task`` (index into ``tasks``; [] = single task)."""
-    return start(index, task=tasks[task]) if tasks else start(index)
+    """Rollout actor ``index`` of task ``task`` (index into ``tasks``)."""
+    return start(index, task=tasks[task])
+
+
+def learner_gpu(cfg: TrainConfig) -> bool:
+    """Whether the learner asks Ray for a GPU (:func:`learner_placement` of
+    ``learner.device`` against the cluster Ray reports now)."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    return learner_placement(cfg.learner.device, gpus, local=not cfg.deploy.ray_address)[0]
 
 
 def build_workers(
@@ -295,17 +314,10 @@ def build_workers(
     start = functools.partial(start_rollout_actor, cfg, broker, strategy=strategy, spec=spec)
     tasks = cfg.env.task_list()
     n = cfg.actors.num_actors
-    if not tasks:
-        actors = [start(i) for i in range(n)]
-        evaluators = [start(n, evaluation=True)]
-        actor_tasks: list[str] = []
-    else:
-        from deploy.config import assign_tasks
-
-        which = assign_tasks([t.weight for t in tasks], n)
-        actors = [start(i, task=tasks[k]) for i, k in enumerate(which)]
-        evaluators = [start(n + k, evaluation=True, task=t) for k, t in enumerate(tasks)]
-        actor_tasks = [tasks[k].name for k in which]
+    which = assign_tasks([t.weight for t in tasks], n)
+    actors = [start(i, task=tasks[k]) for i, k in enumerate(which)]
+    evaluators = [start(n + k, evaluation=True, task=t) for k, t in enumerate(tasks)]
+    actor_tasks = [tasks[k].name for k in which]
     started += [*actors, *evaluators]
     if not use_gpu:
         wait_for_learner(learner, use_gpu, cfg.deploy.gpu_wait_s)
@@ -324,7 +336,9 @@ def build_workers(
 __all__ = [
     "Workers",
     "build_workers",
+    "learner_gpu",
     "make_env",
+    "make_learner",
     "make_policy",
     "make_sampler",
     "make_writer",

@@ -23,6 +23,7 @@ from common.config_utils import prefixed, require
 from common.envs.config import EnvConfig
 from common.spec import EnvSpec
 from learner.config import LearnerConfig
+from learner.variants import LearnerVariant
 from replay_service.config import ReplayConfig
 
 
@@ -268,10 +269,12 @@ def derive_defaults(
       window of that many timesteps);
     * ``replay.max_seq_len = 0`` (its default interpolates the learner's): the learner's;
     * ``learner.bc_weight = null``: the variant's own;
-    * two-hot bounds left null (``amago2``): +- :func:`learner.config.twohot_bound`, with
+    * what the variant derives (:meth:`learner.variants.LearnerVariant.derive`): ``amago2``'s
+      two-hot bounds left null, +- :func:`learner.variants.amago2.twohot_bound`, with
       ``learner.reward_bound`` raised to ``reward_probe`` (largest |reward| a random-action
       probe of the env saw) when that is larger.
     """
+    variant = _variant(cfg)
     out: list[Derived] = []
     learner, replay = cfg.learner, cfg.replay
     if learner.max_seq_len == 0:
@@ -290,15 +293,15 @@ def derive_defaults(
     if learner.bc_weight is None:
         learner = dataclasses.replace(learner, bc_weight=learner.bc_weight_value)
         out.append(Derived("learner.bc_weight", learner.bc_weight, f"{learner.variant}'s own"))
-    if learner.variant == "amago2" and None in (learner.twohot_min, learner.twohot_max):
-        if reward_probe is not None and reward_probe > learner.reward_bound:
-            learner = dataclasses.replace(learner, reward_bound=float(reward_probe))
-            out.append(Derived("learner.reward_bound", reward_probe, "random-action env probe"))
-        lo, hi = learner.twohot_range(horizon)
-        learner = dataclasses.replace(learner, twohot_min=lo, twohot_max=hi)
-        why = f"2 x reward_scale x reward_bound x discounted horizon {horizon}"
-        out.append(Derived("learner.twohot_min/max", f"{lo:.4g}/{hi:.4g}", why))
+    learner, notes = variant.derive(learner, horizon, reward_probe)
+    out += [Derived(f"learner.{d.field}", d.value, d.reason) for d in notes]
     return dataclasses.replace(cfg, learner=learner, replay=replay), out
+
+
+def _variant(cfg: TrainConfig) -> LearnerVariant:
+    """The learner's variant (a ``ConfigError`` naming ``learner.variant`` if none is
+    registered under its name)."""
+    return prefixed("learner", cfg.learner.variant_impl)
 
 
 def resolve_environment(cfg: TrainConfig, environ: Mapping[str, str] | None = None) -> TrainConfig:
@@ -350,12 +353,12 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, EnvSpec, list[Derived]]:
     )
     prefixed("replay", cfg.replay.check_fits, spec, horizon + 1)
     if cfg.run.eval_env:
-        from learner.export import compatible
+        from common.spec import compatible
 
         for i, env in enumerate(eval_env_configs(cfg)):
             eval_spec = prefixed("run.eval_env", env_spec, env)
             problems = compatible(spec, eval_spec, "the training env's")
-            where = f" (task {tasks[i].name!r})" if tasks else ""
+            where = f" (task {tasks[i].name!r})" if tasks[i].name else ""
             require(not problems, "run.eval_env", "; ".join(problems) + where)
     if cfg.replay.prefill.enabled:  # offline data: dumps checked against the env now
         from replay_service.prefill import check_dumps, fresh_rate_limit
@@ -369,13 +372,12 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, EnvSpec, list[Derived]]:
 
 
 def _what(cfg: TrainConfig) -> str:
-    tasks = cfg.env.task_list()
-    return cfg.env.id if not tasks else "the longest task"
+    return "the longest task" if cfg.env.multi_task else cfg.env.id
 
 
 def task_specs(env: EnvConfig) -> list[tuple[str, EnvSpec]]:
-    """(name, spec) of each task of a multi-task run (``[]`` for a single task); each env is
-    built once (errors name ``env.tasks[i].<field>``)."""
+    """(name, spec) of each task of a multi-task run; each env is built once (errors name
+    ``env.tasks[i].<field>``)."""
     from common.envs.factory import env_spec
 
     return [
@@ -392,10 +394,10 @@ def run_spec(cfg: TrainConfig) -> EnvSpec:
     shape, map actions onto a common set) in a wrapper of your own."""
     from common.envs.factory import env_spec
 
-    specs = task_specs(cfg.env)
-    if not specs:
+    if not cfg.env.multi_task:
         return prefixed("env", env_spec, cfg.env)
-    from learner.export import compatible
+    specs = task_specs(cfg.env)
+    from common.spec import compatible
 
     (first, s0), rest = specs[0], specs[1:]
     for name, s in rest:
@@ -448,21 +450,17 @@ def eval_env_config(cfg: TrainConfig, env: EnvConfig | None = None) -> EnvConfig
 
 def eval_env_configs(cfg: TrainConfig) -> list[EnvConfig]:
     """The env section of each evaluation actor: one per task (one for a single task)."""
-    tasks = cfg.env.task_list()
-    if not tasks:
-        return [eval_env_config(cfg)]
-    return [eval_env_config(cfg, t.env) for t in tasks]
+    return [eval_env_config(cfg, t.env) for t in cfg.env.task_list()]
 
 
 def _reward_probe(cfg: TrainConfig) -> float | None:
-    """What :func:`derive_defaults` needs of the env's reward scale (only amago2 bins do)."""
-    learner = cfg.learner
-    if learner.variant != "amago2" or None not in (learner.twohot_min, learner.twohot_max):
+    """What :func:`derive_defaults` needs of the env's reward scale (only variants whose
+    derived defaults read the env do: amago2's bins)."""
+    if not _variant(cfg).derive_needs_env(cfg.learner):
         return None
     from common.envs.factory import reward_probe
 
-    tasks = cfg.env.task_list()
-    return max(reward_probe(t.env) for t in tasks) if tasks else reward_probe(cfg.env)
+    return max(reward_probe(t.env) for t in cfg.env.task_list())
 
 
 def compose(overrides: Sequence[str] = (), resolved: bool = True):
@@ -485,7 +483,7 @@ def compose(overrides: Sequence[str] = (), resolved: bool = True):
     cfg = OmegaConf.to_object(dcfg)
     learner = cfg.learner
     needs_env = not (learner.max_seq_len and cfg.replay.max_seq_len) or (
-        learner.variant == "amago2" and None in (learner.twohot_min, learner.twohot_max)
+        _variant(cfg).derive_needs_env(learner)
     )
     if not needs_env:  # nothing to derive needs the env's horizon: do not build it
         return derive_defaults(cfg, 0)[0]

@@ -187,9 +187,9 @@ def evaluate(argv: Sequence[str]) -> dict[str, Any]:
     if opts["task"]:
         tasks = [t for t in tasks if t.name == opts["task"]]
         if not tasks:
-            known = [t.name for t in env_cfg.task_list()]
+            known = [t.name for t in env_cfg.task_list() if t.name]
             raise UsageError(f"task={opts['task']!r}: the run's tasks are {known}")
-    if not tasks:
+    if not env_cfg.multi_task:
         return _evaluate_env(src, parts, env_cfg, opts, fmt)
     results = {}
     for i, t in enumerate(tasks):  # a video of the first task only
@@ -209,18 +209,10 @@ def evaluate(argv: Sequence[str]) -> dict[str, Any]:
 def _evaluate_env(src, parts, env_cfg, opts: dict[str, Any], fmt: str | None) -> dict[str, Any]:
     """One env's evaluation (``evaluate``'s, for one task of a multi-task run)."""
     from actors.rollout import RolloutLoop
-    from common.config_utils import ConfigError, prefixed
-    from common.envs.factory import env_spec, make_env
-    from common.reports import EvalReport
-    from learner.export import ExportError, compatible
+    from common.envs.factory import make_env
+    from learner.export import ExportError
 
-    try:
-        spec = prefixed("env", env_spec, env_cfg)
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
-    problems = compatible(parts.spec, spec)
-    if problems:
-        raise UsageError(f"env {env_cfg.id!r} does not fit the policy: " + "; ".join(problems))
+    spec = _fitting_spec(parts, env_cfg)
     episodes, seed = opts["episodes"], opts["seed"]
     n_envs = _num_envs(episodes, opts["envs"])
     per_slot = episodes // n_envs
@@ -229,14 +221,7 @@ def _evaluate_env(src, parts, env_cfg, opts: dict[str, Any], fmt: str | None) ->
     except ExportError as e:
         raise UsageError(str(e)) from None
 
-    recorder = video_dir = None
-    if fmt is not None:
-        default_dir = (src.run_dir or src.artifact or src.checkpoint.parent) / "videos"
-        video_dir = Path(opts["out"]) if opts["out"] else default_dir
-        env0 = _rendering_env(env_cfg, seed * 131)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
-            recorder = _recorder(env0, video_dir, fmt, min(opts["video_episodes"], per_slot))
+    recorder, video_dir = _video_recorder(src, env_cfg, opts, fmt, per_slot)
     envs = [recorder or make_env(env_cfg, seed=seed * 131)]
     envs += [make_env(env_cfg, seed=seed * 131 + i) for i in range(1, n_envs)]
     success = _SuccessSeen()
@@ -249,10 +234,51 @@ def _evaluate_env(src, parts, env_cfg, opts: dict[str, Any], fmt: str | None) ->
     finally:
         for env in envs:
             env.close()
+    result = _env_result(src, parts, env_cfg, opts, policy, st, success, recorder)
+    if video_dir is not None and not result["videos"]:
+        raise UsageError(f"video: no frames were recorded into {str(video_dir)!r}")
+    return result
+
+
+def _fitting_spec(parts, env_cfg):
+    """The env spec of ``env_cfg``, checked to fit the policy (``UsageError`` if not)."""
+    from common.config_utils import ConfigError, prefixed
+    from common.envs.factory import env_spec
+    from common.spec import compatible
+
+    try:
+        spec = prefixed("env", env_spec, env_cfg)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    problems = compatible(parts.spec, spec)
+    if problems:
+        raise UsageError(f"env {env_cfg.id!r} does not fit the policy: " + "; ".join(problems))
+    return spec
+
+
+def _video_recorder(src, env_cfg, opts: dict[str, Any], fmt: str | None, per_slot: int):
+    """Env copy 0 recording videos and their directory (``None, None`` when ``fmt`` is None)."""
+    if fmt is None:
+        return None, None
+    default_dir = (src.run_dir or src.artifact or src.checkpoint.parent) / "videos"
+    video_dir = Path(opts["out"]) if opts["out"] else default_dir
+    env0 = _rendering_env(env_cfg, opts["seed"] * 131)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
+        recorder = _recorder(env0, video_dir, fmt, min(opts["video_episodes"], per_slot))
+    return recorder, video_dir
+
+
+def _env_result(
+    src, parts, env_cfg, opts: dict[str, Any], policy, st, success: _SuccessSeen, recorder
+) -> dict[str, Any]:
+    """The results of one env's rollouts ``st`` (what ``evaluate`` prints for it)."""
+    from common.reports import EvalReport
+
     report = EvalReport(
         "", policy.version, st.returns, st.successes, st.lengths, st.episode_returns
     )
-    result = {
+    return {
         "source": str(parts.source),
         "artifact": None if src.artifact is None else str(src.artifact),
         "policy_version": parts.version,
@@ -267,9 +293,6 @@ def _evaluate_env(src, parts, env_cfg, opts: dict[str, Any], fmt: str | None) ->
         "env_faults": st.env_faults,
         "videos": [str(p) for p in getattr(recorder, "written", [])],
     }
-    if video_dir is not None and not result["videos"]:
-        raise UsageError(f"video: no frames were recorded into {str(video_dir)!r}")
-    return result
 
 
 def _rendering_env(env_cfg, seed: int):

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from deploy.config import assign_tasks
+from deploy.discovery import Discovery, NoDiscovery
 from deploy.supervisor import ACTOR_RULE, Supervisor
 
 log = logging.getLogger("amago")
@@ -217,12 +218,8 @@ class FleetSetup:
     low: int
     high: int
     drain_timeout_s: float
-    # an actor's metrics endpoint "host:port" (None: metrics are not served)
-    address_of: Callable[[object], str] | None = None
-    # the Ray node id an actor runs on ("" = not asked)
-    node_of: Callable[[object], str] = lambda handle: ""
-    # the scrape targets changed: the full list of rollout actors' endpoints
-    on_addresses: Callable[[list[str]], None] = lambda addrs: None
+    # where each actor runs and serves its metrics; told the rollout actors' endpoints
+    discovery: Discovery = field(default_factory=NoDiscovery)
     started: list = field(default_factory=list)  # every handle started (killed at the end)
 
 
@@ -253,9 +250,8 @@ class Fleet:
         self._next_poll = 0.0
         self._control_failed = False
         for m in self.members.values():
-            m.node = setup.node_of(m.handle)
-            if setup.address_of is not None:
-                m.address = setup.address_of(m.handle)
+            m.node = setup.discovery.node_of(m.handle)
+            m.address = setup.discovery.address_of(m.handle) or ""
         self._export()
         self._tell_control()
 
@@ -340,7 +336,7 @@ class Fleet:
         if changed:
             self._export()
             self._tell_control()
-            self.setup.on_addresses(self.addresses())
+            self.setup.discovery.publish(self.addresses())
 
     def _poll_control(self) -> int | None:
         """The control's desired size, when it is time to read it (None otherwise)."""
@@ -365,9 +361,9 @@ class Fleet:
             m.ping = m.handle.ping.remote()
             return False
         m.ping, m.up_s = None, self._now()
-        m.node = self.setup.node_of(m.handle)
-        if self.setup.address_of is not None and m.removed_s is None:
-            m.address = self.setup.address_of(m.handle)
+        m.node = self.setup.discovery.node_of(m.handle)
+        if m.removed_s is None:
+            m.address = self.setup.discovery.address_of(m.handle) or ""
         log.info("fleet: rollout actor %d is up", m.id)
         return True
 
@@ -425,3 +421,46 @@ __all__ = [
     "request_scale",
     "start_control",
 ]
+
+
+def start_fleet(
+    cfg,
+    w,
+    run_dir,
+    sup: Supervisor,
+    metrics,
+    discovery: Discovery,
+    started: list,
+    clock: Callable[[], float],
+    say: Callable[[str], None],
+) -> tuple[Fleet, str]:
+    """The elastic fleet of a run's rollout actors (``w``: the builder's ``Workers``) and its
+    control; also the run name ``scale --run`` takes (said on the console). New actors come
+    from the builder's factory, with ids after the evaluation actors' (``n .. n+tasks-1``)."""
+    import ray
+
+    tasks = cfg.env.task_list()
+    control, name = start_control(
+        cfg.run.name, run_dir.name, len(w.actors), len(tasks), cfg.actors.max_num_actors
+    )
+    started.append(control)
+    run = name.split("/", 1)[1]
+    where = (
+        f" --address {ray.get_runtime_context().gcs_address}" if not cfg.deploy.ray_address else ""
+    )
+    say(f"fleet: resize with `python -m deploy.cluster scale N --run {run}{where}`")
+    setup = FleetSetup(
+        make_actor=w.make_actor,
+        weights=[t.weight for t in tasks],
+        task_names=[t.name for t in tasks],
+        first_new_id=len(w.actors) + len(w.evaluators),
+        low=len(tasks),
+        high=cfg.actors.max_num_actors,
+        drain_timeout_s=cfg.actors.drain_timeout_s,
+        discovery=discovery,
+        started=started,
+    )
+    names = [t.name for t in tasks]
+    tasks_of = [names.index(t) for t in w.actor_tasks]
+    fleet = Fleet(setup, sup, metrics, w.actors, tasks_of, control=control, clock=clock)
+    return fleet, run

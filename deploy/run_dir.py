@@ -55,3 +55,22 @@ def discard_if_untouched(run_dir: Path) -> bool:
             return False
     shutil.rmtree(run_dir, ignore_errors=True)
     return not run_dir.exists()
+
+
+def save_config(cfg, path: Path) -> None:
+    """The resolved config a run uses (``TrainConfig``, derived fields filled in) as YAML,
+    without secrets (a password given on the command line is left out, one inside a server
+    URL is ``***``: pass it through the environment variable ``deploy.redis_password_env``
+    names)."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from replay_service.config import redact_url
+
+    r = cfg.replay.redis
+    redis = dataclasses.replace(
+        r, password="", url=redact_url(r.url), shards=[redact_url(u) for u in r.shards]
+    )
+    cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, redis=redis))
+    OmegaConf.save(OmegaConf.structured(cfg), path)

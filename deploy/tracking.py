@@ -25,6 +25,7 @@ runs: an unknown name or a backend whose package is missing fails in one line na
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -33,7 +34,8 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -300,3 +302,64 @@ class TrackerSet:
             except Exception as e:
                 log.warning("tracker %s failed in %s (%r); dropped", type(t).__name__, method, e)
                 self.trackers.remove(t)
+
+
+#: The run directory's console log (Hydra's log goes there too).
+CONSOLE_LOG = "train.log"
+
+
+def console(run_dir: str | Path, text: str) -> None:
+    """A console line, also appended to ``<run dir>/train.log``."""
+    print(text, flush=True)
+    with open(Path(run_dir) / CONSOLE_LOG, "a") as f:
+        f.write(text + "\n")
+
+
+class RunLog:
+    """A run's record: ``metrics.jsonl`` rows (each also sent to the run's trackers) stamped
+    with the run clock (``time_s``), and console lines (also in ``train.log``)."""
+
+    def __init__(
+        self, run_dir: str | Path, trackers: Iterable[Tracker] = (), t0: float | None = None
+    ):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.file = self.path.open("a", buffering=1)
+        self.console = (self.run_dir / CONSOLE_LOG).open("a", buffering=1)
+        self.trackers = TrackerSet(trackers)
+        self.t0 = time.monotonic() if t0 is None else t0  # the run's clock (time_s) starts
+        self._pending: Future | None = None
+
+    def start_trackers(self, make: Callable[[], list[Tracker]]) -> None:
+        """Start the trackers on a thread (TensorBoard's writer imports torch: ~1 s) while
+        the run starts its processes; :meth:`adopt_trackers` takes them."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix="trackers")
+        self._pending = pool.submit(make)
+        pool.shutdown(wait=False)
+
+    def adopt_trackers(self) -> None:
+        """Log to the trackers :meth:`start_trackers` made (one that failed raises here)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.trackers = TrackerSet(pending.result())
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+        self.console.write(text + "\n")
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def row(self, **fields) -> dict:
+        fields = {"time_s": round(self.elapsed(), 3), **fields}
+        self.file.write(json.dumps(fields) + "\n")
+        self.trackers.log_row(fields)
+        return fields
+
+    def close(self) -> None:
+        self.file.close()
+        self.console.close()
+        if self._pending is not None:  # started, never adopted: close what was made
+            with contextlib.suppress(Exception):
+                self.trackers = TrackerSet(self._pending.result())
+        self.trackers.close()

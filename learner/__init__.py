@@ -8,6 +8,8 @@ schema does not load torch):
 * ``learner.agent``: actor and critic heads, PopArt, ``PolicyNet``, ``AmagoAgent``.
 * ``learner.losses``: pure loss pieces (TD targets, advantage filter, two-hot, masked mean).
 * ``learner.amago``: ``AmagoLearner`` (``train_step``, ``policy_weights``, ``make_policy``...).
+* ``learner.variants``: the registry of update variants (``learner.variant``: ``amago``,
+  ``amago2``; one file each) whose hooks ``AmagoLearner`` calls.
 * ``learner.inference``: ``InferencePolicy``, the KV-cached batched policy actors run.
 * ``learner.checkpoint``: ``save_checkpoint`` / ``load_checkpoint`` over plain state (config dict,
   spec, ``AmagoLearner.state_dict()``); ``latest_checkpoint``, ``list_checkpoints``.

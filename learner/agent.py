@@ -268,7 +268,8 @@ class PolicyNet(nn.Module):
 
 
 class AmagoAgent(nn.Module):
-    """Policy network + critic ensemble, EMA target actor/critics and PopArt.
+    """Policy network + critic ensemble, EMA target actor/critics and PopArt (and ``bins``
+    where the variant's critic has them: :mod:`learner.variants`).
 
     Targets are heads only: as in AMAGO, target values are computed on the online encoder's
     (detached) states, so the expensive trajectory encoder runs once per update.
@@ -277,22 +278,21 @@ class AmagoAgent(nn.Module):
     def __init__(self, spec: EnvSpec, cfg: LearnerConfig):
         super().__init__()
         self.spec, self.cfg = spec, cfg
-        k = cfg.num_bins if cfg.variant == "amago2" else 1
+        variant = cfg.variant_impl()
         self.policy = PolicyNet(spec, cfg)
-        self.critics = CriticEnsemble(cfg.model.d_model, spec, cfg, k)
+        self.critics = CriticEnsemble(cfg.model.d_model, spec, cfg, variant.critic_outputs(cfg))
         self.target_actor = copy.deepcopy(self.policy.actor).requires_grad_(False)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         self.popart = PopArt(
             len(cfg.gammas),
             cfg.popart_beta,
             cfg.popart_init_nu,
-            cfg.popart and cfg.variant == "amago",
+            variant.uses_popart(cfg),
         )
         self.register_buffer("gammas", torch.tensor(cfg.gammas, dtype=torch.float32))
-        if cfg.variant == "amago2":
-            bounds = cfg.twohot_range(spec.max_episode_steps)
-            lo, hi = symlog(torch.tensor(bounds, dtype=torch.float64))
-            self.register_buffer("bins", torch.linspace(float(lo), float(hi), cfg.num_bins))
+        bins = variant.value_bins(cfg, spec.max_episode_steps)
+        if bins is not None:  # a classification critic's support (symlog units)
+            self.register_buffer("bins", bins)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for m in (self.policy, self.critics) for p in m.parameters() if p.requires_grad]

@@ -17,6 +17,10 @@
   ``-1[A > 0] log pi(a|s)`` with ``A = mean_c Q(s, a) - V(s)``;
 * one AdamW step (linear warm-up, grad-norm clip), then EMA of the target heads.
 
+What differs between variants (critic head size, values, critic loss, TD target reduction,
+online term, default BC weight) comes from the hooks of ``learner.variant``
+(:mod:`learner.variants`); :meth:`AmagoLearner.compute_losses` is the trunk they share.
+
 All randomness (dropout, critic subsets, Gaussian samples) comes from the learner's own torch
 RNG stream (seeded by ``cfg.seed``, saved in checkpoints), not from the process-global one.
 
@@ -38,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from common.records import Batch
 from common.spec import EnvSpec
@@ -52,17 +55,7 @@ from learner.agent import (
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.config import LearnerConfig
 from learner.distributed import ProcessGroup
-from learner.losses import (
-    advantage_filter,
-    hlgauss,
-    masked_mean,
-    sample_critic_subsets,
-    symlog,
-    td_target,
-    twohot,
-    twohot_value,
-    value_error_weights,
-)
+from learner.losses import advantage_filter, masked_mean, sample_critic_subsets, td_target
 
 
 @dataclasses.dataclass
@@ -95,6 +88,8 @@ class AmagoLearner:
         cfg = LearnerConfig.coerce(cfg)
         cfg.validate()
         self.spec, self.cfg = spec, cfg
+        self.variant = cfg.variant_impl()  # the hooks compute_losses calls
+        self._bc_weight = cfg.bc_weight_value
         self.device = resolve_device(cfg.device)
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
@@ -248,8 +243,8 @@ class AmagoLearner:
         Keys: ``loss`` (the weighted total), ``critic_loss``, ``online_loss``, ``bc_loss`` and
         scalar statistics. Updates the PopArt statistics (as part of the TD target step).
         """
-        ag, cfg = self.agent, self.cfg
-        discrete, two_hot = self.spec.discrete, cfg.variant == "amago2"
+        ag, cfg, variant = self.agent, self.cfg, self.variant
+        discrete = self.spec.discrete
         mask = t["mask"]
         b, seq = mask.shape
         n_t, g, c = seq - 1, len(cfg.gammas), cfg.num_critics
@@ -270,7 +265,7 @@ class AmagoLearner:
             v_next = self._target_values(s_next)  # (C, B, T, G) raw
             subset = sample_critic_subsets(c, cfg.num_critics_td, (b, n_t, g), h.device)
             y = td_target(
-                r, done, v_next, ag.gammas, cfg.reward_scale, subset, "mean" if two_hot else "min"
+                r, done, v_next, ag.gammas, cfg.reward_scale, subset, variant.td_reduce
             )  # (B, T, G)
             ag.popart.update(y, valid, self._reduce)
 
@@ -291,36 +286,20 @@ class AmagoLearner:
             logp_a = tanh_gaussian_log_prob(mean, log_std, a_g)  # (B, T, G)
             q_sa_out = ag.critics.head(hs, a_g)  # (C, B, T, G, K)
             a_pi = tanh_gaussian_rsample(mean, log_std)  # (B, T, G, A)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not two_hot):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and variant.online_actor):
                 # frozen critics: detached parameters and states, gradient flows into a_pi
                 q_pi_out = ag.critics.head(hs.detach(), a_pi, frozen=True)  # (C, B, T, G, K)
             entropy = log_std[..., -1, :].sum(-1)  # (B, T) log-std sum: entropy up to consts
 
-        if two_hot:
-            labels = self._labels(symlog(y))  # (B, T, G, K)
-            critic_el = -(labels.unsqueeze(0) * F.log_softmax(q_sa_out.float(), -1)).sum(-1)
-            if cfg.critic_loss_weighting == "error":
-                critic_el = critic_el * value_error_weights(
-                    q_sa_out, symlog(y), ag.bins, valid
-                )  # (C, B, T, G)
-            with torch.no_grad():
-                q_sa = twohot_value(q_sa_out, ag.bins)  # (C, B, T, G) raw
-                if discrete:
-                    v_s = (twohot_value(q_all, ag.bins) * probs.unsqueeze(0)).sum(-1)
-                else:
-                    v_s = twohot_value(q_pi_out, ag.bins)
-            q_raw = q_sa
-            online_el = None
+        q_sa = variant.values(ag, q_sa_out)  # (C, B, T, G)
+        critic_el = variant.critic_loss(ag, cfg, q_sa_out, q_sa, y, valid)  # (C, B, T, G)
+        if discrete:  # V(s) = E_pi Q(s, .) of the frozen critics
+            q_frozen = variant.values(ag, q_all.detach(), trailing=1)  # (C, B, T, G, A)
+            v_s = (probs.unsqueeze(0) * q_frozen).sum(-1)  # (C, B, T, G)
         else:
-            q_sa = ag.popart(q_sa_out.squeeze(-1))  # (C, B, T, G) normalised
-            critic_el = (q_sa - ag.popart.normalize(y).unsqueeze(0)).pow(2)
-            if discrete:
-                q_frozen = ag.popart(q_all.squeeze(-1).detach(), trailing=1)  # (C, B, T, G, A)
-                v_s = (probs.unsqueeze(0) * q_frozen).sum(-1)  # (C, B, T, G)
-            else:
-                v_s = ag.popart(q_pi_out.squeeze(-1))  # (C, B, T, G)
-            online_el = -v_s.amin(0)  # (B, T, G)
-            q_raw = ag.popart.denormalize(q_sa.detach())
+            v_s = variant.values(ag, q_pi_out)  # (C, B, T, G)
+        online_el = -v_s.amin(0) if variant.online_actor else None  # (B, T, G)
+        q_raw = variant.raw_values(ag, q_sa.detach())
 
         filt = advantage_filter(q_sa.detach(), v_s.detach())  # (B, T, G)
         vm = valid.unsqueeze(-1)  # (B, T, 1)
@@ -331,7 +310,7 @@ class AmagoLearner:
         loss = (
             cfg.critic_loss_weight * critic_loss
             + (cfg.online_actor_weight * online_loss if online_el is not None else zero)
-            + cfg.bc_weight_value * bc_loss
+            + self._bc_weight * bc_loss
         )
         with torch.no_grad():
             main = (slice(None),) * (q_raw.dim() - 1) + (-1,)
@@ -353,25 +332,17 @@ class AmagoLearner:
             **stats,
         }
 
-    def _labels(self, x: torch.Tensor) -> torch.Tensor:
-        """Bin-critic labels of symlog targets ``x`` (...): (..., K)."""
-        if self.cfg.critic_labels == "twohot":
-            return twohot(x, self.agent.bins)
-        return hlgauss(x, self.agent.bins, self.cfg.critic_label_sigma)
-
     def _target_values(self, s_next: torch.Tensor) -> torch.Tensor:
         """V_targ(s') = E_{a'~pi_targ} Q_targ(s', a') per critic, raw units: (C, B, T, G)."""
         ag, cfg = self.agent, self.cfg
-        two_hot = cfg.variant == "amago2"
         out = ag.target_actor(s_next)  # (B, T, G, P)
         if self.spec.discrete:
             p = categorical_probs(out, cfg.prob_clip)  # (B, T, G, A)
             q = ag.target_critics(s_next)  # (C, B, T, G, A, K)
-            qv = twohot_value(q, ag.bins) if two_hot else ag.popart.raw(q.squeeze(-1), trailing=1)
-            return (qv * p.unsqueeze(0)).sum(-1)
+            return (self.variant.target_values(ag, q, trailing=1) * p.unsqueeze(0)).sum(-1)
         mean, log_std = split_gaussian(out, cfg.model.log_std_min, cfg.model.log_std_max)
         q = ag.target_critics(s_next, tanh_gaussian_rsample(mean, log_std))  # (C, B, T, G, K)
-        return twohot_value(q, ag.bins) if two_hot else ag.popart.raw(q.squeeze(-1))
+        return self.variant.target_values(ag, q)
 
     # ------------------------------------------------------------------ helpers
 

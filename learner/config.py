@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.config_utils import prefixed, require
+from learner.variants import LearnerVariant, get_variant, variant_names
 from learner.worker_config import LearnerWorkerConfig
 
 ENCODERS = ("transformer", "gru", "mlp")
 TIME_EMBEDDINGS = ("sinusoidal", "learned")
-VARIANTS = ("amago", "amago2")
 CRITIC_LABELS = ("hlgauss", "twohot")
 CRITIC_WEIGHTINGS = ("error", "none")
 DEVICES = ("cpu", "cuda", "auto")
@@ -116,13 +116,6 @@ class ModelConfig:
         require(self.log_std_min < self.log_std_max, "log_std_min", "must be < log_std_max")
 
 
-def twohot_bound(reward_scale: float, reward_bound: float, gamma: float, horizon: int) -> float:
-    """Twice the largest |discounted return| of a rollout: ``2 c_r r_max sum_{t<H} gamma^t``
-    (the factor 2 is headroom; in symlog space it costs log 2 of range)."""
-    discounted = (1.0 - gamma ** max(int(horizon), 1)) / (1.0 - gamma)
-    return float(2.0 * reward_scale * reward_bound * discounted)
-
-
 @dataclass
 class LearnerConfig:
     """The AMAGO update (SPEC section 5) and where it runs."""
@@ -161,17 +154,19 @@ class LearnerConfig:
     popart_beta: float = 5e-4
     # PopArt initial second moment nu (a wide initial scale: sigma = sqrt(nu)).
     popart_init_nu: float = 100.0
-    # "amago": scalar critics (squared TD error, PopArt), online + filtered-BC actor;
-    # "amago2": two-hot classification critics over symlog bins, filtered-BC actor only.
+    # A registered learner variant (learner/variants/): "amago": scalar critics (squared TD
+    # error, PopArt), online + filtered-BC actor; "amago2": two-hot classification critics
+    # over symlog bins, filtered-BC actor only.
     variant: str = "amago"
     # Two-hot critic (amago2): number of bins and the raw (reward-scaled) return range that
     # the bins cover, evenly spaced in symlog space. null bounds are derived from the task
-    # (twohot_bound): +-2 x reward_scale x reward_bound x the discounted horizon.
+    # (learner.variants.amago2.twohot_bound): +-2 x reward_scale x reward_bound x the
+    # discounted horizon.
     num_bins: int = 128
     # Labels of the bin critic's cross-entropy: "hlgauss" (a Gaussian of critic_label_sigma
     # bin widths around the symlog TD target, Farebrother et al. 2024) or "twohot"
     # (Dreamer-V3/AMAGO-2's). hlgauss is the default on thin evidence: it solved offline
-    # T-Maze on 1 of 3 seeds where two-hot solved none (README "AMAGO-2").
+    # T-Maze on 1 of 3 seeds where two-hot solved none (docs/configuration.md "AMAGO-2").
     critic_labels: str = "hlgauss"
     critic_label_sigma: float = 3.0
     # Per-transition weights of the bin critic's cross-entropy: "error" weights each
@@ -179,7 +174,7 @@ class LearnerConfig:
     # units) is from its target, normalised to mean 1 over the batch (no gradient through
     # the weights), so the few transitions the critic gets badly wrong shape it as a squared
     # error would; "none" is plain cross-entropy (AMAGO-2's). With "none" offline T-Maze
-    # learned on 1 of 3 seeds (a hint-blind critic), with "error" on 4 of 4 (README "AMAGO-2").
+    # learned on 1 of 3 seeds (a hint-blind critic), with "error" on 4 of 4 (docs/configuration.md "AMAGO-2").
     critic_loss_weighting: str = "error"
     twohot_min: float | None = None
     twohot_max: float | None = None
@@ -211,7 +206,7 @@ class LearnerConfig:
     # torch.distributed group: gloo on CPU, NCCL on GPU with one GPU each) average their
     # gradients every update; each samples its own batch_size windows (the update sees
     # num_learners x batch_size), rank 0 publishes weights and writes checkpoints. 1 = one
-    # learner process, no group (README "Data-parallel learners").
+    # learner process, no group (docs/configuration.md "Data-parallel learners").
     num_learners: int = 1
     # Process-level settings of the Ray learner actor (learner/worker.py); unused by the
     # pure learner and ignored when checkpoints compare configs.
@@ -250,7 +245,7 @@ class LearnerConfig:
         require(self.reward_scale > 0, "reward_scale", "must be > 0")
         require(0.0 < self.popart_beta <= 1.0, "popart_beta", "must be in (0, 1]")
         require(self.popart_init_nu > 0, "popart_init_nu", "must be > 0")
-        require(self.variant in VARIANTS, "variant", f"must be one of {VARIANTS}")
+        self.variant_impl()  # one of variant_names()
         require(self.num_bins >= 2, "num_bins", "must be >= 2")
         require(
             self.critic_labels in CRITIC_LABELS,
@@ -276,20 +271,19 @@ class LearnerConfig:
         require(self.num_learners >= 1, "num_learners", "must be >= 1")
         require(self.bf16 in BF16_MODES, "bf16", f"must be one of {BF16_MODES}")
 
+    def variant_impl(self) -> LearnerVariant:
+        """The registered variant ``variant`` names (:mod:`learner.variants`); a
+        :class:`~common.config_utils.ConfigError` naming ``variant`` if it names none."""
+        names = variant_names()
+        require(self.variant in names, "variant", f"must be one of {tuple(names)}")
+        return get_variant(self.variant)
+
     @property
     def bc_weight_value(self) -> float:
         """``bc_weight``, or the variant's own when it is null."""
         if self.bc_weight is not None:
             return float(self.bc_weight)
-        return 1.0 if self.variant == "amago2" else 0.1
-
-    def twohot_range(self, horizon: int) -> tuple[float, float]:
-        """The raw return range of the two-hot bins: the explicit bounds, else +-
-        :func:`twohot_bound` for a rollout ``horizon`` (each null bound on its own)."""
-        b = twohot_bound(self.reward_scale, self.reward_bound, max(self.gammas), horizon)
-        lo = -b if self.twohot_min is None else float(self.twohot_min)
-        hi = b if self.twohot_max is None else float(self.twohot_max)
-        return lo, hi
+        return self.variant_impl().default_bc_weight
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what checkpoints store and compare)."""

@@ -50,7 +50,7 @@ from common.envs.config import EnvConfig
 from common.envs.record import action_record
 from common.envs.standardize import Standardize
 from common.records import StepInput
-from common.spec import ArraySpec, EnvSpec
+from common.spec import ArraySpec, EnvSpec, compatible
 from learner.checkpoint import CHECKPOINT_FORMAT, latest_checkpoint, spec_to_dict
 from learner.config import LearnerConfig, ModelConfig
 from learner.inference import InferencePolicy
@@ -215,23 +215,6 @@ def read_artifact(path: str | os.PathLike) -> PolicyParts:
         source=str(doc.get("source", root)),
         env=doc.get("env"),
     )
-
-
-def compatible(policy: EnvSpec, env: EnvSpec, whose: str = "the policy's") -> list[str]:
-    """How an env's spec differs from the one a policy was trained on (``whose``, in the
-    messages), in what acting needs: observation keys, shapes and dtypes, the action space.
-    The horizon may differ."""
-    out = []
-    if policy.obs != env.obs:
-        out.append(f"observations {_obs_str(env.obs)} != {whose} {_obs_str(policy.obs)}")
-    if (policy.discrete, policy.action_dim) != (env.discrete, env.action_dim):
-        kind = lambda s: f"{'discrete' if s.discrete else 'continuous'} {s.action_dim}"  # noqa: E731
-        out.append(f"actions {kind(env)} != {whose} {kind(policy)}")
-    return out
-
-
-def _obs_str(obs: Mapping[str, ArraySpec]) -> str:
-    return "{" + ", ".join(f"{k}: {list(v.shape)} {v.dtype}" for k, v in obs.items()) + "}"
 
 
 class LoadedPolicy:

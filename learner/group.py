@@ -229,3 +229,12 @@ def release(handle) -> None:
         remove_placement_group(handle)
     else:
         ray.kill(handle)
+
+
+def release_all(handles: list) -> None:
+    """:func:`release` each of ``handles`` (what a run started), whatever state it is in."""
+    import contextlib
+
+    for h in handles:
+        with contextlib.suppress(Exception):
+            release(h)

@@ -1,4 +1,6 @@
-"""The learner actor: a thin Ray actor around the pure :class:`learner.amago.AmagoLearner`.
+"""The learner actor: a thin Ray actor around the pure learner its :class:`LearnerSetup`'s
+factory builds (``make_learner``: :class:`learner.amago.AmagoLearner`, whose update variant is
+``learner.variant``, see :mod:`learner.variants`).
 
 Batches are sampled from the replay service (a sampler made by the factory in its
 :class:`LearnerSetup`) ahead of the updates by :mod:`learner.prefetch`: in a child process
@@ -27,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,21 +41,28 @@ from common.reports import LearnerReport
 from common.spec import EnvSpec
 from common.weights import WeightPublisher
 from learner.config import LearnerConfig
-from learner.distributed import Rendezvous
+from learner.distributed import ProcessGroup, Rendezvous
 from learner.prefetch import make_prefetcher
 
+if TYPE_CHECKING:
+    from learner.amago import AmagoLearner
+
 log = logging.getLogger(__name__)
+
+# (spec, config, data-parallel group or None) -> the pure learner the actor drives
+LearnerFactory = Callable[[EnvSpec, LearnerConfig, ProcessGroup | None], "AmagoLearner"]
 
 
 @dataclass
 class LearnerSetup:
     """Everything the learner actor needs, picklable, passed once at construction. The
-    sampler factory comes from the builder (``deploy/builder.py``): the learner never imports
-    the replay service, only the roles of :mod:`common.core`."""
+    factories come from the builder (``deploy/builder.py``): the learner never imports the
+    replay service, only the roles of :mod:`common.core`."""
 
     spec: EnvSpec
     learner: LearnerConfig
     make_sampler: Callable[[], ReplaySampler]  # the replay sampler (relabeling included)
+    make_learner: LearnerFactory  # the pure learner, built in the actor's process
     run_dir: str
     resume_from: str = ""  # checkpoint file or run directory to continue from ("" = fresh)
     metrics_host: str = "127.0.0.1"
@@ -64,7 +74,7 @@ class LearnerActor:
     def __init__(self, setup: LearnerSetup, broker) -> None:
         import torch
 
-        from learner.amago import AmagoLearner, resolve_device
+        from learner.amago import resolve_device
         from learner.checkpoint import latest_checkpoint
 
         cfg = setup.learner
@@ -73,11 +83,9 @@ class LearnerActor:
         self.setup, self.cfg = setup, cfg
         self.group = None
         if setup.rendezvous is not None:
-            from learner.distributed import ProcessGroup
-
             self.group = ProcessGroup(setup.rendezvous, resolve_device(cfg.device))
         self.rank = self.group.rank if self.group is not None else 0
-        self.learner = AmagoLearner(setup.spec, cfg, self.group)
+        self.learner = setup.make_learner(setup.spec, cfg, self.group)
         self.ckpt_dir = Path(setup.run_dir) / "checkpoints"
         # A restarted learner (Ray re-runs this constructor) resumes from this run's newest
         # checkpoint; a fresh one from ``resume_from`` if given. Every rank of a group

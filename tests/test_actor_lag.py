@@ -121,15 +121,15 @@ def _learner_report(updates, age):
 
 
 def test_run_progress_rolls_up_lag_and_data_age():
-    from deploy.train import RunProgress
+    from deploy.progress import RunProgress
 
     p = RunProgress()
     assert p.lag_summary() == {"data_age": None, "actor_policy_lag": None}
     p.on_actor(_actor_report([0, 20, 20]))
     p.on_actor(_actor_report([40]))
     assert p.take_recent_lags() == [0, 20, 20, 40] and p.take_recent_lags() == []
-    p.on_learner(_learner_report(10, 100.0))
-    p.on_learner(_learner_report(30, 200.0))
+    p.on_learner(_learner_report(10, 100.0), 1.0)
+    p.on_learner(_learner_report(30, 200.0), 2.0)
     s = p.lag_summary()
     assert s["data_age"] == pytest.approx(175.0)  # weighted by updates
     lag = s["actor_policy_lag"]
@@ -137,22 +137,13 @@ def test_run_progress_rolls_up_lag_and_data_age():
     assert lag["p95"] == pytest.approx(37.0)
 
 
-def test_console_line_and_row_name_data_age(tmp_path, capsys):
-    import json
+def test_console_line_and_row_name_data_age():
+    from deploy.progress import RunProgress, progress_line
 
-    from deploy.train import RunLog, RunProgress
-
-    class M:
-        def set(self, *a, **k):
-            pass
-
-    log = RunLog(tmp_path, M())
     p = RunProgress()
     p.on_actor(_actor_report([3, 5]))
-    p.on_learner(_learner_report(5, 12.5))
-    log.progress(p)
-    log.close()
-    line = capsys.readouterr().out
+    p.on_learner(_learner_report(5, 12.5), 1.0)
+    out = progress_line(p, 2.0, 10.0, 2.5)
+    line, row = out.text, out.fields
     assert "data age   12.5" in line and "actor lag   4.0" in line and "| lag" not in line
-    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert row["data_age"] == 12.5 and row["actor_policy_lag"] == 4.0 and "policy_lag" not in row

@@ -13,9 +13,10 @@ from common.envs.config import EnvConfig
 from common.envs.factory import reward_probe
 from deploy.config import compose, prepare
 from learner.agent import AmagoAgent
-from learner.config import LearnerConfig, twohot_bound
+from learner.config import LearnerConfig
 from learner.losses import symexp
 from learner.synthetic import tiny_model
+from learner.variants.amago2 import twohot_bound
 from tests.test_learner_offline import tmaze_spec
 
 

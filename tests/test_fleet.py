@@ -169,6 +169,22 @@ class _Metrics:
         self.values[name] = value
 
 
+class _Discovery:
+    """Endpoints by actor id; what the fleet publishes goes to ``listed``."""
+
+    def __init__(self, listed: list):
+        self.listed = listed
+
+    def node_of(self, handle) -> str:
+        return ""
+
+    def address_of(self, handle) -> str:
+        return f"127.0.0.1:{9000 + handle.id}"
+
+    def publish(self, actor_addresses: list[str]) -> None:
+        self.listed.append(actor_addresses)
+
+
 def test_fleet_drains_the_leaving_actor_then_kills_it(monkeypatch):
     import ray
 
@@ -190,8 +206,7 @@ def test_fleet_drains_the_leaving_actor_then_kills_it(monkeypatch):
         low=1,
         high=6,
         drain_timeout_s=5.0,
-        address_of=lambda h: f"127.0.0.1:{9000 + h.id}",
-        on_addresses=listed.append,
+        discovery=_Discovery(listed),
     )
     sup, metrics = _Sup(), _Metrics()
     fleet = Fleet(

@@ -28,6 +28,7 @@ import torch
 
 from common.records import Batch
 from common.spec import ArraySpec, EnvSpec
+from deploy.builder import make_learner
 from learner.amago import AmagoLearner
 from learner.config import LearnerConfig
 from learner.synthetic import SyntheticSampler, synthetic_sampler, tiny_model
@@ -101,6 +102,7 @@ def start(spec: EnvSpec, cfg: LearnerConfig, run_dir, broker, started: list):
             spec=spec,
             learner=cfg,
             make_sampler=functools.partial(synthetic_sampler, spec, LENGTH, SEED + r),
+            make_learner=make_learner,
             run_dir=str(run_dir),
             serve_metrics=False,
         )

@@ -47,7 +47,9 @@ def test_tasks_resolve_against_the_env_section():
         {"corridor_length": 5, "render_mode": None},
     )
     assert (b.name, b.env.id, b.env.kwargs, b.weight) == ("bandit", "amago/MetaBandit-v0", {}, 3.0)
-    assert a.env.tasks == [] and EnvConfig().task_list() == []
+    single = EnvConfig()
+    assert a.env.tasks == [] and not single.multi_task
+    assert [(t.name, t.env, t.weight) for t in single.task_list()] == [("", single, 1.0)]
 
 
 @pytest.mark.parametrize(
@@ -283,7 +285,7 @@ def _report(task: str, ret: float) -> EvalReport:
 
 
 def test_evaluation_rounds_and_per_task_stop():
-    from deploy.train import RunProgress, task_thresholds
+    from deploy.progress import RunProgress, task_thresholds
 
     cfg = _cfg(
         TaskConfig(name="a", stop_at_return=0.9),
@@ -294,15 +296,15 @@ def test_evaluation_rounds_and_per_task_stop():
     thr = task_thresholds(cfg)
     assert thr == {"a": 0.9, "b": 0.5}
     p = RunProgress(tasks=["a", "b"], thresholds=thr)
-    assert p.on_task_eval(_report("a", 1.0), 1.0) is None  # waits for b
-    row = p.on_task_eval(_report("b", 0.4), 2.0)
+    assert p.on_eval(_report("a", 1.0), 1.0) is None  # waits for b
+    row = p.on_eval(_report("b", 0.4), 2.0)
     assert row["by_task"] == {"a": 1.0, "b": 0.4} and row["return"] == pytest.approx(0.7)
     assert p.solved is None
     p.start_round()
-    p.on_task_eval(_report("b", 0.6), 3.0)
+    p.on_eval(_report("b", 0.6), 3.0)
     p.start_round()  # a new round: b's result of the unfinished one is void
-    assert p.on_task_eval(_report("a", 0.95), 4.0) is None
-    p.on_task_eval(_report("b", 0.6), 5.0)
+    assert p.on_eval(_report("a", 0.95), 4.0) is None
+    p.on_eval(_report("b", 0.6), 5.0)
     assert p.solved is not None and p.solved["time_s"] == 5.0
     assert len(p.evals) == 2
 

@@ -386,7 +386,7 @@ def test_prefill_partition_on_shard_0_mixes_with_sharded_fresh_data(valkeys, mak
 def test_a_run_with_embedded_shards_gets_sharded_workers(make_trajectory):
     from deploy.builder import make_sampler, make_writer
     from deploy.config import compose
-    from deploy.train import replay_endpoint
+    from deploy.endpoint import replay_endpoint
 
     cfg = compose(["experiment=bandit", "deploy.embedded_shards=3", "replay.redis.namespace=k3"])
     cfg.validate()

@@ -336,7 +336,7 @@ def test_saved_config_holds_no_password(tmp_path, monkeypatch):
 
     seen: dict = {}
 
-    def fake_train(cfg, spec, run_dir, started=None, servers=None):
+    def fake_train(cfg, spec, runlog, servers, stack):
         r = cfg.replay.redis
         seen["password"] = r.password
         client = connect(r)
@@ -346,7 +346,7 @@ def test_saved_config_holds_no_password(tmp_path, monkeypatch):
         seen["unauthenticated"] = _raw(host, int(port), b"*1\r\n$4\r\nPING\r\n")
         return {}
 
-    monkeypatch.setattr(train, "_train", fake_train)
+    monkeypatch.setattr(train, "train", fake_train)
     cfg = compose(["deploy.embedded_maxmemory_mb=64"])
     train.run_training(cfg, tmp_path / "run")  # no password anywhere: a random one
     assert seen["ping"] and seen["unauthenticated"].startswith(b"-NOAUTH")
@@ -365,7 +365,7 @@ def test_saved_config_holds_no_password(tmp_path, monkeypatch):
 
 
 def test_replay_endpoint_carries_the_password_and_keeps_an_external_url():
-    from deploy.train import replay_endpoint
+    from deploy.endpoint import replay_endpoint
 
     cfg = TrainConfig()
     cfg.deploy.embedded_maxmemory_mb = 64
@@ -406,7 +406,7 @@ def test_saved_config_redacts_a_password_inside_the_server_url(tmp_path, monkeyp
 
     seen: dict = {}
     monkeypatch.setattr(
-        train, "_train", lambda cfg, *a, **k: seen.update(url=cfg.replay.redis.url) or {}
+        train, "train", lambda cfg, *a, **k: seen.update(url=cfg.replay.redis.url) or {}
     )
     url = "redis://:pw-in-the-URL-17@127.0.0.1:1"  # nothing listens there: only a warning
     train.run_training(compose([f"replay.redis.url={url}"]), tmp_path / "run")

@@ -20,6 +20,7 @@ from deploy import tracking
 from deploy.config import compose, prepare
 from deploy.tracking import (
     MlflowTracker,
+    RunLog,
     TensorBoardTracker,
     TrackerSet,
     WandbTracker,
@@ -28,7 +29,6 @@ from deploy.tracking import (
     make_trackers,
     row_scalars,
 )
-from deploy.train import RunLog
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,11 +54,6 @@ class Recorder:
 
     def close(self):
         self.closed = True
-
-
-class FakeMetrics:
-    def set(self, name, value):
-        pass
 
 
 def test_row_scalars_rules():
@@ -133,7 +128,7 @@ def _hparams(ea) -> tuple[dict, list[str], bool]:
 
 
 def test_tensorboard_scalars_and_hparams_read_back(tmp_path):
-    runlog = RunLog(tmp_path, FakeMetrics(), [TensorBoardTracker(tmp_path, CONFIG)])
+    runlog = RunLog(tmp_path, [TensorBoardTracker(tmp_path, CONFIG)])
     for row in ROWS:
         runlog.row(**{k: v for k, v in row.items() if k != "time_s"})
     runlog.close()
@@ -181,7 +176,7 @@ def test_a_failing_tracker_is_dropped_not_fatal(tmp_path, caplog):
             raise OSError("disk full")
 
     good, bad = Recorder(), Broken()
-    runlog = RunLog(tmp_path, FakeMetrics(), [bad, good])
+    runlog = RunLog(tmp_path, [bad, good])
     for row in ROWS:
         runlog.row(**row)
     runlog.close()

@@ -81,8 +81,16 @@ class EnvConfig:
             out.append(t)
         return out
 
+    @property
+    def multi_task(self) -> bool:
+        """Whether the run has named tasks (``tasks``) rather than this section alone."""
+        return bool(self.tasks)
+
     def task_list(self) -> list[Task]:
-        """The tasks of a multi-task run, resolved ([] for a single-task run)."""
+        """The run's tasks, resolved: ``tasks``' entries, or for a single-task run one
+        unnamed task (``""``: this section itself, weight 1). Every run is a task list."""
+        if not self.tasks:
+            return [Task("", self, 1.0, None)]
         out = []
         for i, t in enumerate(self._task_configs()):
             same_id = not t.id or t.id == self.id
@@ -126,7 +134,7 @@ class EnvConfig:
                 f"{f}.stop_at_return",
                 f"must be a finite number or null, got {stop!r}",
             )
-        for i, task in enumerate(self.task_list()):
+        for i, task in enumerate(self.task_list() if self.multi_task else []):
             prefixed(f"tasks[{i}]", task.env._validate_own)
 
     def _validate_own(self) -> None:
