@@ -52,7 +52,7 @@ fmt: install
 
 # --- Cluster (docs/deploy.md) -------------------------------------------------------------
 # CLUSTER=local (default): Ray head + worker nodes, Valkey and Prometheus, all on 127.0.0.1,
-#   state/logs/PIDs in .state/cluster/ (flags of `python -m deploy.cluster up` in CLUSTER_ARGS).
+#   state/logs/PIDs in .state/cluster/ (flags of `python -m deploy.ops.cluster up` in CLUSTER_ARGS).
 # CLUSTER=k8s: KubeRay manifests of deploy/k8s/ (kubectl's current context).
 # CLUSTER=<name>: the Ray cluster launcher YAML deploy/clusters/<name>.yaml (`ray up`).
 CLUSTER ?= local
@@ -63,7 +63,7 @@ ARGS ?=
 
 cluster-up: install
 ifeq ($(CLUSTER),local)
-	$(BIN)/python -m deploy.cluster up --redis-shards $(REDIS_SHARDS) $(CLUSTER_ARGS)
+	$(BIN)/python -m deploy.ops.cluster up --redis-shards $(REDIS_SHARDS) $(CLUSTER_ARGS)
 else ifeq ($(CLUSTER),k8s)
 	bash deploy/k8s/up.sh
 else
@@ -72,7 +72,7 @@ endif
 
 cluster-down: install
 ifeq ($(CLUSTER),local)
-	$(BIN)/python -m deploy.cluster down --redis-shards $(REDIS_SHARDS) $(CLUSTER_ARGS)
+	$(BIN)/python -m deploy.ops.cluster down --redis-shards $(REDIS_SHARDS) $(CLUSTER_ARGS)
 else ifeq ($(CLUSTER),k8s)
 	kubectl delete --ignore-not-found -f deploy/k8s/rayjob.yaml -f deploy/k8s/raycluster.yaml -f deploy/k8s/redis.yaml
 else
@@ -80,15 +80,15 @@ else
 endif
 
 cluster-status: install
-	$(BIN)/python -m deploy.cluster status --redis-shards $(REDIS_SHARDS) $(CLUSTER_ARGS)
+	$(BIN)/python -m deploy.ops.cluster status --redis-shards $(REDIS_SHARDS) $(CLUSTER_ARGS)
 
 # Train on the local cluster: make cluster-submit ARGS="run.max_env_steps=20000"
 cluster-submit: install
-	$(BIN)/python -m deploy.cluster submit $(CLUSTER_ARGS) -- $(ARGS)
+	$(BIN)/python -m deploy.ops.cluster submit $(CLUSTER_ARGS) -- $(ARGS)
 
 # Key dashboard panels of a short real run, as Prometheus recorded them (docs/metrics.png).
 metrics-png: install
-	$(BIN)/python -m deploy.metrics_png --out docs/metrics.png $(ARGS)
+	$(BIN)/python -m deploy.tools.metrics_png --out docs/metrics.png $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -67,7 +67,7 @@ class ActorConfig:
     """How many rollout actors run, what each steps, and how they run under Ray."""
 
     num_actors: int = 2  # rollout actor processes at the start (the fleet can be resized
-    # mid-run: `python -m deploy.cluster scale N`, deploy/fleet.py)
+    # mid-run: `python -m deploy.ops.cluster scale N`, deploy/run/fleet.py)
     max_num_actors: int = 64  # the largest fleet a scale request may ask for
     # A shrink lets each leaving actor finish its collect call in flight (its rollouts are
     # inserted and counted), then kills it; after this many seconds (a collect held up by

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ActorSetup:
     """Everything an actor needs, picklable, passed once at construction. The factories come
-    from the builder (``deploy/builder.py``): the actor never imports the learner or the
+    from the builder (``deploy/run/builder.py``): the actor never imports the learner or the
     replay service, only the roles of :mod:`common.core`."""
 
     actor_id: int

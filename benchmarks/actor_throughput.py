@@ -45,8 +45,8 @@ def actor_scaling(
     from common.envs.factory import env_spec
     from common.ray_utils import init_ray
     from common.weights import WeightBroker, to_numpy_state
-    from deploy.builder import start_rollout_actor
     from deploy.config import compose
+    from deploy.run.builder import start_rollout_actor
     from learner.amago import AmagoLearner
     from replay_service import EmbeddedServer, ReplayStore, connect
 

@@ -25,7 +25,7 @@ import tempfile
 import time
 
 from common.spec import ArraySpec, EnvSpec
-from deploy.builder import make_learner
+from deploy.run.builder import make_learner
 from learner.config import LearnerConfig
 from learner.synthetic import synthetic_sampler, tiny_model
 from learner.worker import LearnerActor, LearnerSetup

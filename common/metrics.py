@@ -135,7 +135,7 @@ METRICS: dict[str, MetricDef] = {
         "gauge", "Rollout actors up and in the fleet (started, not leaving)"
     ),
     "amago_driver_actors_desired": MetricDef(
-        "gauge", "Rollout actors the fleet should have (deploy.cluster scale N)"
+        "gauge", "Rollout actors the fleet should have (deploy.ops.cluster scale N)"
     ),
     "amago_eval_return": MetricDef(
         "gauge",

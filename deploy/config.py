@@ -11,6 +11,7 @@ field name.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
@@ -109,6 +110,32 @@ def _is_wildcard(host: str) -> bool:
         return False
 
 
+#: backend name -> (the Python module it imports, how to get it)
+BACKENDS: dict[str, tuple[str, str]] = {
+    "tensorboard": ("tensorboard", "pip install tensorboard (an amago-ray dependency)"),
+    "wandb": ("wandb", "pip install 'amago-ray[tracking]' (or pip install wandb)"),
+    "mlflow": ("mlflow", "pip install 'amago-ray[tracking]' (or pip install mlflow-skinny)"),
+}
+
+
+def check_backends(names: Sequence[str]) -> str | None:
+    """Why ``names`` (``run.tracking``) cannot be used here, or None when every backend is
+    known and its package importable."""
+    for name in names:
+        if name not in BACKENDS:
+            return f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}"
+    if len(set(names)) != len(names):
+        return f"lists a backend twice: {list(names)}"
+    for name in names:
+        module, how = BACKENDS[name]
+        if importlib.util.find_spec(module) is None:
+            return (
+                f"{name} needs the Python package {module!r}, which is not installed: "
+                f"{how}, or leave {name} out of run.tracking"
+            )
+    return None
+
+
 @dataclass
 class RunConfig:
     """Budgets, evaluation, logging and output of one training run."""
@@ -145,17 +172,15 @@ class RunConfig:
     # newest checkpoint). Restores weights, optimizer, normalisers and the update counter;
     # the replay starts from what the replay server holds. "" = start fresh.
     resume_from: str = ""
-    # Experiment trackers every metrics.jsonl row also goes to (deploy/tracking.py):
+    # Experiment trackers every metrics.jsonl row also goes to (deploy/run/tracking.py):
     # tensorboard (event files in the run directory), wandb (offline unless WANDB_MODE is set),
     # mlflow (a file store in the run directory unless MLFLOW_TRACKING_URI is set); [] = none.
     tracking: list[str] = field(default_factory=lambda: ["tensorboard"])
     # Export the replay (fresh partition) to <run_dir>/replay_dump when the run ends, for
-    # replay.prefill.paths of later runs (or: python -m deploy.replay_dump).
+    # replay.prefill.paths of later runs (or: python -m deploy.tools.replay_dump).
     dump_replay_on_exit: bool = False
 
     def validate(self) -> None:
-        from deploy.tracking import check_backends
-
         problem = check_backends(self.tracking)
         require(problem is None, "tracking", problem or "")
         require(self.max_env_steps >= 0, "max_env_steps", "must be >= 0")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Put Prometheus (`prometheus` and `promtool`, >= 2.40) on PATH when it is not there, from the
 # platform's package manager, without letting a packaged service start: we run our own
-# instance on 127.0.0.1 (deploy/prometheus.py).
+# instance on 127.0.0.1 (deploy/ops/prometheus.py).
 #
 #   apt-get  Debian, Ubuntu    prometheus                (the path CI and the tests use)
 #   dnf      Fedora            golang-github-prometheus

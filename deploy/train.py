@@ -1,5 +1,5 @@
 """Training entrypoint: builds the replay service, the learner and the rollout actors, runs
-them to a budget (``deploy/driver.py``), evaluates greedily along the way and writes a run
+them to a budget (``deploy/run/driver.py``), evaluates greedily along the way and writes a run
 directory.
 
     python -m deploy.train                                   # local: Ray + embedded Valkey
@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 
 from deploy.config import TrainConfig, prepare, resolve_environment
-from deploy.discovery import ScrapeTargets, process_addresses
-from deploy.driver import Driver, Watches, end_of_run
-from deploy.endpoint import replay_servers
-from deploy.fleet import start_fleet
-from deploy.progress import exit_code
-from deploy.run_dir import save_config
-from deploy.supervisor import Supervisor
-from deploy.tracking import RunLog, console, make_trackers
+from deploy.run.discovery import ScrapeTargets, process_addresses
+from deploy.run.driver import Driver, Watches, end_of_run
+from deploy.run.endpoint import replay_servers
+from deploy.run.fleet import start_fleet
+from deploy.run.progress import exit_code
+from deploy.run.run_dir import save_config
+from deploy.run.supervisor import Supervisor
+from deploy.run.tracking import RunLog, console, make_trackers
 
 
 def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
@@ -53,7 +53,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
     cfg = resolve_environment(cfg)
     with contextlib.ExitStack() as stack:
         cfg, servers = stack.enter_context(replay_servers(cfg))
-        from deploy.replay_dump import dump_run_replay, load_run_prefill
+        from deploy.tools.replay_dump import dump_run_replay, load_run_prefill
 
         prefill = load_run_prefill(cfg, spec)  # offline data, before the learner samples
         runlog = RunLog(run_dir, t0=started)
@@ -72,7 +72,7 @@ def train(cfg: TrainConfig, spec, runlog: RunLog, servers: list, stack) -> dict:
     end of the run; the summary's training part."""
     from common.metrics import Metrics, resolve_metrics_host
     from common.ray_utils import ray_session
-    from deploy.builder import build_workers, learner_gpu
+    from deploy.run.builder import build_workers, learner_gpu
     from learner.group import release_all
 
     d, run_dir = cfg.deploy, runlog.run_dir
@@ -118,7 +118,7 @@ def main() -> None:
         """One run; returns its final greedy evaluation return (the objective a Hydra
         sweeper such as Optuna's maximises; None without a final evaluation)."""
         from common.config_utils import ConfigError
-        from deploy.run_dir import discard_if_untouched, scrub_secrets
+        from deploy.run.run_dir import discard_if_untouched, scrub_secrets
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         run_dir = Path(HydraConfig.get().runtime.output_dir)

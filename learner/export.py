@@ -8,7 +8,7 @@ An artifact is a directory of two files:
   the env spec (``spec``), the env section of the run (``env``: id, kwargs, trial_episodes,
   max_episode_steps), the policy ``version`` (learner updates) and the ``source`` checkpoint.
 
-Write one with ``python -m deploy.export <run dir | checkpoint> out=DIR`` (or
+Write one with ``python -m deploy.tools.export <run dir | checkpoint> out=DIR`` (or
 :func:`export_policy`), then act in a few lines, without Ray, Redis or Hydra::
 
     import gymnasium as gym
@@ -304,7 +304,7 @@ def load_policy(
     device: str = "cpu",
     seed: int = 0,
 ) -> LoadedPolicy:
-    """The policy of an artifact directory written by ``deploy.export`` (module doc), acting
+    """The policy of an artifact directory written by ``deploy.tools.export`` (module doc), acting
     greedily (``sample=True``: sampled actions, seeded by ``seed``). ``env``: the env it will
     act in, to read its spaces from (default: built from the artifact's env section)."""
     return LoadedPolicy(read_artifact(path), env, greedy=not sample, device=device, seed=seed)

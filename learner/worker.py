@@ -56,7 +56,7 @@ LearnerFactory = Callable[[EnvSpec, LearnerConfig, ProcessGroup | None], "AmagoL
 @dataclass
 class LearnerSetup:
     """Everything the learner actor needs, picklable, passed once at construction. The
-    factories come from the builder (``deploy/builder.py``): the learner never imports the
+    factories come from the builder (``deploy/run/builder.py``): the learner never imports the
     replay service, only the roles of :mod:`common.core`."""
 
     spec: EnvSpec

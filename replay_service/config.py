@@ -170,7 +170,7 @@ class PrefillConfig:
     (``replay_service.dump``) and sampled alongside the fresh data
     (``replay_service.prefill``). FIFO eviction and the rate limiter never touch it."""
 
-    # Replay dumps to load: dump directories (python -m deploy.replay_dump) or run
+    # Replay dumps to load: dump directories (python -m deploy.tools.replay_dump) or run
     # directories whose run wrote one (run.dump_replay_on_exit).
     paths: list[str] = field(default_factory=list)
     # Fraction of every batch drawn from the prefill partition: 0 = off (nothing loaded),

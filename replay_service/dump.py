@@ -21,7 +21,7 @@ decoded with the caller's :class:`~common.codec.Limits`. A record that fails is 
 counted by reason (the codec's reasons, ``layout`` for a record shaped unlike the dump,
 ``missing``/``truncated`` for absent or cut shards); nothing a file holds can crash the reader.
 
-Written by ``python -m deploy.replay_dump`` (a live or finished run's replay), by
+Written by ``python -m deploy.tools.replay_dump`` (a live or finished run's replay), by
 ``run.dump_replay_on_exit`` and by :func:`write_dump` (any trajectories, e.g. scripted data);
 read by the prefill partition (``replay_service.prefill``).
 """

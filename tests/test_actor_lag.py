@@ -121,7 +121,7 @@ def _learner_report(updates, age):
 
 
 def test_run_progress_rolls_up_lag_and_data_age():
-    from deploy.progress import RunProgress
+    from deploy.run.progress import RunProgress
 
     p = RunProgress()
     assert p.lag_summary() == {"data_age": None, "actor_policy_lag": None}
@@ -138,7 +138,7 @@ def test_run_progress_rolls_up_lag_and_data_age():
 
 
 def test_console_line_and_row_name_data_age():
-    from deploy.progress import RunProgress, progress_line
+    from deploy.run.progress import RunProgress, progress_line
 
     p = RunProgress()
     p.on_actor(_actor_report([3, 5]))

@@ -1,5 +1,5 @@
 """Every command line of the project answers ``--help`` with its usage on stdout and exit code 0,
-and writes nothing (``deploy.dashboard --help`` once regenerated the dashboard JSON)."""
+and writes nothing (``deploy.ops.dashboard --help`` once regenerated the dashboard JSON)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CLIS = [
     "deploy.train",
-    "deploy.evaluate",
-    "deploy.export",
-    "deploy.replay_dump",
-    "deploy.cluster",
-    "deploy.local_cluster",
-    "deploy.prometheus",
-    "deploy.metrics_png",
-    "deploy.dashboard",
+    "deploy.tools.evaluate",
+    "deploy.tools.export",
+    "deploy.tools.replay_dump",
+    "deploy.ops.cluster",
+    "deploy.ops.local_cluster",
+    "deploy.ops.prometheus",
+    "deploy.tools.metrics_png",
+    "deploy.ops.dashboard",
     "benchmarks.test_repeats",
 ]
 

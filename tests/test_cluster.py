@@ -1,6 +1,6 @@
 """Cluster deployment.
 
-- slow: `python -m deploy.cluster up` (what `make cluster-up` runs) brings up a head and a
+- slow: `python -m deploy.ops.cluster up` (what `make cluster-up` runs) brings up a head and a
   worker node, Valkey and Prometheus on 127.0.0.1 (free ports, a temporary state folder); a
   second `up` changes nothing; the documented `source env.sh && ray job submit ...` trains a
   tiny T-Maze run whose trajectories went through the cluster's Redis, whose rollout actors
@@ -31,11 +31,11 @@ import yaml
 
 from common.config_utils import ConfigError
 from common.net import free_port
-from deploy.cluster import ClusterConfig, State, _live_group_members, port_free
 from deploy.config import compose, prepare, resolve_environment
-from deploy.local_cluster import LocalRayConfig
-from deploy.metrics_png import SMOKE_OVERRIDES
-from deploy.prometheus import PrometheusClient, PrometheusUnavailable, ensure_prometheus
+from deploy.ops.cluster import ClusterConfig, State, _live_group_members, port_free
+from deploy.ops.local_cluster import LocalRayConfig
+from deploy.ops.prometheus import PrometheusClient, PrometheusUnavailable, ensure_prometheus
+from deploy.tools.metrics_png import SMOKE_OVERRIDES
 from replay_service.lua import Keys
 from replay_service.stats import read_stats
 
@@ -57,7 +57,7 @@ class LocalCluster:
 
 def _cli(command: str, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "deploy.cluster", command, *args],
+        [sys.executable, "-m", "deploy.ops.cluster", command, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -249,7 +249,7 @@ def test_cluster_starts_and_stops_k_valkey_shards_and_exports_them(tmp_path, mon
     """`make cluster-up REDIS_SHARDS=3` (Valkey part: Ray not started here): three servers on
     consecutive ports with one password, the nodes' AMAGO_REDIS_SHARDS naming shards 1 and 2,
     read by deploy=cluster into replay.redis.shards; `down` without --redis-shards stops all."""
-    from deploy.cluster import down, node_environment, redis_up, status
+    from deploy.ops.cluster import down, node_environment, redis_up, status
 
     base = free_port()
     while not all(port_free(base + k) for k in range(3)):

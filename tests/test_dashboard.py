@@ -15,10 +15,9 @@ import yaml
 
 from common.codec import RecordError
 from common.net import free_port
-from deploy import dashboard
-from deploy.dashboard import DATASOURCE_UID, concrete_expr, metric_names, panels
-from deploy.metrics_png import SMOKE_OVERRIDES, recorded_run
-from deploy.prometheus import (
+from deploy.ops import dashboard
+from deploy.ops.dashboard import DATASOURCE_UID, concrete_expr, metric_names, panels
+from deploy.ops.prometheus import (
     PrometheusConfig,
     PrometheusServer,
     PrometheusUnavailable,
@@ -26,11 +25,12 @@ from deploy.prometheus import (
     ensure_prometheus,
     render_config,
 )
-from deploy.scrape import read_dump, series_names
+from deploy.run.scrape import read_dump, series_names
+from deploy.tools.metrics_png import SMOKE_OVERRIDES, recorded_run
 from replay_service import ReplayConfig, ReplayStore, connect
 from replay_service.server import EmbeddedServer
 
-GRAFANA = Path(dashboard.__file__).resolve().parent / "grafana"
+GRAFANA = Path(dashboard.__file__).resolve().parents[1] / "grafana"
 # Prometheus hands newly discovered targets to its scrapers at most every 5 s, so a run that
 # trains for only a few seconds (SMOKE_OVERRIDES stop after 200 updates) can end before its
 # endpoints were scraped twice, and rate() has nothing. This run trains for a fixed 25 s
@@ -49,7 +49,7 @@ def board() -> dict:
 
 def test_committed_json_is_the_generated_one():
     assert dashboard.DASHBOARD_JSON.read_text() == dashboard.render(), (
-        "deploy/grafana/dashboards/amago.json is stale: run `python -m deploy.dashboard`"
+        "deploy/grafana/dashboards/amago.json is stale: run `python -m deploy.ops.dashboard`"
     )
 
 

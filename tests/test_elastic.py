@@ -1,7 +1,7 @@
 """The elastic fleet in a real run (slow): a tiny T-Maze training run through the real driver
 (Ray, an embedded Valkey, metrics served) starts with 1 rollout actor, is grown to 3 by
-`python -m deploy.cluster scale 3` (a separate process connecting to the run's Ray) and shrunk
-to 2 through ``deploy.fleet.request_scale``, with a refused request between. Checked: the
+`python -m deploy.ops.cluster scale 3` (a separate process connecting to the run's Ray) and shrunk
+to 2 through ``deploy.run.fleet.request_scale``, with a refused request between. Checked: the
 driver's ``amago_driver_actors_alive``/``_desired`` as scraped at each stage, the Prometheus
 service-discovery file, and the replay against the actors' reports: every stored trajectory
 has a unique insert token, the actor that left has exactly the rollouts it reported (its last
@@ -25,8 +25,8 @@ import pytest
 
 from common.codec import decode
 from deploy.config import compose
-from deploy.metrics_png import SMOKE_OVERRIDES
-from deploy.scrape import FINAL_DUMP, read_dump, scrape_all
+from deploy.run.scrape import FINAL_DUMP, read_dump, scrape_all
+from deploy.tools.metrics_png import SMOKE_OVERRIDES
 from replay_service import EmbeddedServer, connect
 from replay_service.lua import Keys
 from replay_service.stats import read_stats
@@ -59,7 +59,7 @@ def _wait(pred, what: str, timeout_s: float = 60.0) -> None:
 def test_fleet_grows_1_3_and_shrinks_to_2_losing_nothing(tmp_path):
     import ray
 
-    from deploy.fleet import request_scale
+    from deploy.run.fleet import request_scale
     from deploy.train import run_training
 
     sd_file = tmp_path / "targets.json"
@@ -111,7 +111,7 @@ def test_fleet_grows_1_3_and_shrinks_to_2_losing_nothing(tmp_path):
                 seen["stage1"] = (gauges(), len(targets()), round(time.monotonic() - t0, 1))
                 gcs = ray.get_runtime_context().gcs_address
                 cli = subprocess.run(
-                    [sys.executable, "-m", "deploy.cluster", "scale", "3", "--run", RUN]
+                    [sys.executable, "-m", "deploy.ops.cluster", "scale", "3", "--run", RUN]
                     + ["--address", gcs],
                     cwd=REPO,
                     capture_output=True,
@@ -203,11 +203,11 @@ def test_actors_added_wait_for_and_then_use_a_node_that_joins(monkeypatch):
     from ray.cluster_utils import Cluster
 
     from common.ray_utils import RAY_CLUSTER_FLAG
-    from deploy.fleet import request_scale
-    from deploy.local_cluster import LocalRayConfig, _node_args
+    from deploy.ops.local_cluster import LocalRayConfig, _node_args
+    from deploy.run.fleet import request_scale
     from deploy.train import run_training
 
-    # every node on loopback, as deploy/local_cluster.py does (Ray reads both)
+    # every node on loopback, as deploy/ops/local_cluster.py does (Ray reads both)
     monkeypatch.setenv(RAY_CLUSTER_FLAG, "0")
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
     temp = tempfile.mkdtemp(prefix="/tmp/amg-")  # short: Ray's socket paths live under it

@@ -1,4 +1,4 @@
-"""``python -m deploy.evaluate``: in-process evaluation of a run, a checkpoint or an exported
+"""``python -m deploy.tools.evaluate``: in-process evaluation of a run, a checkpoint or an exported
 policy (no Ray, no Redis), env overrides, sampled actions, per-episode returns of meta-RL
 trials, videos through gymnasium's RecordVideo (the built-in tasks' ``rgb_array`` rendering);
 and the training side: ``run.eval_env`` / ``run.eval_sample`` for the evaluation actor.
@@ -24,9 +24,9 @@ from test_export import make_run
 import common.envs  # noqa: F401  (registers the amago/ ids)
 from common.config_utils import ConfigError
 from deploy.config import compose, eval_env_config, prepare
-from deploy.evaluate import evaluate, format_result
-from deploy.evaluate import main as evaluate_main
-from deploy.export import main as export_main
+from deploy.tools.evaluate import evaluate, format_result
+from deploy.tools.evaluate import main as evaluate_main
+from deploy.tools.export import main as export_main
 from learner.checkpoint import checkpoint_name
 
 torch.set_num_threads(1)
@@ -65,7 +65,7 @@ def test_a_run_dir_evaluates_without_ray_or_redis(tmaze_run):
     Redis is ever imported."""
     code = (
         "import sys\n"
-        "from deploy.evaluate import main\n"
+        "from deploy.tools.evaluate import main\n"
         f"main([{str(tmaze_run)!r}, 'episodes=10'])\n"
         "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'redis'}))\n"
     )
@@ -162,7 +162,7 @@ def test_format_result_reads_well(bandit_run):
         (["{run}", "env.id=amago/MetaBandit-v0"], "does not fit the policy: observations"),
         (["{run}", "env.trial_episodes=0"], "config field 'env.trial_episodes'"),
         (["{run}", "video=sometimes"], "video='sometimes': expected true, false, mp4 or gif"),
-        ([], "usage: python -m deploy.evaluate"),
+        ([], "usage: python -m deploy.tools.evaluate"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(tmp_path, tmaze_run, capsys, args, words):
@@ -184,7 +184,7 @@ def test_errors_are_one_line_and_exit_2(tmp_path, tmaze_run, capsys, args, words
 
 def test_an_error_in_a_real_process_has_no_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "deploy.evaluate", str(tmp_path / "nope"), "episodes=3"],
+        [sys.executable, "-m", "deploy.tools.evaluate", str(tmp_path / "nope"), "episodes=3"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -357,7 +357,7 @@ def test_the_evaluation_actor_gets_the_eval_env_and_sampling(monkeypatch):
     import ray
 
     import actors.worker
-    import deploy.builder
+    import deploy.run.builder
 
     class FakeRemote:
         def __init__(self, cls):
@@ -382,17 +382,17 @@ def test_the_evaluation_actor_gets_the_eval_env_and_sampling(monkeypatch):
     cfg, spec, _ = prepare(
         compose([*common, "+run.eval_env.kwargs.corridor_length=20", "run.eval_sample=true"])
     )
-    setup = deploy.builder.start_rollout_actor(cfg, None, 5, evaluation=True, spec=spec)
+    setup = deploy.run.builder.start_rollout_actor(cfg, None, 5, evaluation=True, spec=spec)
     assert setup.eval_sample and setup.make_writer is None
     assert setup.spec.max_episode_steps == 21 and setup.env_id == "amago/TMaze-v0"
     actor = actors.worker.RolloutActor(setup, None)
     assert actor.evaluating and actor.loop.greedy is False
     assert [env.unwrapped.H for env in actor.loop.envs] == [20, 20]
-    collector = deploy.builder.start_rollout_actor(cfg, None, 0, spec=spec)
+    collector = deploy.run.builder.start_rollout_actor(cfg, None, 0, spec=spec)
     assert collector.spec is spec and not collector.eval_sample
     assert collector.make_env(0).unwrapped.H == 10  # training keeps the training env
 
     plain, _, _ = prepare(compose(common))
-    setup = deploy.builder.start_rollout_actor(plain, None, 5, evaluation=True, spec=spec)
+    setup = deploy.run.builder.start_rollout_actor(plain, None, 5, evaluation=True, spec=spec)
     assert setup.spec is spec and not setup.eval_sample
     assert actors.worker.RolloutActor(setup, None).loop.greedy is True

@@ -1,4 +1,4 @@
-"""Policy export (``python -m deploy.export``) and ``learner.export.load_policy``.
+"""Policy export (``python -m deploy.tools.export``) and ``learner.export.load_policy``.
 
 Most tests build a run directory directly (a run's ``config.yaml`` and a checkpoint of a
 learner after a few updates on random batches): seconds. One slow test trains T-Maze through
@@ -27,7 +27,7 @@ from common.envs.config import EnvConfig
 from common.envs.factory import env_spec
 from common.records import StepInput
 from deploy.config import compose, prepare
-from deploy.export import main as export_main
+from deploy.tools.export import main as export_main
 from learner.amago import AmagoLearner
 from learner.checkpoint import checkpoint_name
 from learner.export import (
@@ -291,7 +291,7 @@ def test_load_policy_needs_no_ray_redis_or_hydra(tmaze_policy):
         (["{run}", "outt=x"], "unknown argument 'outt'"),
         (["{run}", "env.kwargs.corridor_length=3"], "export takes no env overrides"),
         (["{policy}"], "already an exported policy"),
-        ([], "usage: python -m deploy.export"),
+        ([], "usage: python -m deploy.tools.export"),
     ],
 )
 def test_export_errors_are_one_line(tmp_path, tmaze_run, tmaze_policy, capsys, args, words):
@@ -374,7 +374,7 @@ def test_exported_policy_of_a_trained_run_reaches_its_return(
     print("run's final return", final, "exported policy's", np.mean(returns))
     assert np.mean(returns) >= final - 0.1
 
-    from deploy.evaluate import evaluate
+    from deploy.tools.evaluate import evaluate
 
     for source in (run, tmp_path / "policy"):  # the run dir and the artifact, same numbers
         result = evaluate([str(source), "episodes=40"])

@@ -78,7 +78,7 @@ def broker(cfg: TrainConfig):
 def start_actor(cfg: TrainConfig, broker, replay: ReplayConfig | None):
     """Rollout actor 0 exactly as the driver starts one; an evaluation actor when ``replay``
     is None."""
-    from deploy.builder import start_rollout_actor
+    from deploy.run.builder import start_rollout_actor
 
     if replay is None:
         return start_rollout_actor(cfg, broker, 0, evaluation=True)

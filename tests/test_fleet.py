@@ -1,4 +1,4 @@
-"""The elastic fleet's pure parts (deploy/fleet.py, the `scale` CLI arguments): size
+"""The elastic fleet's pure parts (deploy/run/fleet.py, the `scale` CLI arguments): size
 validation, the control's answers, the resize plan over tasks, the grown actors' exploration
 schedule and the config bounds. The fleet resized in a real run: tests/test_elastic.py."""
 
@@ -10,9 +10,9 @@ import pytest
 from actors.config import ExplorationConfig
 from actors.exploration import Exploration
 from common.config_utils import ConfigError
-from deploy.cluster import parse_args, scale_size
 from deploy.config import compose, prepare
-from deploy.fleet import FleetControl, FleetSizeError, check_size, control_name, plan_resize
+from deploy.ops.cluster import parse_args, scale_size
+from deploy.run.fleet import FleetControl, FleetSizeError, check_size, control_name, plan_resize
 
 
 @pytest.mark.parametrize(
@@ -100,7 +100,7 @@ def test_scale_cli_arguments():
 
 
 def test_scale_cli_errors_in_one_line(capsys, tmp_path):
-    from deploy.cluster import main
+    from deploy.ops.cluster import main
 
     assert main(["scale", "0", "--state-dir", str(tmp_path)]) == 1
     assert capsys.readouterr().err == "error: scale N: N must be >= 1, got 0\n"
@@ -188,7 +188,7 @@ class _Discovery:
 def test_fleet_drains_the_leaving_actor_then_kills_it(monkeypatch):
     import ray
 
-    from deploy.fleet import Fleet, FleetSetup
+    from deploy.run.fleet import Fleet, FleetSetup
 
     killed, listed, made = [], [], []
     monkeypatch.setattr(ray, "kill", lambda h: killed.append(h.id))

@@ -10,7 +10,7 @@ import types
 import pytest
 
 from common.config_utils import ConfigError
-from deploy.builder import learner_placement, wait_for_learner
+from deploy.run.builder import learner_placement, wait_for_learner
 
 
 def test_cpu_never_asks_for_a_gpu():
@@ -51,8 +51,8 @@ def test_waiting_for_a_gpu_that_never_comes_fails_clearly(monkeypatch):
 def test_the_learner_setup_gets_the_resolved_device(monkeypatch):
     import ray
 
-    from deploy import builder
     from deploy.config import TrainConfig
+    from deploy.run import builder
     from learner.worker import LearnerSetup
 
     seen = {}

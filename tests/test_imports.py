@@ -231,7 +231,7 @@ def test_cycle_finder_finds_cycles():
     ],
 )
 def test_peer_packages_never_import_each_other(src, dst):
-    """The processes' packages are wired by deploy/builder.py (factories) and typed against
+    """The processes' packages are wired by deploy/run/builder.py (factories) and typed against
     common/ (roles, records, reports): none imports a peer, at module level or deferred."""
     found = imports_between(import_graph(deferred=True), src, dst)
     assert not found, found

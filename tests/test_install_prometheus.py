@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import deploy.cluster as cluster
+import deploy.ops.cluster as cluster
 from common.net import free_port
-from deploy.prometheus import INSTALL_SCRIPT, PrometheusUnavailable, ensure_prometheus
+from deploy.ops.prometheus import INSTALL_SCRIPT, PrometheusUnavailable, ensure_prometheus
 
 DEPLOY = INSTALL_SCRIPT.parent
 BASH = shutil.which("bash")
@@ -194,7 +194,7 @@ def test_compose_mounts_the_repos_own_files(compose):
     ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/amago.yaml").read_text())
     assert ds["datasources"][0]["url"] == "http://127.0.0.1:9090"
     # the prometheus.yml the header's command renders points at the mounted discovery files
-    from deploy.prometheus import PrometheusConfig, render_config
+    from deploy.ops.prometheus import PrometheusConfig, render_config
 
     rendered = yaml.safe_load(
         render_config(

@@ -28,7 +28,7 @@ import torch
 
 from common.records import Batch
 from common.spec import ArraySpec, EnvSpec
-from deploy.builder import make_learner
+from deploy.run.builder import make_learner
 from learner.amago import AmagoLearner
 from learner.config import LearnerConfig
 from learner.synthetic import SyntheticSampler, synthetic_sampler, tiny_model

@@ -168,7 +168,7 @@ def test_the_registry_refuses_a_taken_name_and_an_incomplete_variant():
 
 
 def test_the_builders_learner_setup_carries_the_learner_factory(tmp_path):
-    from deploy import builder
+    from deploy.run import builder
 
     setup = builder.learner_setup(TrainConfig(), SPEC, tmp_path, use_gpu=False)
     assert setup.make_learner is builder.make_learner

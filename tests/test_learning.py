@@ -194,7 +194,7 @@ def test_two_tmazes_in_one_run(tmp_path, learning_seed, figure):
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from deploy.scrape import read_dump
+    from deploy.run.scrape import read_dump
 
     tasks_of = {"amago_actor_episode_return": set(), "amago_eval_return": set()}
     for text in read_dump(Path(summary["metrics_dump"])).values():

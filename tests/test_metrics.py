@@ -14,9 +14,9 @@ from common.codec import RecordError
 from common.config_utils import ConfigError
 from common.metrics import METRICS, Metrics, resolve_metrics_host
 from deploy.config import DeployConfig, TrainConfig, compose, resolve_environment
-from deploy.dashboard import metric_names, panels
-from deploy.metrics_png import SMOKE_OVERRIDES
-from deploy.scrape import FINAL_DUMP, read_dump, series_names, write_dump
+from deploy.ops.dashboard import metric_names, panels
+from deploy.run.scrape import FINAL_DUMP, read_dump, series_names, write_dump
+from deploy.tools.metrics_png import SMOKE_OVERRIDES
 from replay_service import ReplayStore, connect
 from replay_service.server import EmbeddedServer
 

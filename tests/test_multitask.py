@@ -285,7 +285,7 @@ def _report(task: str, ret: float) -> EvalReport:
 
 
 def test_evaluation_rounds_and_per_task_stop():
-    from deploy.progress import RunProgress, task_thresholds
+    from deploy.run.progress import RunProgress, task_thresholds
 
     cfg = _cfg(
         TaskConfig(name="a", stop_at_return=0.9),
@@ -363,14 +363,14 @@ def test_task_actors_step_their_task_and_label_what_they_report(monkeypatch):
     import ray
 
     import actors.worker
-    import deploy.builder
+    import deploy.run.builder
 
     monkeypatch.setattr(ray, "remote", _FakeRemote)
     monkeypatch.setattr(actors.worker, "WeightClient", _NoWeights)
     over = ["experiment=multitask", "deploy.serve_metrics=false", "actors.envs_per_actor=2"]
     cfg, spec, _ = prepare(compose(over))
     short, long_ = cfg.env.task_list()
-    setup = deploy.builder.start_rollout_actor(cfg, None, 1, spec=spec, task=long_)
+    setup = deploy.run.builder.start_rollout_actor(cfg, None, 1, spec=spec, task=long_)
     assert setup.task == "tmaze8" and setup.spec.max_episode_steps == 9
     assert setup.make_env(0).unwrapped.H == 8
     writer = _Writer()
@@ -382,7 +382,7 @@ def test_task_actors_step_their_task_and_label_what_they_report(monkeypatch):
         "amago_actor_episode_return", {"actor": "1", "task": "tmaze8"}
     )
     assert ret is not None
-    ev_setup = deploy.builder.start_rollout_actor(
+    ev_setup = deploy.run.builder.start_rollout_actor(
         cfg, None, 2, evaluation=True, spec=spec, task=short
     )
     evaluator = actors.worker.RolloutActor(ev_setup, None)
@@ -393,8 +393,8 @@ def test_task_actors_step_their_task_and_label_what_they_report(monkeypatch):
 def test_deploy_evaluate_reports_every_task(tmp_path, capsys):
     from test_export import make_run
 
-    from deploy.evaluate import evaluate, format_result
-    from deploy.export import UsageError
+    from deploy.tools.evaluate import evaluate, format_result
+    from deploy.tools.export import UsageError
 
     run = tmp_path / "run"
     make_run(run, "experiment=multitask")

@@ -9,7 +9,7 @@ Parsed from each: ``$ python -m deploy.train ...`` lines and ``ray job submit ..
 python -m deploy.train ...`` (continuation lines joined), ``make run [EXPERIMENT=...] [ARGS="..."]`` (inline code too),
 and the ``# <module>.py`` Python blocks (the README's bring-your-own-env module), written to a
 temporary directory so their ``module:Id`` commands resolve as they do for a user. The ``$
-python -m deploy.evaluate|export`` lines and the ``load_policy`` snippet (docs/evaluate.md)
+python -m deploy.tools.evaluate|export`` lines and the ``load_policy`` snippet (docs/evaluate.md)
 run for real on a run directory built by the test. Every relative link of these documents
 and CHANGELOG.md points at a file that exists, and at a heading of it when it names one.
 """
@@ -152,18 +152,18 @@ def test_env_id_alone_inherits_no_preset():
 
 
 # -- "Evaluate and export": the commands run for real on a run directory built here ---------
-AROUND = re.compile(r"^\$ python -m deploy\.(evaluate|export)\b([^\n#`]*)", re.M)
+AROUND = re.compile(r"^\$ python -m deploy\.tools\.(evaluate|export)\b([^\n#`]*)", re.M)
 SNIPPET = re.compile(r"```python\n(# acting with an exported policy[^\n]*\n.*?)```", re.S)
 
 
 def test_documented_evaluate_and_export_commands_run(tmp_path, monkeypatch, capsys):
-    """Every documented ``$ python -m deploy.evaluate|export`` line, in order, with ``$RUN``
+    """Every documented ``$ python -m deploy.tools.evaluate|export`` line, in order, with ``$RUN``
     a T-Maze run directory (a learner checkpoint after a few updates), then the
     ``load_policy`` snippet on the policy those commands exported."""
     from test_export import make_run
 
-    from deploy.evaluate import main as evaluate_main
-    from deploy.export import main as export_main
+    from deploy.tools.evaluate import main as evaluate_main
+    from deploy.tools.export import main as export_main
 
     commands = [
         (m.group(1), shlex.split(m.group(2)))

@@ -1,4 +1,4 @@
-"""``python -m deploy.replay_dump``: a server URL, a run directory (external server, persisted
+"""``python -m deploy.tools.replay_dump``: a server URL, a run directory (external server, persisted
 embedded server, or none: refused in one line); and the start-up check of
 ``replay.prefill.paths`` against the env (``deploy.config.prepare``)."""
 
@@ -12,7 +12,7 @@ import yaml
 
 from common.config_utils import ConfigError
 from deploy.config import compose, prepare
-from deploy.replay_dump import dump_target, main
+from deploy.tools.replay_dump import dump_target, main
 from replay_service import RedisConfig, ReplayConfig, ReplayStore, connect
 from replay_service.dump import read_dump, read_manifest, write_dump
 from replay_service.server import EmbeddedServer

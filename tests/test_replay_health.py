@@ -1,4 +1,4 @@
-"""The driver's watches (deploy/replay_health.py) against real embedded Valkey servers, no Ray:
+"""The driver's watches (deploy/run/replay_health.py) against real embedded Valkey servers, no Ray:
 a killed server is restarted on its port and password (with a data dir, with what it stored),
 one that cannot come back is fatal, and a run that stops moving is seen as stalled."""
 
@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from deploy.replay_health import ServerWatch, StallWatch
+from deploy.run.replay_health import ServerWatch, StallWatch
 from replay_service import EmbeddedServer, connect
 
 

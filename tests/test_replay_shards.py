@@ -384,9 +384,9 @@ def test_prefill_partition_on_shard_0_mixes_with_sharded_fresh_data(valkeys, mak
 
 
 def test_a_run_with_embedded_shards_gets_sharded_workers(make_trajectory):
-    from deploy.builder import make_sampler, make_writer
     from deploy.config import compose
-    from deploy.endpoint import replay_endpoint
+    from deploy.run.builder import make_sampler, make_writer
+    from deploy.run.endpoint import replay_endpoint
 
     cfg = compose(["experiment=bandit", "deploy.embedded_shards=3", "replay.redis.namespace=k3"])
     cfg.validate()
@@ -438,7 +438,7 @@ def test_a_training_run_over_three_shards_survives_one_restarted(tmp_path):
     import torch
 
     from deploy.config import compose
-    from deploy.scrape import read_dump
+    from deploy.run.scrape import read_dump
     from deploy.train import run_training
     from replay_service.lua import Keys
     from replay_service.stats import read_stats

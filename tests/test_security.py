@@ -365,7 +365,7 @@ def test_saved_config_holds_no_password(tmp_path, monkeypatch):
 
 
 def test_replay_endpoint_carries_the_password_and_keeps_an_external_url():
-    from deploy.endpoint import replay_endpoint
+    from deploy.run.endpoint import replay_endpoint
 
     cfg = TrainConfig()
     cfg.deploy.embedded_maxmemory_mb = 64
@@ -430,7 +430,7 @@ def test_saved_config_redacts_a_password_inside_the_server_url(tmp_path, monkeyp
     ],
 )
 def test_scrub_text_hides_every_password_form(text, clean):
-    from deploy.run_dir import scrub_text
+    from deploy.run.run_dir import scrub_text
 
     out = scrub_text(text)
     assert "hunter2" not in out

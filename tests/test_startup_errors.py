@@ -120,7 +120,7 @@ def test_a_run_that_never_trained_exits_non_zero_and_writes_no_secret(tmp_path):
 
 def test_no_update_reason_names_what_the_replay_saw():
     from deploy.config import TrainConfig
-    from deploy.progress import no_update_reason
+    from deploy.run.progress import no_update_reason
 
     cfg = TrainConfig()
     assert no_update_reason({"updates": 3}, cfg) is None
@@ -135,7 +135,7 @@ def test_time_budget_counts_training_from_the_first_update():
     """``run.max_seconds`` is training time: start-up (Ray, workers, filling the replay to
     ``min_size_steps``) does not use it; ``run.max_startup_s`` bounds the start-up instead."""
     from deploy.config import RunConfig
-    from deploy.progress import RunProgress
+    from deploy.run.progress import RunProgress
 
     r = RunConfig(max_env_steps=0, max_seconds=20.0, max_startup_s=300.0)
     p = RunProgress()

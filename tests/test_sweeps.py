@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from deploy.config import compose, prepare, resolve_environment
-from deploy.metrics_png import SMOKE_OVERRIDES
+from deploy.tools.metrics_png import SMOKE_OVERRIDES
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the subreaper wrapper is Linux-only"
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: The smoke run (deploy/metrics_png.py), shorter: 20 updates, no metrics endpoints.
+#: The smoke run (deploy/tools/metrics_png.py), shorter: 20 updates, no metrics endpoints.
 TINY = [
     *(o for o in SMOKE_OVERRIDES if not o.startswith(("run.max_updates=", "run.max_seconds="))),
     "run.max_updates=20",

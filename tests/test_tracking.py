@@ -1,4 +1,4 @@
-"""Experiment tracking (deploy/tracking.py): metrics.jsonl rows fanned out to TensorBoard (read
+"""Experiment tracking (deploy/run/tracking.py): metrics.jsonl rows fanned out to TensorBoard (read
 back with TensorBoard's own EventAccumulator: scalars and hparams), wandb (offline: its run file
 read back) and MLflow (its file store read back with MlflowClient); ``run.tracking`` validated
 at start-up in one line. Rows here are a fake stream shaped like the ones RunLog writes; the
@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from common.config_utils import ConfigError
-from deploy import tracking
 from deploy.config import compose, prepare
-from deploy.tracking import (
+from deploy.run.tracking import (
     MlflowTracker,
     RunLog,
     TensorBoardTracker,
@@ -194,10 +193,10 @@ def test_bad_tracking_values_name_the_field(monkeypatch):
         with pytest.raises(ConfigError) as err:
             prepare(compose([f"run.tracking={value}"]))
         assert err.value.field == "run.tracking" and words in str(err.value)
-    real = tracking.importlib.util.find_spec
-    monkeypatch.setattr(
-        tracking.importlib.util, "find_spec", lambda m: None if m == "mlflow" else real(m)
-    )
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m: None if m == "mlflow" else real(m))
     with pytest.raises(ConfigError) as err:
         prepare(compose(["run.tracking=[tensorboard,mlflow]"]))
     assert err.value.field == "run.tracking"

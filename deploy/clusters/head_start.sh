@@ -31,7 +31,7 @@ if ! AMAGO_REDIS_PASSWORD="$PASSWORD" python3 -c "import os, redis; redis.Redis(
 fi
 
 # Prometheus on loopback: Ray's metrics agents and every amago process (file_sd).
-python3 -m deploy.prometheus --listen 127.0.0.1:9090 \
+python3 -m deploy.ops.prometheus --listen 127.0.0.1:9090 \
     --file-sd "ray=/tmp/ray/prom_metrics_service_discovery.json" \
     --file-sd "amago=$STATE/targets/*.json" > "$STATE/prometheus/prometheus.yml"
 if ! pgrep -f "$STATE/prometheus/prometheus.yml" >/dev/null; then

@@ -1,7 +1,7 @@
 """Export a run's policy as an artifact a user loads in a few lines (:mod:`learner.export`).
 
-    python -m deploy.export runs/tmaze/<timestamp>                 # -> <run dir>/policy/
-    python -m deploy.export runs/tmaze/<timestamp>/checkpoints/ckpt_00002200.pt out=policy
+    python -m deploy.tools.export runs/tmaze/<timestamp>                 # -> <run dir>/policy/
+    python -m deploy.tools.export runs/tmaze/<timestamp>/checkpoints/ckpt_00002200.pt out=policy
 
 The newest checkpoint of a run directory (or the checkpoint named) and the run's env section
 (its ``config.yaml``) become ``out/model.safetensors`` + ``out/policy.json``. No Ray, no
@@ -9,7 +9,7 @@ Redis. ``--help`` prints this text (exit 0). Errors (a missing path, no checkpoi
 argument) print one ``error: ...`` line and exit with code 2.
 
 The helpers here (:func:`resolve_source`, :func:`env_config`, :func:`parse_args`,
-:func:`run_cli`) are shared with ``deploy.evaluate``.
+:func:`run_cli`) are shared with ``deploy.tools.evaluate``.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def env_config(
     return OmegaConf.to_object(node)
 
 
-USAGE = "python -m deploy.export <run dir | checkpoint> [out=DIR]"
+USAGE = "python -m deploy.tools.export <run dir | checkpoint> [out=DIR]"
 
 
 def run_export(argv: Sequence[str]) -> Path:

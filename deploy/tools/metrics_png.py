@@ -3,10 +3,10 @@ Prometheus recorded them, rendered to PNG (``docs/metrics.png``).
 
 A Prometheus on 127.0.0.1 (1 s scrapes) watches ``deploy.metrics_sd_dir``; a training run
 (``python -m deploy.train``, a child process) lists its processes there; afterwards the panels'
-own PromQL (deploy/dashboard.py, Grafana variables substituted) is evaluated over the run with
+own PromQL (deploy/ops/dashboard.py, Grafana variables substituted) is evaluated over the run with
 ``query_range`` and plotted with matplotlib.
 
-    python -m deploy.metrics_png --out docs/metrics.png [hydra overrides...]
+    python -m deploy.tools.metrics_png --out docs/metrics.png [hydra overrides...]
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.net import free_port
-from deploy.dashboard import Panel, concrete_expr, panels
-from deploy.prometheus import PrometheusClient, PrometheusConfig, PrometheusServer
+from deploy.ops.dashboard import Panel, concrete_expr, panels
+from deploy.ops.prometheus import PrometheusClient, PrometheusConfig, PrometheusServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OVERRIDES = ("run.max_seconds=150", "run.eval_every_s=10", "run.log_every_s=5")
 # A run of a few seconds that still exercises every component (tests): its budget is in
 # learner updates, so the learner has reported before it ends.

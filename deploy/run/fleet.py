@@ -6,8 +6,8 @@ second live run of the same name gets ``control/<run.name>-<run dir name>``; the
 prints the name) and polls it about once a second; anything connected to the run's Ray
 cluster sets it::
 
-    python -m deploy.cluster scale 3 --run tmaze            # the local cluster of `make cluster-up`
-    python -m deploy.cluster scale 3 --run tmaze --address 10.0.0.5:6379   # any Ray cluster
+    python -m deploy.ops.cluster scale 3 --run tmaze            # the local cluster of `make cluster-up`
+    python -m deploy.ops.cluster scale 3 --run tmaze --address 10.0.0.5:6379   # any Ray cluster
     request_scale("tmaze", 3)                               # from Python, inside that Ray
 
 A request is checked where it lands (``1 <= N <= actors.max_num_actors``, and at least one
@@ -38,8 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from deploy.config import assign_tasks
-from deploy.discovery import Discovery, NoDiscovery
-from deploy.supervisor import ACTOR_RULE, Supervisor
+from deploy.run.discovery import Discovery, NoDiscovery
+from deploy.run.supervisor import ACTOR_RULE, Supervisor
 
 log = logging.getLogger("amago")
 
@@ -448,7 +448,7 @@ def start_fleet(
     where = (
         f" --address {ray.get_runtime_context().gcs_address}" if not cfg.deploy.ray_address else ""
     )
-    say(f"fleet: resize with `python -m deploy.cluster scale N --run {run}{where}`")
+    say(f"fleet: resize with `python -m deploy.ops.cluster scale N --run {run}{where}`")
     setup = FleetSetup(
         make_actor=w.make_actor,
         weights=[t.weight for t in tasks],

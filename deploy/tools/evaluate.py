@@ -1,11 +1,11 @@
 """Evaluate a trained policy in-process: no Ray, no Redis.
 
-    python -m deploy.evaluate <run dir | checkpoint | exported policy dir> [episodes=N]
+    python -m deploy.tools.evaluate <run dir | checkpoint | exported policy dir> [episodes=N]
         [sample=true] [seed=N] [envs=N] [env.FIELD=VALUE ...]
         [video=true|mp4|gif] [video_episodes=N] [out=DIR]
 
 Loads the run's ``config.yaml`` (its env section) and newest checkpoint (or the checkpoint
-named, or an artifact of ``deploy.export``), builds the env as the rollout actors do
+named, or an artifact of ``deploy.tools.export``), builds the env as the rollout actors do
 (``common.envs.factory.make_env``) and the policy as they do (``InferencePolicy``, the
 training window, exact mode), and runs ``episodes`` fresh rollouts (meta-RL trials for envs
 with ``trial_episodes > 1``) through the actors' own loop (``actors.rollout.RolloutLoop``)
@@ -41,10 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from deploy.export import UsageError, env_config, parse_args, resolve_source, run_cli
+from deploy.tools.export import UsageError, env_config, parse_args, resolve_source, run_cli
 
 USAGE = (
-    "python -m deploy.evaluate <run dir | checkpoint | exported policy dir> [episodes=N] "
+    "python -m deploy.tools.evaluate <run dir | checkpoint | exported policy dir> [episodes=N] "
     "[sample=true] [seed=N] [envs=N] [env.FIELD=VALUE ...] [video=true|mp4|gif] "
     "[video_episodes=N] [out=DIR] [task=NAME]"
 )

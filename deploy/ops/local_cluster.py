@@ -1,7 +1,7 @@
 """A multi-node Ray cluster on 127.0.0.1, held by one supervising process (``make cluster-up``
 starts it detached; SIGTERM or SIGINT shuts every node down).
 
-    python -m deploy.local_cluster --temp-dir .state/cluster/ray --ready-file ready.json
+    python -m deploy.ops.local_cluster --temp-dir .state/cluster/ray --ready-file ready.json
 
 Why not ``ray start``: on Linux, ``ray start --node-ip-address=127.0.0.1`` rewrites the loopback
 address into the machine's external one and its servers bind every interface; Ray keeps a node

@@ -2,7 +2,7 @@
 metrics endpoint, and the Prometheus ``file_sd`` targets file that lists them.
 
 The driver makes one :class:`ScrapeTargets` per run (the driver's, learner's and evaluation
-actors' endpoints as its fixed part); the fleet (``deploy/fleet.py``) asks it where each
+actors' endpoints as its fixed part); the fleet (``deploy/run/fleet.py``) asks it where each
 rollout actor runs and publishes the rollout actors' endpoints whenever the fleet changes::
 
     targets = ScrapeTargets.for_run(cfg, run_dir, [driver_addr, *process_addresses(fixed)])

@@ -55,7 +55,7 @@ class RunProgress:
     # start-up (run clock, ``time_s``): every worker built; the first learner update reported
     workers_ready_s: float | None = None
     first_update_s: float | None = None
-    actors_alive: int = 0  # the elastic fleet (deploy/fleet.py), as of the last console row
+    actors_alive: int = 0  # the elastic fleet (deploy/run/fleet.py), as of the last console row
     actors_desired: int = 0
 
     @property

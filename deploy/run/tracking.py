@@ -27,26 +27,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import logging
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from deploy.config import BACKENDS, check_backends  # noqa: F401  (the backends' table)
+
 log = logging.getLogger("amago.tracking")
 
-#: backend name -> (the Python module it imports, how to get it)
-BACKENDS: dict[str, tuple[str, str]] = {
-    "tensorboard": ("tensorboard", "pip install tensorboard (an amago-ray dependency)"),
-    "wandb": ("wandb", "pip install 'amago-ray[tracking]' (or pip install wandb)"),
-    "mlflow": ("mlflow", "pip install 'amago-ray[tracking]' (or pip install mlflow-skinny)"),
-}
 #: The tags TensorBoard's HPARAMS tab shows next to each run's config.
 HPARAM_METRICS = (
     "charts/eval_return",
@@ -78,24 +73,6 @@ class Tracker(Protocol):
     def log(self, step: int, scalars: Mapping[str, float]) -> None: ...
 
     def close(self) -> None: ...
-
-
-def check_backends(names: Sequence[str]) -> str | None:
-    """Why ``names`` (``run.tracking``) cannot be used here, or None when every backend is
-    known and its package importable."""
-    for name in names:
-        if name not in BACKENDS:
-            return f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}"
-    if len(set(names)) != len(names):
-        return f"lists a backend twice: {list(names)}"
-    for name in names:
-        module, how = BACKENDS[name]
-        if importlib.util.find_spec(module) is None:
-            return (
-                f"{name} needs the Python package {module!r}, which is not installed: "
-                f"{how}, or leave {name} out of run.tracking"
-            )
-    return None
 
 
 def tag(field: str) -> str:

@@ -31,7 +31,7 @@ def replay_endpoint(cfg: TrainConfig) -> Iterator[TrainConfig]:
 @contextlib.contextmanager
 def replay_servers(cfg: TrainConfig) -> Iterator[tuple[TrainConfig, list]]:
     """:func:`replay_endpoint`, also yielding the embedded servers it started ([] for an
-    external server) for the driver to watch (``deploy.replay_health``)."""
+    external server) for the driver to watch (``deploy.run.replay_health``)."""
     if cfg.replay.redis.url:
         _check_external_server(cfg)
         yield cfg, []

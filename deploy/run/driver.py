@@ -6,10 +6,10 @@ evaluation) and returns the summary's training part.
     driver = Driver(cfg, workers, Watches(stop, servers, stall), runlog, metrics, sup, fleet)
     summary = driver.run()
 
-Handlers (one per report kind the :class:`~deploy.supervisor.Supervisor` returns):
+Handlers (one per report kind the :class:`~deploy.run.supervisor.Supervisor` returns):
 ``actor`` (counts steps and returns, asks for the next rollouts), ``learner`` (counts
 updates, asks for the next call), ``eval`` (one task's evaluation; a round's row once every
-task reported). Every run is a task list (``deploy/progress.py``): one evaluation actor per
+task reported). Every run is a task list (``deploy/run/progress.py``): one evaluation actor per
 task, evaluated in rounds, the final evaluation included.
 """
 
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from common.reports import EvalReport
 from deploy.config import TrainConfig
-from deploy.fleet import Fleet
-from deploy.progress import (
+from deploy.run.fleet import Fleet
+from deploy.run.progress import (
     RunProgress,
     eval_fields,
     eval_round,
@@ -31,10 +31,10 @@ from deploy.progress import (
     run_summary,
     task_thresholds,
 )
-from deploy.replay_health import ServerWatch, StallWatch
-from deploy.signals import StopRequest
-from deploy.supervisor import EVAL_RULE, Done, Supervisor, learner_rule
-from deploy.tracking import RunLog
+from deploy.run.replay_health import ServerWatch, StallWatch
+from deploy.run.signals import StopRequest
+from deploy.run.supervisor import EVAL_RULE, Done, Supervisor, learner_rule
+from deploy.run.tracking import RunLog
 
 log = logging.getLogger("amago")
 
@@ -272,14 +272,14 @@ def end_of_run(cfg: TrainConfig, w, fleet: Fleet, addresses: list[str], runlog: 
     every process's memory and the learning curve (``run.plot``)."""
     import ray
 
-    from deploy.endpoint import server_memory_mb
+    from deploy.run.endpoint import server_memory_mb
 
     run_dir = runlog.run_dir
     actors = fleet.handles()
     _answers([a.stop.remote() for a in actors])
     out: dict = {}
     if cfg.deploy.dump_final_metrics and addresses:
-        from deploy.scrape import FINAL_DUMP, scrape_all, write_dump
+        from deploy.run.scrape import FINAL_DUMP, scrape_all, write_dump
 
         out["metrics_dump"] = str(write_dump(run_dir / FINAL_DUMP, scrape_all(addresses)))
     out["memory_mb"] = {
@@ -288,7 +288,7 @@ def end_of_run(cfg: TrainConfig, w, fleet: Fleet, addresses: list[str], runlog: 
         "replay_server": server_memory_mb(cfg),
     }
     if cfg.run.plot:
-        from deploy.plots import plot_learning_curve
+        from deploy.run.plots import plot_learning_curve
 
         title = f"{cfg.run.name}: {cfg.env.id}"
         out["plot"] = str(plot_learning_curve(runlog.path, run_dir / "learning_curve.png", title))

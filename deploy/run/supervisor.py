@@ -14,7 +14,7 @@ from the ``incarnation`` each report carries (a restarted process reports a new 
     for done in sup.poll(timeout_s=0.5):   # finished calls: Done(kind, index, report)
         ...
 
-A worker leaving mid-run (the elastic fleet, ``deploy/fleet.py``) is *retired*: it gets no
+A worker leaving mid-run (the elastic fleet, ``deploy/run/fleet.py``) is *retired*: it gets no
 new call and no retry, but the call it has in flight still finishes and is returned by
 ``poll`` (its report counted); once ``in_flight`` is False it can be forgotten (``remove``).
 """

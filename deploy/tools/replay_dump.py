@@ -1,8 +1,8 @@
 """Export a run's replay to a dump directory (``replay_service.dump``), for
 ``replay.prefill.paths`` of later runs; and the run-side steps of offline data.
 
-    python -m deploy.replay_dump runs/tmaze/2026-01-01_00-00-00 dumps/tmaze
-    python -m deploy.replay_dump redis://10.0.0.5:6379 dumps/run1 --namespace run1 \\
+    python -m deploy.tools.replay_dump runs/tmaze/2026-01-01_00-00-00 dumps/tmaze
+    python -m deploy.tools.replay_dump redis://10.0.0.5:6379 dumps/run1 --namespace run1 \\
         --password-env AMAGO_REDIS_PASSWORD
 
 The target is a replay server URL (``--namespace``, default ``amago``; the password from the
@@ -139,7 +139,7 @@ def _dump_run(
     if redis_doc.get("shards") or int(deploy.get("embedded_shards") or 1) > 1:
         raise DumpError(
             f"{target}: its replay is sharded over several servers; dump each shard by URL "
-            "(python -m deploy.replay_dump redis://<shard> <out> --namespace <namespace>)"
+            "(python -m deploy.tools.replay_dump redis://<shard> <out> --namespace <namespace>)"
         )
     url = redis_doc.get("url") or ""
     if url:
@@ -188,7 +188,7 @@ def _redact(url: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m deploy.replay_dump",
+        prog="python -m deploy.tools.replay_dump",
         description="Export a run's replay to a dump directory (for replay.prefill.paths).",
     )
     ap.add_argument("target", help="a run directory, or redis://host:port[/db] of a server")

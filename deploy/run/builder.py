@@ -88,7 +88,7 @@ class Workers:
     tasks: list[str] = field(default_factory=list)  # task names ([""] = a single task)
     actor_tasks: list[str] = field(default_factory=list)  # the task of each rollout actor
     # (actor id, task index) -> one more rollout actor started as the first ones were (the
-    # elastic fleet, deploy/fleet.py)
+    # elastic fleet, deploy/run/fleet.py)
     make_actor: Callable[[int, int], object] | None = None
 
     @property

@@ -1,0 +1,1 @@
+"""Operations: the local multi-node cluster, cluster commands, Prometheus, the Grafana dashboard."""

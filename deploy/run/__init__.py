@@ -1,0 +1,1 @@
+"""Running training: the driver, its workers' builder, fleet, supervisor, watches, progress and tracking (``python -m deploy.train`` is the entrypoint)."""
