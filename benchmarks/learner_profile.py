@@ -236,15 +236,16 @@ def sampler_seconds(spec: EnvSpec, batch: int, length: int, draws: int = 20) -> 
         import fakeredis
     except ImportError:
         return None
-    from replay_service import RedisConfig, ReplayConfig, ReplayStore, Sampler
+    from replay_service import RedisConfig, ReplayConfig, ReplayStore, Sampler, SampleShape
 
     pool = trajectory_pool(spec, 64, 2 * length, np.random.default_rng(2))
     client = fakeredis.FakeRedis()
-    cfg = ReplayConfig(redis=RedisConfig(namespace="profile"), max_seq_len=length)
+    cfg = ReplayConfig(redis=RedisConfig(namespace="profile"))
+    shape = SampleShape(batch_size=batch, max_seq_len=length)
     store = ReplayStore(client, cfg)
     for t in pool:
         store.insert(t)
-    sampler = Sampler(client, cfg, seed=0, spec=spec)
+    sampler = Sampler(client, cfg, shape, seed=0, spec=spec)
     sampler.sample(batch, timeout_s=5)
     t0 = time.perf_counter()
     for _ in range(draws):

@@ -31,7 +31,14 @@ import numpy as np
 from common.codec import decode, encode
 from common.envs import EnvConfig, env_spec, make_env, rollout
 from common.records import Trajectory
-from replay_service import EmbeddedServer, ReplayConfig, ReplayStore, Sampler, connect
+from replay_service import (
+    EmbeddedServer,
+    ReplayConfig,
+    ReplayStore,
+    Sampler,
+    SampleShape,
+    connect,
+)
 from replay_service.relabel import Relabeler, get_relabeler
 
 #: (label, relabel name, kwargs)
@@ -118,16 +125,15 @@ def bench_sampler(server: EmbeddedServer, args) -> None:
         samplers = {}
         base = dict(
             redis=server.redis_config(namespace=ns),
-            max_seq_len=args.seq_len,
-            batch_size=args.batch,
             sample_cache_mb=512,
         )
+        shape = SampleShape(batch_size=args.batch, max_seq_len=args.seq_len)
         client = connect(base["redis"])
         store = ReplayStore(client, ReplayConfig(**base))
         store.insert_many(trajs)
         for label, name, kwargs in VARIANTS:
             cfg = ReplayConfig(**base, relabel=name, relabel_kwargs=kwargs)
-            samplers[label] = Sampler(client, cfg, seed=0)
+            samplers[label] = Sampler(client, cfg, shape, seed=0)
             for _ in range(4 * len(trajs) // args.batch + 1):  # warm the decode cache
                 samplers[label].sample()
         totals = {label: [0, 0, 0.0, 0.0] for label in samplers}  # seqs, steps, rewarded, s

@@ -33,7 +33,7 @@ import uuid
 import numpy as np
 
 from benchmarks.replay_throughput import CASES, Case, make_trajectory
-from replay_service import EmbeddedServer, ReplayConfig
+from replay_service import EmbeddedServer, ReplayConfig, SampleShape
 from replay_service.shards import make_sampler, make_writer
 
 _CASES = {"small": CASES[0], "medium": CASES[1], "image": CASES[2]}
@@ -48,8 +48,6 @@ def shard_config(servers: list[EmbeddedServer], case: Case, args) -> ReplayConfi
         max_bytes=args.capacity_mb * 2**20,
         max_traj_steps=case.steps,
         max_record_bytes=64 * 2**20,
-        max_seq_len=args.seq_len,
-        batch_size=args.batch,
         sample_cache_mb=0,
     )
 
@@ -93,13 +91,15 @@ def fill(cfg: ReplayConfig, case: Case, trajectories: int | None = None) -> None
             store.insert_many(pool)
 
 
-def sample_rate(cfg: ReplayConfig, seconds: float, warm_batches: int = 0) -> float:
-    sampler = make_sampler(cfg, seed=0)
+def sample_rate(
+    cfg: ReplayConfig, shape: SampleShape, seconds: float, warm_batches: int = 0
+) -> float:
+    sampler = make_sampler(cfg, shape, seed=0)
     for _ in range(max(1, warm_batches)):
-        sampler.sample(cfg.batch_size)
+        sampler.sample(shape.batch_size)
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        steps += int(sampler.sample(cfg.batch_size).mask.sum())
+        steps += int(sampler.sample(shape.batch_size).mask.sum())
     return steps / (time.perf_counter() - t0)
 
 
@@ -108,11 +108,12 @@ def bench(k: int, case: Case, args) -> dict[str, float]:
     servers = [EmbeddedServer(password=password).start() for _ in range(k)]
     try:
         cfg = shard_config(servers, case, args)
+        shape = SampleShape(batch_size=args.batch, max_seq_len=args.seq_len)
         fill(cfg, case)
         out = {
             "insert 1w traj/s": insert_rate(cfg, case, 1, args.seconds),
             f"insert {args.writers}w traj/s": insert_rate(cfg, case, args.writers, args.seconds),
-            "sample steps/s": sample_rate(cfg, args.seconds),
+            "sample steps/s": sample_rate(cfg, shape, args.seconds),
         }
         warm = dataclasses.replace(
             cfg,
@@ -121,7 +122,7 @@ def bench(k: int, case: Case, args) -> dict[str, float]:
         )
         fill(warm, case, args.cache_traj)
         out["sample+cache steps/s"] = sample_rate(
-            warm, args.seconds, 8 * args.cache_traj // args.batch + 1
+            warm, shape, args.seconds, 8 * args.cache_traj // args.batch + 1
         )
         return out
     finally:

@@ -34,7 +34,14 @@ import numpy as np
 
 from common.codec import encode
 from common.records import Trajectory, TrajectoryMeta
-from replay_service import EmbeddedServer, ReplayConfig, ReplayStore, Sampler, connect
+from replay_service import (
+    EmbeddedServer,
+    ReplayConfig,
+    ReplayStore,
+    Sampler,
+    SampleShape,
+    connect,
+)
 
 
 @dataclass(frozen=True)
@@ -107,11 +114,10 @@ def bench_case(server: EmbeddedServer, case: Case, args) -> list[tuple[str, floa
         max_bytes=capacity,
         max_traj_steps=case.steps,
         max_record_bytes=64 * 2**20,
-        max_seq_len=args.seq_len,
-        batch_size=args.batch,
         compression=args.compression,
         sample_cache_mb=0,
     )
+    shape = SampleShape(batch_size=args.batch, max_seq_len=args.seq_len)
     client = connect(cfg.redis)
     store = ReplayStore(client, cfg)
     held = int(min(capacity / blob_bytes, args.capacity_steps / case.steps))  # at capacity
@@ -152,7 +158,7 @@ def bench_case(server: EmbeddedServer, case: Case, args) -> list[tuple[str, floa
     rows += [("insert x8  traj/s", s, r), ("insert x8  MB/s", s * blob_mb, r * blob_mb)]
 
     # Sampling from the full store (`held` trajectories), cache off, vs MGET of as many blobs.
-    cold = Sampler(client, cfg, seed=0)
+    cold = Sampler(client, cfg, shape, seed=0)
     krng = np.random.default_rng(1)
 
     def raw_mget() -> int:
@@ -169,7 +175,7 @@ def bench_case(server: EmbeddedServer, case: Case, args) -> list[tuple[str, floa
     for _ in range(0, n_cached, len(pool)):
         store.insert_many(pool[: min(len(pool), n_cached)])
     warm_cfg = dataclasses.replace(cfg, sample_cache_mb=args.cache_mb)
-    warm = Sampler(client, warm_cfg, seed=0)
+    warm = Sampler(client, warm_cfg, shape, seed=0)
     for _ in range(8 * n_cached // args.batch + 1):  # each id drawn ~8 times: ~all cached
         warm.sample(args.batch)
     s, r = compare(

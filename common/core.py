@@ -6,8 +6,9 @@ learner, a random policy for the actors) and re-wired by the entrypoint.
 
 Usage (what the entrypoint does, minus Ray and error handling)::
 
-    writer: ReplayWriter = ReplayStore(redis_client, replay_cfg)        # in each actor
-    sampler: ReplaySampler = Sampler(redis_client, replay_cfg, relabel)  # in the learner
+    shape = SampleShape(learner_cfg.batch_size, learner_cfg.max_seq_len)   # the learner's
+    writer: ReplayWriter = ReplayStore(redis_client, replay_cfg, shape)    # in each actor
+    sampler: ReplaySampler = Sampler(redis_client, replay_cfg, shape, relabel)  # in the learner
     learner: Learner = AmagoLearner(env_spec, learner_cfg)
     policy: Policy = learner.make_policy(num_slots=8)                     # in each actor
 

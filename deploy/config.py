@@ -226,18 +226,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Every field (the env's own fields only: :func:`prepare` also builds the env)."""
+        from replay_service.config import SampleShape
+
         for name in ("env", "learner", "actors", "replay", "deploy", "run"):
-            prefixed(name, getattr(self, name).validate)
-        require(
-            self.replay.max_seq_len == self.learner.max_seq_len,
-            "replay.max_seq_len",
-            f"must equal learner.max_seq_len ({self.learner.max_seq_len})",
-        )
-        require(
-            self.replay.batch_size == self.learner.batch_size,
-            "replay.batch_size",
-            f"must equal learner.batch_size ({self.learner.batch_size})",
-        )
+            if name == "replay":  # its limiter against what the (valid) learner samples
+                shape = SampleShape(self.learner.batch_size, self.learner.max_seq_len)
+                prefixed(name, self.replay.validate, shape)
+            else:
+                prefixed(name, getattr(self, name).validate)
         if self.deploy.embedded_shards > 1:
             self._check_embedded_shards()
         require(
@@ -292,7 +288,6 @@ def derive_defaults(
     * ``learner.max_seq_len = 0``: whole rollouts, ``horizon + 1`` timesteps, capped at
       ``learner.seq_len_cap`` (longer rollouts are trained, and acted on, through a sliding
       window of that many timesteps);
-    * ``replay.max_seq_len = 0`` (its default interpolates the learner's): the learner's;
     * ``learner.bc_weight = null``: the variant's own;
     * what the variant derives (:meth:`learner.variants.LearnerVariant.derive`): ``amago2``'s
       two-hot bounds left null, +- :func:`learner.variants.amago2.twohot_bound`, with
@@ -301,7 +296,7 @@ def derive_defaults(
     """
     variant = _variant(cfg)
     out: list[Derived] = []
-    learner, replay = cfg.learner, cfg.replay
+    learner = cfg.learner
     if learner.max_seq_len == 0:
         whole = horizon + 1
         value = min(whole, learner.seq_len_cap)
@@ -312,15 +307,12 @@ def derive_defaults(
         )
         learner = dataclasses.replace(learner, max_seq_len=value)
         out.append(Derived("learner.max_seq_len", value, why))
-    if replay.max_seq_len == 0:
-        replay = dataclasses.replace(replay, max_seq_len=learner.max_seq_len)
-        out.append(Derived("replay.max_seq_len", learner.max_seq_len, "= learner.max_seq_len"))
     if learner.bc_weight is None:
         learner = dataclasses.replace(learner, bc_weight=learner.bc_weight_value)
         out.append(Derived("learner.bc_weight", learner.bc_weight, f"{learner.variant}'s own"))
     learner, notes = variant.derive(learner, horizon, reward_probe)
     out += [Derived(f"learner.{d.field}", d.value, d.reason) for d in notes]
-    return dataclasses.replace(cfg, learner=learner, replay=replay), out
+    return dataclasses.replace(cfg, learner=learner), out
 
 
 def _variant(cfg: TrainConfig) -> LearnerVariant:
@@ -394,6 +386,24 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, EnvSpec, list[Derived]]:
             cfg = dataclasses.replace(cfg, replay=replay)
             derived.append(Derived("replay.rate_limit.samples_per_insert", 0.0, why))
     return cfg, spec, derived
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run resolved once, before any process starts (:func:`plan_run`): the config it runs
+    (checked, derived fields filled in, the values the config names in the environment read:
+    it may hold secrets, so it is written with ``deploy.run.run_dir.save_config``, which
+    leaves them out), the env's spec and what was derived."""
+
+    cfg: TrainConfig
+    spec: EnvSpec
+    derived: list[Derived]
+
+
+def plan_run(cfg: TrainConfig, environ: Mapping[str, str] | None = None) -> RunPlan:
+    """:func:`resolve_environment`, then :func:`prepare` (``ConfigError`` naming the field
+    for anything a run would refuse)."""
+    return RunPlan(*prepare(resolve_environment(cfg, environ)))
 
 
 def _what(cfg: TrainConfig) -> str:
@@ -507,9 +517,7 @@ def compose(overrides: Sequence[str] = (), resolved: bool = True):
         return dcfg
     cfg = OmegaConf.to_object(dcfg)
     learner = cfg.learner
-    needs_env = not (learner.max_seq_len and cfg.replay.max_seq_len) or (
-        _variant(cfg).derive_needs_env(learner)
-    )
+    needs_env = not learner.max_seq_len or _variant(cfg).derive_needs_env(learner)
     if not needs_env:  # nothing to derive needs the env's horizon: do not build it
         return derive_defaults(cfg, 0)[0]
     horizon = run_spec(cfg).max_episode_steps

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from deploy.config import TrainConfig, prepare, resolve_environment
+from deploy.config import TrainConfig, plan_run
 from deploy.run.discovery import ScrapeTargets, process_addresses
 from deploy.run.driver import Driver, Watches, end_of_run
 from deploy.run.endpoint import replay_servers
@@ -38,21 +38,21 @@ from deploy.run.tracking import RunLog, console, make_trackers
 def run_training(cfg: TrainConfig, run_dir: str | Path) -> dict:
     """Train to the budget; returns (and writes) the run summary.
 
-    Checks everything first (:func:`deploy.config.prepare`: raises ``ConfigError`` before any
-    process or server starts), prints the derived fields and writes the config the run uses
-    to ``run_dir/config.yaml`` (without secrets). What the run starts (replay servers, Ray,
+    Resolves the run once first (:func:`deploy.config.plan_run`: raises ``ConfigError``
+    before any process or server starts), prints the derived fields and writes the config the
+    run uses to ``run_dir/config.yaml`` (without secrets). What the run starts (replay servers, Ray,
     trackers, workers, the scrape-targets file) is held by one exit stack and ended in
     reverse. The run's clock (``time_s``) starts here: checks and start-up are on it."""
     started = time.monotonic()
-    cfg, spec, derived = prepare(cfg)
+    plan = plan_run(cfg)
+    spec, derived = plan.spec, plan.derived
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")  # before the environment's password goes in
+    save_config(plan.cfg, run_dir / "config.yaml")  # secrets left out
     for d in derived:
         console(run_dir, f"derived: {d}")
-    cfg = resolve_environment(cfg)
     with contextlib.ExitStack() as stack:
-        cfg, servers = stack.enter_context(replay_servers(cfg))
+        cfg, servers = stack.enter_context(replay_servers(plan.cfg))
         from deploy.tools.replay_dump import dump_run_replay, load_run_prefill
 
         prefill = load_run_prefill(cfg, spec)  # offline data, before the learner samples

@@ -5,13 +5,14 @@ Typical use::
 
     server = EmbeddedServer().start()                 # or an external Redis URL
     cfg = ReplayConfig(redis=server.redis_config(namespace="run1"))
+    shape = SampleShape(batch_size=24, max_seq_len=64)  # the learner's batches
     client = connect(cfg.redis)
-    store = ReplayStore(client, cfg)                  # actors: store.insert(trajectory)
-    sampler = Sampler(client, cfg)                    # learner: sampler.sample(24) -> Batch
+    store = ReplayStore(client, cfg, shape)           # actors: store.insert(trajectory)
+    sampler = Sampler(client, cfg, shape)             # learner: sampler.sample() -> Batch
 """
 
 from replay_service.client import connect
-from replay_service.config import RateLimitConfig, RedisConfig, ReplayConfig
+from replay_service.config import RateLimitConfig, RedisConfig, ReplayConfig, SampleShape
 from replay_service.errors import (
     RateLimitTimeout,
     ReplayBackpressure,
@@ -40,6 +41,7 @@ __all__ = [
     "ReplayStore",
     "ReplayUnavailable",
     "Sampler",
+    "SampleShape",
     "connect",
     "get_relabeler",
     "register_relabeler",

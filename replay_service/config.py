@@ -147,7 +147,8 @@ class RateLimitConfig:
     # Timesteps the store must hold before sampling starts.
     min_size_steps: int = 1
     # Tolerance around the target in sampled timesteps; < 0 = the smallest value that can
-    # never block inserts and samples at once (see ReplayConfig.effective_error_buffer).
+    # never block inserts and samples at once (see ReplayConfig.effective_error_buffer; it
+    # depends on the learner's batch shape, SampleShape).
     error_buffer: float = -1.0
 
     def validate(self) -> None:
@@ -197,9 +198,37 @@ class PrefillConfig:
         return self.mix > 0
 
 
+@dataclass(frozen=True)
+class SampleShape:
+    """What the learner samples: batches of ``batch_size`` windows of at most ``max_seq_len``
+    timesteps (``learner.batch_size``, ``learner.max_seq_len``: the run's builder hands it to
+    the replay's samplers and writers; the replay config does not repeat them).
+
+    ``batch_size`` is also a sampler's chunk: a bigger ``sample()`` reserves its windows in
+    chunks of at most ``batch_size``, so one rate-limiter reservation takes at most
+    :attr:`max_sample_steps` timesteps (what the limiter's deadlock-free ``error_buffer``
+    depends on)."""
+
+    batch_size: int
+    max_seq_len: int
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_seq_len"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"SampleShape.{name} must be an int >= 1, got {v!r}")
+
+    @property
+    def max_sample_steps(self) -> int:
+        """Largest number of timesteps one rate-limiter sample reservation takes."""
+        return self.batch_size * self.max_seq_len
+
+
 @dataclass
 class ReplayConfig:
-    """Capacity, ingest caps, sampling and rate limiting of one replay namespace."""
+    """Capacity, ingest caps, sampling and rate limiting of one replay namespace. What the
+    learner samples (batch size, window length) is not here: it is a :class:`SampleShape`
+    given to the samplers (and writers) next to this config."""
 
     # How to reach the Redis-protocol server.
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -211,11 +240,8 @@ class ReplayConfig:
     max_traj_steps: int = 10_000
     # Ingest cap on one encoded record's bytes (reason "oversize").
     max_record_bytes: int = 256 * 2**20
-    # Window length L of sampled sequences (timesteps).
-    max_seq_len: int = 64
-    # Windows per sample() call by default; also the largest rate-limiter reservation.
-    batch_size: int = 24
-    # True: every batch is (B, max_seq_len); False: padded to the longest window in the batch.
+    # True: every batch is (B, L) with L the sample shape's max_seq_len (learner.max_seq_len);
+    # False: padded to the longest window in the batch.
     pad_to_max_seq_len: bool = True
     # How a trajectory is drawn: "uniform" or "length" (probability proportional to length).
     sampling: str = "uniform"
@@ -258,17 +284,17 @@ class ReplayConfig:
         capacities (``max_steps``, ``max_bytes``), of ``rate_limit.min_size_steps`` (rounded
         up) and of the sampler's decode cache (``sample_cache_mb``: a sampler holds one per
         shard), with the global config's limiter tolerance (``error_buffer``) and
-        ``samples_per_insert`` unchanged (``replay_service.shards`` explains why)."""
+        ``samples_per_insert`` unchanged (``replay_service.shards`` explains why; an automatic
+        ``error_buffer`` depends on neither capacity, so a shard's is the global one)."""
         n = self.num_shards
         rl = self.rate_limit
-        eb = self.effective_error_buffer() if rl.enabled else rl.error_buffer
         return replace(
             self,
             redis=self.redis.shard(k),
             max_steps=self.max_steps // n,
             max_bytes=self.max_bytes // n,
             sample_cache_mb=self.sample_cache_mb // n,
-            rate_limit=replace(rl, min_size_steps=-(-rl.min_size_steps // n), error_buffer=eb),
+            rate_limit=replace(rl, min_size_steps=-(-rl.min_size_steps // n)),
         )
 
     def check_fits(self, spec: EnvSpec, rollout_steps: int) -> None:
@@ -313,11 +339,11 @@ class ReplayConfig:
         except TypeError as e:
             raise ConfigError("relabel_kwargs", f"not accepted by {self.relabel!r}: {e}") from None
 
-    def _validate_shard(self) -> None:
+    def _validate_shard(self, shape: SampleShape | None) -> None:
         """What one shard gets (1/K of the capacities) must be a valid config itself."""
         n = self.num_shards
         try:
-            self.shard(0).validate()
+            self.shard(0).validate(shape)
         except ConfigError as e:
             msg = str(e).split(": ", 1)[1]
             raise ConfigError(
@@ -326,30 +352,35 @@ class ReplayConfig:
                 "max_steps, max_bytes and rate_limit.min_size_steps)",
             ) from None
 
-    def effective_error_buffer(self) -> float:
-        """The limiter tolerance in use: the configured one, or the smallest safe one.
+    def effective_error_buffer(self, shape: SampleShape | None = None) -> float:
+        """The limiter tolerance in use: the configured one, or the smallest safe one for
+        the learner's ``shape`` (needed then: ``ValueError`` without it).
 
         Both sides block at once iff ``2 * error_buffer < spi * n + k`` for an insert of n
         timesteps and a sample reservation of k; the largest n is ``max_traj_steps`` and the
-        largest reservation ``batch_size * max_seq_len`` (bigger batches are reserved in chunks).
+        largest reservation ``shape.max_sample_steps`` (batch_size * max_seq_len: bigger
+        batches are reserved in chunks).
         """
         if self.rate_limit.error_buffer >= 0:
             return float(self.rate_limit.error_buffer)
+        if shape is None:
+            raise ValueError(
+                "an automatic rate_limit.error_buffer (< 0) depends on the learner's batch "
+                "shape: pass its SampleShape"
+            )
         return min_safe_error_buffer(
-            self.rate_limit.samples_per_insert, self.max_traj_steps, self.max_sample_steps
+            self.rate_limit.samples_per_insert, self.max_traj_steps, shape.max_sample_steps
         )
 
-    @property
-    def max_sample_steps(self) -> int:
-        """Largest number of timesteps one rate-limiter sample reservation takes."""
-        return self.batch_size * self.max_seq_len
-
-    def validate(self) -> None:
+    def validate(self, shape: SampleShape | None = None) -> None:
+        """Every field; with the learner's ``shape`` also the limiter tolerance against its
+        largest sample reservation (an explicit ``rate_limit.error_buffer`` that could block
+        inserts and samples at once is refused)."""
         prefixed("redis", self.redis.validate)
         prefixed("rate_limit", self.rate_limit.validate)
         require(self.shard_backlog >= 0, "shard_backlog", "must be >= 0")
         if self.num_shards > 1:
-            self._validate_shard()
+            self._validate_shard(shape)
         prefixed("prefill", self.prefill.validate)
         require(
             not self.prefill.enabled or len(self.redis.namespace) <= 64 - len(".prefill"),
@@ -370,8 +401,6 @@ class ReplayConfig:
             "max_record_bytes",
             f"{self.max_record_bytes} > max_bytes={self.max_bytes}: one record must fit",
         )
-        require(self.max_seq_len >= 1, "max_seq_len", "must be >= 1")
-        require(self.batch_size >= 1, "batch_size", "must be >= 1")
         require(self.sampling in SAMPLING_MODES, "sampling", f"must be one of {SAMPLING_MODES}")
         require(
             self.task_sampling in TASK_SAMPLING_MODES,
@@ -400,17 +429,18 @@ class ReplayConfig:
             f"{self.max_steps - self.max_traj_steps}: FIFO eviction could take the store below "
             "the minimum size, pausing sampling and letting inserts bypass the ratio",
         )
-        if rl.enabled and rl.error_buffer >= 0:
+        if rl.enabled and rl.error_buffer >= 0 and shape is not None:
             need = min_safe_error_buffer(
-                rl.samples_per_insert, self.max_traj_steps, self.max_sample_steps
+                rl.samples_per_insert, self.max_traj_steps, shape.max_sample_steps
             )
             if rl.error_buffer < need:
                 raise ConfigError(
                     "rate_limit.error_buffer",
                     f"{rl.error_buffer} is too small: inserts of up to max_traj_steps="
-                    f"{self.max_traj_steps} and sample reservations of up to batch_size * "
-                    f"max_seq_len={self.max_sample_steps} timesteps could both block forever "
-                    f"at once; use >= {need} (or < 0 for that value)",
+                    f"{self.max_traj_steps} and sample reservations of up to "
+                    f"learner.batch_size * learner.max_seq_len={shape.max_sample_steps} "
+                    f"timesteps could both block forever at once; use >= {need} (or < 0 "
+                    "for that value)",
                 )
 
 

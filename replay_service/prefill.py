@@ -39,7 +39,7 @@ from common.config_utils import ConfigError
 from common.records import Batch
 from common.replay import ReplayStats
 from common.spec import EnvSpec
-from replay_service.config import PrefillConfig, RateLimitConfig, ReplayConfig
+from replay_service.config import PrefillConfig, RateLimitConfig, ReplayConfig, SampleShape
 from replay_service.dump import (
     DumpError,
     DumpSummary,
@@ -208,6 +208,10 @@ class MixedSampler:
     def config(self) -> ReplayConfig:
         return self.fresh.config
 
+    @property
+    def shape(self) -> SampleShape:
+        return self.fresh.shape
+
     def split(self, batch_size: int) -> int:
         """How many of ``batch_size`` rows come from the prefill partition (this draw)."""
         x = self.mix * batch_size
@@ -217,7 +221,7 @@ class MixedSampler:
         return min(n, batch_size)
 
     def sample(self, batch_size: int | None = None, timeout_s: float | None = None) -> Batch:
-        b = self.config.batch_size if batch_size is None else int(batch_size)
+        b = self.shape.batch_size if batch_size is None else int(batch_size)
         if b < 1:
             raise ValueError(f"batch_size must be >= 1, got {b}")
         timeout = self.config.sample_timeout_s if timeout_s is None else timeout_s
@@ -251,25 +255,28 @@ class MixedSampler:
 
 def make_mixed_sampler(
     cfg: ReplayConfig,
+    shape: SampleShape,
     client: redis.Redis,
     relabel: Relabeler | None = None,
     seed: int | None = 0,
     spec: EnvSpec | None = None,
 ) -> MixedSampler:
     """The learner's sampler when ``cfg.prefill.mix > 0``: fresh and prefill samplers on one
-    client (the same relabeling, the same spec check), mixed. With a sharded replay the
-    fresh sampler draws from every shard and the prefill partition is on shard 0
-    (``client``)."""
+    client (the same relabeling, the same spec check, the learner's ``shape``), mixed. With a
+    sharded replay the fresh sampler draws from every shard and the prefill partition is on
+    shard 0 (``client``)."""
     from replay_service.sampler import Sampler
     from replay_service.shards import ShardedSampler, connect_shards
 
     fresh_cfg, _ = fresh_rate_limit(cfg)
     if fresh_cfg.num_shards > 1:
         fresh = ShardedSampler(
-            [client, *connect_shards(fresh_cfg)[1:]], fresh_cfg, relabel, seed, spec
+            [client, *connect_shards(fresh_cfg)[1:]], fresh_cfg, shape, relabel, seed, spec
         )
     else:
-        fresh = Sampler(client, fresh_cfg, relabel=relabel, seed=seed, spec=spec)
+        fresh = Sampler(client, fresh_cfg, shape, relabel=relabel, seed=seed, spec=spec)
     pre_seed = None if seed is None else seed + 7919
-    prefill = Sampler(client, partition_config(cfg), relabel=relabel, seed=pre_seed, spec=spec)
+    prefill = Sampler(
+        client, partition_config(cfg), shape, relabel=relabel, seed=pre_seed, spec=spec
+    )
     return MixedSampler(fresh, prefill, cfg.prefill.mix, seed=None if seed is None else seed + 1)

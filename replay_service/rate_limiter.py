@@ -14,7 +14,8 @@ checking the min-size phase before the insert avoids blocking the insert that cr
 
 Both sides block at once iff ``max_diff - n * spi < diff < min_diff + k`` for some reachable
 ``diff = I * spi - S``, i.e. iff ``2 * error_buffer < n * spi + k``: the config refuses such an
-``error_buffer`` for the largest n and k (``ReplayConfig.effective_error_buffer``).
+``error_buffer`` for the largest n and k (``ReplayConfig.effective_error_buffer``; the largest
+k is the learner's ``SampleShape.max_sample_steps``).
 
 With ``samples_per_insert == 0`` the ratio is off: inserts never wait and samples wait only
 for ``min_size``. Samples also always wait while the store is empty. The same rules run
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from replay_service.config import ReplayConfig
+from replay_service.config import ReplayConfig, SampleShape
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,12 @@ class RateLimits:
     max_diff: float
 
     @staticmethod
-    def from_config(cfg: ReplayConfig) -> RateLimits:
+    def from_config(cfg: ReplayConfig, shape: SampleShape | None = None) -> RateLimits:
+        """The limits of ``cfg``; ``shape`` (the learner's) is needed when the ratio is on
+        with an automatic ``error_buffer`` (``ReplayConfig.effective_error_buffer``)."""
         spi = cfg.rate_limit.samples_per_insert
         offset = spi * cfg.rate_limit.min_size_steps
-        eb = cfg.effective_error_buffer() if spi > 0 else 0.0
+        eb = cfg.effective_error_buffer(shape) if spi > 0 else 0.0
         return RateLimits(spi, cfg.rate_limit.min_size_steps, offset - eb, offset + eb)
 
     @property

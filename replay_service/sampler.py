@@ -1,6 +1,7 @@
 """The read side of the replay service: rate-limited window sampling into padded batches.
 
-One ``sample()`` is, per chunk of at most ``cfg.batch_size`` windows:
+One ``sample()`` is, per chunk of at most ``shape.batch_size`` windows (the learner's
+:class:`~replay_service.config.SampleShape`, given to the sampler):
 
 1. draw trajectory ids from the local length index (uniform, or by length; with
    ``task_sampling: uniform_over_tasks`` a task uniformly first, from the task tag the index
@@ -10,7 +11,7 @@ One ``sample()`` is, per chunk of at most ``cfg.batch_size`` windows:
    blobs not in the decode cache. If the limiter refuses, back off and retry (reservation
    only) until the timeout;
 3. each blob is decoded (validated; cached), relabeled WHOLE, then cut to a window of
-   ``min(N, max_seq_len)`` timesteps with a uniform start;
+   ``min(N, shape.max_seq_len)`` timesteps with a uniform start;
 4. ids found evicted meanwhile, or unusable (see below), are redrawn, and their reserved
    timesteps refunded so the limiter counts exactly what was sampled.
 
@@ -55,7 +56,7 @@ import redis
 from common.codec import Limits, RecordError, decode
 from common.records import Batch, Trajectory, Window, collate
 from common.spec import EnvSpec
-from replay_service.config import ReplayConfig
+from replay_service.config import ReplayConfig, SampleShape
 from replay_service.errors import RateLimitTimeout, ReplayError, translated_errors
 from replay_service.lua import Keys, Scripts, token_grace_ms
 from replay_service.rate_limiter import RateLimits
@@ -332,25 +333,29 @@ def concat_batches(parts: Sequence[Batch]) -> Batch:
 class Sampler:
     """Draws right-padded windows from one namespace (implements ``ReplaySampler``).
 
-    ``spec`` (optional) fixes the batch layout (observation keys, shapes and dtypes, action
-    size) and the extras a record must carry; records that do not match it are skipped and
-    counted as ``"schema"``. Without it the first row sampled fixes the layout.
+    ``shape`` is the learner's :class:`SampleShape`: windows of at most ``max_seq_len``
+    timesteps, ``batch_size`` of them per ``sample()`` by default (and per rate-limiter
+    reservation). ``spec`` (optional) fixes the batch layout (observation keys, shapes and
+    dtypes, action size) and the extras a record must carry; records that do not match it are
+    skipped and counted as ``"schema"``. Without it the first row sampled fixes the layout.
     """
 
     def __init__(
         self,
         client: redis.Redis,
         cfg: ReplayConfig,
+        shape: SampleShape,
         relabel: Relabeler | None = None,
         seed: int | None = 0,
         spec: EnvSpec | None = None,
     ):
-        cfg.validate()
+        cfg.validate(shape)
         self._client = client
         self._cfg = cfg
+        self._shape = shape
         self.keys = Keys(cfg.redis.namespace)
         self._scripts = Scripts(client)
-        self._limits = RateLimits.from_config(cfg)
+        self._limits = RateLimits.from_config(cfg, shape)
         self._codec_limits = Limits(max_steps=cfg.max_traj_steps, max_bytes=cfg.max_record_bytes)
         self._relabel = relabel or get_relabeler(cfg.relabel, **cfg.relabel_kwargs)
         self._rng = np.random.default_rng(seed)
@@ -370,8 +375,12 @@ class Sampler:
     def config(self) -> ReplayConfig:
         return self._cfg
 
+    @property
+    def shape(self) -> SampleShape:
+        return self._shape
+
     def sample(self, batch_size: int | None = None, timeout_s: float | None = None) -> Batch:
-        """A batch of ``batch_size`` windows (default ``cfg.batch_size``).
+        """A batch of ``batch_size`` windows (default ``shape.batch_size``).
 
         Waits up to ``timeout_s`` (default ``cfg.sample_timeout_s``) while the store is empty,
         below ``rate_limit.min_size_steps`` or the ratio is used up, then raises
@@ -379,7 +388,7 @@ class Sampler:
         :class:`ReplayUnavailable` if the server cannot be reached. Never raises because of
         what a record holds: unusable records are skipped (module doc).
         """
-        b = self._cfg.batch_size if batch_size is None else int(batch_size)
+        b = self._shape.batch_size if batch_size is None else int(batch_size)
         if b < 1:
             raise ValueError(f"batch_size must be >= 1, got {b}")
         timeout = self._cfg.sample_timeout_s if timeout_s is None else timeout_s
@@ -391,7 +400,7 @@ class Sampler:
         try:
             while batch is None:
                 while len(rows) < b:
-                    m = min(b - len(rows), self._cfg.batch_size)
+                    m = min(b - len(rows), self._shape.batch_size)
                     ids, widths, blobs = self._reserve_and_fetch(m, deadline, timeout)
                     reserved_steps += int(widths.sum())
                     reserved_windows += m
@@ -435,7 +444,7 @@ class Sampler:
         while True:
             if len(idx.live()):
                 ids, lens = idx.draw(self._rng, m, self._cfg.sampling, self._by_task)
-                widths = np.minimum(lens, self._cfg.max_seq_len)
+                widths = np.minimum(lens, self._shape.max_seq_len)
                 k = int(widths.sum())
                 need = [i for i in dict.fromkeys(ids.tolist()) if i not in self._cache]
             else:  # nothing known locally: refresh only
@@ -515,7 +524,7 @@ class Sampler:
     ) -> None:
         """Append the windows of the trajectories ``ids`` to ``rows`` (their ids to
         ``row_ids``); skips (and counts, forgets or drops) missing or unusable ones."""
-        L = self._cfg.max_seq_len
+        L = self._shape.max_seq_len
         drawn = ids.tolist()
         # this call's trajectories (None: unusable); cached ones taken first, so that caching
         # the new ones cannot push a drawn one out of the LRU
@@ -650,7 +659,9 @@ class Sampler:
             self._scripts.adjust(keys=[self.keys.meta], args=[steps, windows])
 
     def _length(self, rows: list[Window]) -> int:
-        return self._cfg.max_seq_len if self._cfg.pad_to_max_seq_len else max(w for *_, w in rows)
+        if self._cfg.pad_to_max_seq_len:
+            return self._shape.max_seq_len
+        return max(w for *_, w in rows)
 
     def _collate_guarded(self, rows: list[Window], row_ids: list[int]) -> Batch | None:
         """The batch of ``rows``; None after removing (and striking) the rows that make

@@ -63,7 +63,7 @@ from common.codec import RecordError
 from common.records import Batch, Trajectory
 from common.replay import ReplayStats
 from common.spec import EnvSpec
-from replay_service.config import ReplayConfig
+from replay_service.config import ReplayConfig, SampleShape
 from replay_service.errors import RateLimitTimeout, ReplayBackpressure, ReplayUnavailable
 from replay_service.relabel import Relabeler
 from replay_service.sampler import Sampler, concat_batches
@@ -143,21 +143,23 @@ class _Health:
 
 
 class ShardedStore:
-    """Inserts into K shards by token hash (implements ``ReplayWriter``); module doc."""
+    """Inserts into K shards by token hash (implements ``ReplayWriter``); module doc.
+    ``shape``: the learner's, as for ``ReplayStore``."""
 
     def __init__(
         self,
         clients: Sequence[redis.Redis],
         cfg: ReplayConfig,
+        shape: SampleShape | None = None,
         retry_s: float = 0.5,
         max_retry_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ):
-        cfg.validate()
+        cfg.validate(shape)
         if len(clients) != cfg.num_shards:
             raise ValueError(f"{len(clients)} clients for {cfg.num_shards} shards")
         self._cfg = cfg
-        self.stores = [ReplayStore(c, cfg.shard(k)) for k, c in enumerate(clients)]
+        self.stores = [ReplayStore(c, cfg.shard(k), shape) for k, c in enumerate(clients)]
         self.health = _Health(len(clients), retry_s, max_retry_s, clock)
         # per shard: parked (record, token) pairs waiting for the shard to come back
         self.backlog: list[list[tuple[Trajectory | bytes | memoryview, str]]] = [
@@ -317,12 +319,14 @@ def _merged(parts: Sequence, last: list, health: _Health, meter: RateMeter) -> R
 
 class ShardedSampler:
     """Batches drawn across K shards in proportion to their contents (implements
-    ``ReplaySampler``); module doc."""
+    ``ReplaySampler``); module doc. ``shape``: the learner's, as for ``Sampler`` (every
+    shard's sampler gets it)."""
 
     def __init__(
         self,
         clients: Sequence[redis.Redis],
         cfg: ReplayConfig,
+        shape: SampleShape,
         relabel: Relabeler | None = None,
         seed: int | None = 0,
         spec: EnvSpec | None = None,
@@ -330,14 +334,16 @@ class ShardedSampler:
         max_retry_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ):
-        cfg.validate()
+        cfg.validate(shape)
         if len(clients) != cfg.num_shards:
             raise ValueError(f"{len(clients)} clients for {cfg.num_shards} shards")
         self._cfg = cfg
+        self._shape = shape
         self.samplers = [
             Sampler(
                 c,
                 cfg.shard(k),
+                shape,
                 relabel=relabel,
                 seed=None if seed is None else seed + 1009 * (k + 1),
                 spec=spec,
@@ -354,6 +360,10 @@ class ShardedSampler:
     @property
     def config(self) -> ReplayConfig:
         return self._cfg
+
+    @property
+    def shape(self) -> SampleShape:
+        return self._shape
 
     def _weights(self, shards: list[int]) -> np.ndarray:
         """Each shard's share: its live trajectories (or timesteps), as its index last saw
@@ -379,7 +389,7 @@ class ShardedSampler:
         """A batch of ``batch_size`` windows from the shards (module doc). Waits up to
         ``timeout_s`` while every reachable shard refuses, then refunds and raises
         ``RateLimitTimeout``; raises ``ReplayUnavailable`` if no shard can be reached."""
-        b = self._cfg.batch_size if batch_size is None else int(batch_size)
+        b = self._shape.batch_size if batch_size is None else int(batch_size)
         if b < 1:
             raise ValueError(f"batch_size must be >= 1, got {b}")
         timeout = self._cfg.sample_timeout_s if timeout_s is None else timeout_s
@@ -457,27 +467,30 @@ class ShardedSampler:
         return sum(x for x, _ in c), sum(y for _, y in c)
 
 
-def make_writer(cfg: ReplayConfig) -> ReplayStore | ShardedStore:
-    """The writer for ``cfg``: a ReplayStore with one server, else a ShardedStore."""
+def make_writer(cfg: ReplayConfig, shape: SampleShape | None = None) -> ReplayStore | ShardedStore:
+    """The writer for ``cfg`` (``shape``: the learner's, see ``ReplayStore``): a ReplayStore
+    with one server, else a ShardedStore."""
     if cfg.num_shards == 1:
         from replay_service.client import connect
 
-        return ReplayStore(connect(cfg.redis), cfg)
-    return ShardedStore(connect_shards(cfg), cfg)
+        return ReplayStore(connect(cfg.redis), cfg, shape)
+    return ShardedStore(connect_shards(cfg), cfg, shape)
 
 
 def make_sampler(
     cfg: ReplayConfig,
+    shape: SampleShape,
     relabel: Relabeler | None = None,
     seed: int | None = 0,
     spec: EnvSpec | None = None,
 ) -> Sampler | ShardedSampler:
-    """The sampler for ``cfg`` (fresh data): a Sampler with one server, else sharded."""
+    """The sampler for ``cfg`` (fresh data) drawing the learner's ``shape``: a Sampler with
+    one server, else sharded."""
     if cfg.num_shards == 1:
         from replay_service.client import connect
 
-        return Sampler(connect(cfg.redis), cfg, relabel=relabel, seed=seed, spec=spec)
-    return ShardedSampler(connect_shards(cfg), cfg, relabel=relabel, seed=seed, spec=spec)
+        return Sampler(connect(cfg.redis), cfg, shape, relabel=relabel, seed=seed, spec=spec)
+    return ShardedSampler(connect_shards(cfg), cfg, shape, relabel=relabel, seed=seed, spec=spec)
 
 
 __all__ = [

@@ -20,7 +20,7 @@ import redis
 
 from common.codec import Limits, RecordError, decode, encode
 from common.records import Trajectory
-from replay_service.config import ReplayConfig
+from replay_service.config import ReplayConfig, SampleShape
 from replay_service.errors import (
     RateLimitTimeout,
     ReplayBackpressure,
@@ -36,15 +36,20 @@ _PENDING_TTL_S = 600.0
 
 
 class ReplayStore:
-    """Inserts whole trajectories into one namespace (implements ``ReplayWriter``)."""
+    """Inserts whole trajectories into one namespace (implements ``ReplayWriter``).
 
-    def __init__(self, client: redis.Redis, cfg: ReplayConfig):
-        cfg.validate()
+    ``shape``: the learner's :class:`SampleShape` (what its samplers are given). The insert
+    side of the rate limiter needs it when the ratio is on with an automatic
+    ``rate_limit.error_buffer`` (``ValueError`` without it then); otherwise it may be omitted.
+    """
+
+    def __init__(self, client: redis.Redis, cfg: ReplayConfig, shape: SampleShape | None = None):
+        cfg.validate(shape)
         self._client = client
         self._cfg = cfg
         self.keys = Keys(cfg.redis.namespace)
         self._scripts = Scripts(client)
-        self._limits = RateLimits.from_config(cfg)
+        self._limits = RateLimits.from_config(cfg, shape)
         self._codec_limits = Limits(max_steps=cfg.max_traj_steps, max_bytes=cfg.max_record_bytes)
         self._meter = RateMeter()
         self._backpressure_events = 0

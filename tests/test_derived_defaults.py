@@ -88,3 +88,27 @@ def test_direct_learner_derives_bins_from_the_spec_horizon():
     assert hi == pytest.approx(twohot_bound(10.0, 1.0, max(cfg.gammas), 11), rel=1e-4)
     assert math.isclose(float(symexp(agent.bins[0])), -hi, rel_tol=1e-4)
     assert torch.all(agent.bins[1:] > agent.bins[:-1])
+
+
+def test_the_replay_limiter_is_checked_against_the_learners_batches():
+    """The replay config does not repeat ``learner.batch_size`` / ``learner.max_seq_len``:
+    nothing is derived for it, Hydra refuses the old fields, and the start-up check of an
+    explicit ``replay.rate_limit.error_buffer`` uses the learner's (derived) window."""
+    from hydra.errors import ConfigCompositionException
+
+    from common.config_utils import ConfigError
+    from deploy.run.builder import sample_shape
+
+    cfg, derived = _prepared("experiment=tmaze", "learner.max_seq_len=0")
+    assert not [f for f in derived if f.startswith("replay.")]
+    shape = sample_shape(cfg.learner)
+    assert (shape.batch_size, shape.max_seq_len) == (24, cfg.learner.max_seq_len)
+    for field in ("replay.max_seq_len", "replay.batch_size"):
+        with pytest.raises(ConfigCompositionException, match="Could not override"):
+            compose(["experiment=tmaze", f"{field}=8"], resolved=False)
+    with pytest.raises(ConfigError) as e:
+        _prepared("experiment=tmaze", "learner.max_seq_len=0", "replay.rate_limit.error_buffer=1")
+    assert e.value.field == "replay.rate_limit.error_buffer"
+    steps = 24 * cfg.learner.max_seq_len
+    assert f"learner.batch_size * learner.max_seq_len={steps}" in str(e.value)
+    assert "\n" not in str(e.value)

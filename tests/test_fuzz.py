@@ -34,7 +34,7 @@ from benchmarks.fuzz_campaign import (
 )
 from common.codec import RecordError, decode, encode, validate
 from common.records import Trajectory, TrajectoryMeta
-from replay_service import RedisConfig, ReplayConfig, ReplayStore, Sampler
+from replay_service import RedisConfig, ReplayConfig, ReplayStore, Sampler, SampleShape
 from replay_service.lua import parse_info
 
 BASES = base_records()
@@ -274,7 +274,7 @@ def test_store_insert_of_mutated_records(fake_client) -> None:
 
 
 def test_sampler_survives_corrupted_blobs(fake_client) -> None:
-    cfg = _cfg(max_seq_len=4)
+    cfg = _cfg()
     store = ReplayStore(fake_client, cfg)
     rng = np.random.default_rng(99)
     try:
@@ -311,7 +311,7 @@ def test_sampler_survives_corrupted_blobs(fake_client) -> None:
                 pass
             fake_client.set(store.keys.blob(i), bad)
             corrupted.add(i)
-        sampler = Sampler(fake_client, cfg, seed=0)
+        sampler = Sampler(fake_client, cfg, SampleShape(batch_size=24, max_seq_len=4), seed=0)
         tracemalloc.start()
         try:
             for _ in range(15):

@@ -15,6 +15,7 @@ from common.config_utils import ConfigError
 from common.metrics import METRICS, Metrics, resolve_metrics_host
 from deploy.config import DeployConfig, TrainConfig, compose, resolve_environment
 from deploy.ops.dashboard import metric_names, panels
+from deploy.run.builder import sample_shape
 from deploy.run.scrape import FINAL_DUMP, read_dump, series_names, write_dump
 from deploy.tools.metrics_png import SMOKE_OVERRIDES
 from replay_service import ReplayStore, connect
@@ -57,7 +58,7 @@ def real_run(tmp_path_factory):
                 f"deploy.metrics_sd_dir={tmp / 'targets'}",
             ]
         )
-        store = ReplayStore(connect(cfg.replay.redis), cfg.replay)
+        store = ReplayStore(connect(cfg.replay.redis), cfg.replay, sample_shape(cfg.learner))
         with pytest.raises(RecordError):  # a bad writer: counted, exported as rejected
             store.insert(b"\x00 this is not a record")
         # a stored record whose blob rots: the learner skips and drops it (exported as corrupt)

@@ -17,7 +17,7 @@ from common.config_utils import ConfigError
 from common.envs.config import EnvConfig, TaskConfig
 from common.reports import EvalReport
 from deploy.config import TrainConfig, assign_tasks, compose, eval_env_configs, prepare
-from replay_service import RedisConfig, ReplayConfig, ReplayStore, Sampler
+from replay_service import RedisConfig, ReplayConfig, ReplayStore, Sampler, SampleShape
 from replay_service.lua import task_token, token_task
 
 TWO_MAZES = "env.tasks=[{name:short,kwargs:{corridor_length:4}},{name:long,weight:2,kwargs:{corridor_length:8}}]"
@@ -194,8 +194,12 @@ def make_cfg(redis_backend, client):
         return cfg
 
     yield make
-    for cfg in made:
-        ReplayStore(client, cfg).clear()
+    for cfg in made:  # clearing a namespace needs only its server (no limiter, no shape)
+        ReplayStore(client, ReplayConfig(redis=cfg.redis)).clear()
+
+
+#: What the learner samples: 24 windows of at most 8 timesteps.
+W8 = SampleShape(batch_size=24, max_seq_len=8)
 
 
 def _tagged(make_trajectory, n: int, tag: int, task: str | None):
@@ -217,18 +221,18 @@ def test_sampling_over_tasks_balances_tasks_over_data_follows_the_data(
 ):
     """Task "big" holds 9x the trajectories of "small": uniform over data samples it ~90% of
     the time, uniform over tasks ~50% (whatever the within-task mode)."""
-    cfg = make_cfg(max_seq_len=8, max_traj_steps=50, sampling=mode)
+    cfg = make_cfg(max_traj_steps=50, sampling=mode)
     store = ReplayStore(client, cfg)
     for i in range(45):
         store.insert(_tagged(make_trajectory, 10, i, "big"))
     for i in range(5):
         store.insert(_tagged(make_trajectory, 10, 100 + i, "small"))
-    over_data = _task_shares(Sampler(client, cfg, seed=1), 30)
+    over_data = _task_shares(Sampler(client, cfg, W8, seed=1), 30)
     assert abs(over_data[1] - 0.9) < 0.05, over_data
-    tasks_cfg = make_cfg(max_seq_len=8, max_traj_steps=50, sampling=mode)
+    tasks_cfg = make_cfg(max_traj_steps=50, sampling=mode)
     tasks_cfg.redis = cfg.redis  # the same data
     tasks_cfg.task_sampling = "uniform_over_tasks"
-    sampler = Sampler(client, tasks_cfg, seed=1)
+    sampler = Sampler(client, tasks_cfg, W8, seed=1)
     over_tasks = _task_shares(sampler, 30)
     assert abs(over_tasks[1] - 0.5) < 0.05 and abs(over_tasks[2] - 0.5) < 0.05, over_tasks
     assert sampler.task_counts() == {"big": 45, "small": 5}
@@ -237,9 +241,7 @@ def test_sampling_over_tasks_balances_tasks_over_data_follows_the_data(
 def test_task_sampling_keeps_the_hardening_and_follows_eviction(client, make_cfg, make_trajectory):
     """Untagged records are one more task; a corrupt tagged record is skipped and counted,
     never raised; evicted tasks leave the draw."""
-    cfg = make_cfg(
-        max_seq_len=8, max_traj_steps=10, max_steps=200, task_sampling="uniform_over_tasks"
-    )
+    cfg = make_cfg(max_traj_steps=10, max_steps=200, task_sampling="uniform_over_tasks")
     store = ReplayStore(client, cfg)
     for i in range(6):
         store.insert(_tagged(make_trajectory, 10, i, "big"))
@@ -248,7 +250,7 @@ def test_task_sampling_keeps_the_hardening_and_follows_eviction(client, make_cfg
     for i in range(3):
         store.insert(_tagged(make_trajectory, 10, 60 + i, None))
     client.set(store.keys.blob(bad), b"\x93rotten")
-    sampler = Sampler(client, cfg, seed=0)
+    sampler = Sampler(client, cfg, W8, seed=0)
     shares = _task_shares(sampler, 20)
     assert set(shares) == {1, 2, 3} and all(abs(s - 1 / 3) < 0.06 for s in shares.values())
     assert sum(store.stats().corrupt.values()) >= 1
@@ -262,11 +264,11 @@ def test_task_sampling_keeps_the_hardening_and_follows_eviction(client, make_cfg
 def test_bytes_inserts_are_tagged_too(client, make_cfg, make_trajectory):
     from common.codec import encode
 
-    cfg = make_cfg(max_seq_len=8, max_traj_steps=50, task_sampling="uniform_over_tasks")
+    cfg = make_cfg(max_traj_steps=50, task_sampling="uniform_over_tasks")
     store = ReplayStore(client, cfg)
     store.insert(encode(_tagged(make_trajectory, 10, 1, "small")), token="tok~1")
     assert store.insert(encode(_tagged(make_trajectory, 10, 1, "small")), token="tok~1") == 0
-    sampler = Sampler(client, cfg, seed=0)
+    sampler = Sampler(client, cfg, W8, seed=0)
     sampler.sample(4)
     assert sampler.task_counts() == {"small": 1}
 

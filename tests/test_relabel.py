@@ -45,7 +45,14 @@ from common.goals import (
     reward_fn_of,
 )
 from common.records import Trajectory, TrajectoryMeta
-from replay_service import RedisConfig, ReplayConfig, ReplayStore, Sampler, get_relabeler
+from replay_service import (
+    RedisConfig,
+    ReplayConfig,
+    ReplayStore,
+    Sampler,
+    SampleShape,
+    get_relabeler,
+)
 from replay_service.hindsight import HindsightConfig, HindsightRelabeler, make_hindsight
 from replay_service.relabel import relabeler_names
 
@@ -519,15 +526,13 @@ def _sampler_batches(relabel: str, kwargs: dict, trajs: list[Trajectory], n: int
     client = fakeredis.FakeRedis()
     cfg = ReplayConfig(
         redis=RedisConfig(namespace=f"t{uuid.uuid4().hex[:10]}"),
-        max_seq_len=L,
-        batch_size=24,
         relabel=relabel,
         relabel_kwargs=kwargs,
     )
     store = ReplayStore(client, cfg)
     for t in trajs:
         store.insert(t)
-    sampler = Sampler(client, cfg, seed=11)
+    sampler = Sampler(client, cfg, SampleShape(batch_size=24, max_seq_len=L), seed=11)
     batches = [sampler.sample(timeout_s=1) for _ in range(n)]
     assert sampler.stats().corrupt == {}  # every relabeled trajectory fit the batch layout
     return batches
@@ -631,8 +636,6 @@ def test_malformed_goal_records_are_skipped_counted_and_dropped(with_spec):
     client = fakeredis.FakeRedis()
     cfg = ReplayConfig(
         redis=RedisConfig(namespace=f"t{uuid.uuid4().hex[:10]}"),
-        max_seq_len=16,
-        batch_size=24,
         relabel="hindsight",
         relabel_kwargs={"p_relabel": 1.0, "amount": "all"},
     )
@@ -640,7 +643,8 @@ def test_malformed_goal_records_are_skipped_counted_and_dropped(with_spec):
     for t in [bad[0], *singles[:10], bad[1], *singles[10:], bad[2]]:
         store.insert(t)
     spec = env_spec(EnvConfig(id="amago/GoalGrid-v0", kwargs=GRID_KW)) if with_spec else None
-    sampler = Sampler(client, cfg, seed=3, spec=spec)
+    shape = SampleShape(batch_size=24, max_seq_len=16)
+    sampler = Sampler(client, cfg, shape, seed=3, spec=spec)
     batches = [sampler.sample(timeout_s=1) for _ in range(30)]  # never raises
     _check_windows(batches, k=2, trial=False)
     s = store.stats()

@@ -13,6 +13,7 @@ from replay_service import (
     RateLimits,
     RedisConfig,
     ReplayConfig,
+    SampleShape,
     connect,
     get_relabeler,
     register_relabeler,
@@ -31,8 +32,6 @@ def test_defaults_validate():
         (ReplayConfig(max_steps=0), "max_steps"),
         (ReplayConfig(max_traj_steps=2_000_000), "max_traj_steps"),
         (ReplayConfig(max_bytes=100, max_record_bytes=200), "max_record_bytes"),
-        (ReplayConfig(max_seq_len=0), "max_seq_len"),
-        (ReplayConfig(batch_size=0), "batch_size"),
         (ReplayConfig(sampling="prioritized"), "sampling"),
         (ReplayConfig(compression="lz4"), "compression"),
         (ReplayConfig(insert_timeout_s=-1), "insert_timeout_s"),
@@ -58,20 +57,31 @@ def test_invalid_configs_name_the_field(cfg, field):
     assert e.value.field == field
 
 
+@pytest.mark.parametrize("batch_size, max_seq_len", [(0, 8), (8, 0), (-1, 8), (8, 1.5)])
+def test_invalid_sample_shapes_are_refused(batch_size, max_seq_len):
+    with pytest.raises(ValueError, match="SampleShape"):
+        SampleShape(batch_size=batch_size, max_seq_len=max_seq_len)
+
+
 def test_error_buffer_that_could_block_both_sides_is_refused():
     # inserts of up to 100 steps at spi 4 move the diff by 400; samples take up to 8*16=128.
-    base = dict(max_traj_steps=100, max_seq_len=16, batch_size=8)
+    base = dict(max_traj_steps=100)
+    shape = SampleShape(batch_size=8, max_seq_len=16)
+    assert shape.max_sample_steps == 128
     need = min_safe_error_buffer(4.0, 100, 128)
     assert need == (400 + 128) / 2
     with pytest.raises(ConfigError) as e:
-        ReplayConfig(**base, rate_limit=RateLimitConfig(4.0, 10, need - 1)).validate()
+        ReplayConfig(**base, rate_limit=RateLimitConfig(4.0, 10, need - 1)).validate(shape)
     assert e.value.field == "rate_limit.error_buffer"
-    ReplayConfig(**base, rate_limit=RateLimitConfig(4.0, 10, need)).validate()
+    assert "learner.batch_size * learner.max_seq_len=128" in str(e.value)
+    ReplayConfig(**base, rate_limit=RateLimitConfig(4.0, 10, need)).validate(shape)
     auto = ReplayConfig(**base, rate_limit=RateLimitConfig(4.0, 10, -1.0))
-    auto.validate()
-    assert auto.effective_error_buffer() == need
+    auto.validate(shape)
+    assert auto.effective_error_buffer(shape) == need
+    with pytest.raises(ValueError, match="SampleShape"):  # the automatic one needs the shape
+        auto.effective_error_buffer()
     # ratio off: any buffer is fine
-    ReplayConfig(**base, rate_limit=RateLimitConfig(0.0, 10, 0.0)).validate()
+    ReplayConfig(**base, rate_limit=RateLimitConfig(0.0, 10, 0.0)).validate(shape)
 
 
 def _limits(spi: float, min_size: int, eb: float) -> RateLimits:
@@ -132,11 +142,9 @@ def test_safe_buffer_never_blocks_both_sides():
 def test_from_config_offsets():
     cfg = ReplayConfig(
         max_traj_steps=10,
-        max_seq_len=5,
-        batch_size=2,
         rate_limit=RateLimitConfig(samples_per_insert=2.0, min_size_steps=20, error_buffer=15),
     )
-    lim = RateLimits.from_config(cfg)
+    lim = RateLimits.from_config(cfg, SampleShape(batch_size=2, max_seq_len=5))
     assert (lim.min_diff, lim.max_diff, lim.min_size) == (25.0, 55.0, 20)
 
 

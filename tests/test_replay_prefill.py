@@ -15,7 +15,14 @@ import pytest
 from common.config_utils import ConfigError
 from common.records import Trajectory
 from common.spec import ArraySpec, EnvSpec
-from replay_service import RateLimitConfig, RedisConfig, ReplayConfig, ReplayStore, Sampler
+from replay_service import (
+    RateLimitConfig,
+    RedisConfig,
+    ReplayConfig,
+    ReplayStore,
+    Sampler,
+    SampleShape,
+)
 from replay_service.config import PrefillConfig
 from replay_service.dump import (
     MANIFEST,
@@ -45,9 +52,11 @@ def client():
     return fakeredis.FakeRedis(server=fakeredis.FakeServer())
 
 
+#: What the learner samples: 8 windows of at most 8 timesteps.
+SHAPE = SampleShape(batch_size=8, max_seq_len=8)
+
+
 def make_cfg(paths=(), mix=0.0, **kw) -> ReplayConfig:
-    kw.setdefault("max_seq_len", 8)
-    kw.setdefault("batch_size", 8)
     kw.setdefault("max_traj_steps", 50)
     ns = f"t{uuid.uuid4().hex[:8]}"
     return ReplayConfig(
@@ -254,14 +263,14 @@ def test_fifo_eviction_and_the_rate_limiter_leave_the_prefill_alone(
         sample_timeout_s=0.2,
     )
     report = load_prefill(client, cfg, SPEC)
-    store = ReplayStore(client, cfg)
+    store = ReplayStore(client, cfg, SHAPE)
     for i in range(30):  # fresh inserts run FIFO eviction on the fresh partition
         store.insert(make_trajectory(8, tag=500 + i, version=0), timeout_s=0)
         if store.stats().timesteps >= 50:
             break
     pstats = ReplayStore(client, partition_config(cfg)).stats()
     assert (pstats.trajectories, pstats.evicted_trajectories) == (report.trajectories, 0)
-    sampler = make_mixed_sampler(cfg, client, seed=0, spec=SPEC)
+    sampler = make_mixed_sampler(cfg, SHAPE, client, seed=0, spec=SPEC)
     # the prefill sampler alone never waits: its partition has no limiter
     for _ in range(50):
         b = sampler.prefill.sample(8, timeout_s=0)
@@ -271,14 +280,16 @@ def test_fifo_eviction_and_the_rate_limiter_leave_the_prefill_alone(
         for _ in range(100):
             sampler.sample(8, timeout_s=0.05)
     fresh = store.stats()
-    assert fresh.sampled_timesteps <= 1.0 * fresh.inserted_timesteps + cfg.effective_error_buffer()
+    assert fresh.sampled_timesteps <= 1.0 * fresh.inserted_timesteps + cfg.effective_error_buffer(
+        SHAPE
+    )
 
 
 def test_mix_one_samples_prefill_only_with_no_fresh_data(tmp_path, client, make_trajectory):
     write_dump(prefill_data(make_trajectory), tmp_path / "d", spec=SPEC)
     cfg = make_cfg([tmp_path / "d"], mix=1.0, rate_limit=RateLimitConfig(samples_per_insert=4.0))
     load_prefill(client, cfg, SPEC)
-    sampler = make_mixed_sampler(cfg, client, seed=0, spec=SPEC)
+    sampler = make_mixed_sampler(cfg, SHAPE, client, seed=0, spec=SPEC)
     for _ in range(20):  # the fresh partition is empty: nothing may wait for it
         b = sampler.sample(8, timeout_s=0)
         assert b.shape == (8, 8) and (b.policy_version == PREFILL_VERSION).all()
@@ -293,7 +304,7 @@ def test_batches_hold_the_configured_mix(tmp_path, client, make_trajectory, mix)
     store = ReplayStore(client, cfg)
     for i in range(10):
         store.insert(make_trajectory(6 + i, tag=100 + i, version=0))
-    sampler = make_mixed_sampler(cfg, client, seed=1, spec=SPEC)
+    sampler = make_mixed_sampler(cfg, SHAPE, client, seed=1, spec=SPEC)
     B, n = 10, 400
     counts = []
     for _ in range(n):
@@ -323,8 +334,8 @@ def test_mixed_sampler_stats_are_the_fresh_partitions(tmp_path, client, make_tra
     load_prefill(client, cfg, SPEC)
     store = ReplayStore(client, cfg)
     store.insert(make_trajectory(6, tag=1, version=0))
-    fresh = Sampler(client, cfg, spec=SPEC)
-    prefill = Sampler(client, partition_config(cfg), spec=SPEC)
+    fresh = Sampler(client, cfg, SHAPE, spec=SPEC)
+    prefill = Sampler(client, partition_config(cfg), SHAPE, spec=SPEC)
     s = MixedSampler(fresh, prefill, 0.5)
     s.sample(4)
     st = s.stats()

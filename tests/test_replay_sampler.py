@@ -21,11 +21,15 @@ from replay_service import (
     ReplayConfig,
     ReplayStore,
     Sampler,
+    SampleShape,
     register_relabeler,
 )
 
 # Chi-square critical value for 2 degrees of freedom at p = 0.001.
 CHI2_DF2_P001 = 13.82
+
+#: What the learner samples in most tests: 24 windows of at most 4 timesteps.
+W4 = SampleShape(batch_size=24, max_seq_len=4)
 
 
 @pytest.fixture
@@ -40,8 +44,8 @@ def make_cfg(redis_backend, client):
         return cfg
 
     yield make
-    for cfg in made:
-        ReplayStore(client, cfg).clear()
+    for cfg in made:  # clearing a namespace needs only its server (no limiter, no shape)
+        ReplayStore(client, ReplayConfig(redis=cfg.redis)).clear()
 
 
 # -- windows, masks, padding -------------------------------------------------------------
@@ -52,14 +56,12 @@ def test_windows_stay_inside_trajectories_and_masks_match(
     client, make_cfg, make_trajectory, pad, cache_mb
 ):
     L = 8
-    cfg = make_cfg(
-        max_seq_len=L, max_traj_steps=50, pad_to_max_seq_len=pad, sample_cache_mb=cache_mb
-    )
+    cfg = make_cfg(max_traj_steps=50, pad_to_max_seq_len=pad, sample_cache_mb=cache_mb)
     lengths = {1: 1, 2: 3, 3: 8, 4: 12, 5: 20}  # tag -> length; some shorter than L
     store = ReplayStore(client, cfg)
     for tag, n in lengths.items():
         store.insert(make_trajectory(n, tag=tag))
-    sampler = Sampler(client, cfg, seed=1)
+    sampler = Sampler(client, cfg, SampleShape(batch_size=24, max_seq_len=L), seed=1)
     starts: dict[int, set[int]] = {tag: set() for tag in lengths}
     for _ in range(60):
         b = sampler.sample(12, timeout_s=1)
@@ -98,7 +100,7 @@ def test_windows_stay_inside_trajectories_and_masks_match(
 
 
 def _frequencies(client, cfg, lengths, draws: int) -> np.ndarray:
-    sampler = Sampler(client, cfg, seed=7)
+    sampler = Sampler(client, cfg, W4, seed=7)
     counts = np.zeros(len(lengths))
     for _ in range(draws // 24):
         for v in sampler.sample(24, timeout_s=1).policy_version:
@@ -109,7 +111,7 @@ def _frequencies(client, cfg, lengths, draws: int) -> np.ndarray:
 @pytest.mark.parametrize("mode", ["uniform", "length"])
 def test_sampling_frequencies(client, make_cfg, make_trajectory, mode):
     lengths = [5, 20, 50]
-    cfg = make_cfg(max_seq_len=4, sampling=mode)
+    cfg = make_cfg(sampling=mode)
     store = ReplayStore(client, cfg)
     for tag, n in enumerate(lengths):
         store.insert(make_trajectory(n, tag=tag))
@@ -125,9 +127,9 @@ def test_sampling_frequencies(client, make_cfg, make_trajectory, mode):
 
 
 def test_sampler_sees_new_data_and_evictions(client, make_cfg, make_trajectory):
-    cfg = make_cfg(max_seq_len=4, max_steps=40, max_traj_steps=10)
+    cfg = make_cfg(max_steps=40, max_traj_steps=10)
     store = ReplayStore(client, cfg)
-    sampler = Sampler(client, cfg)
+    sampler = Sampler(client, cfg, W4)
     for tag in range(4):
         store.insert(make_trajectory(10, tag=tag))
     assert set(sampler.sample(48, timeout_s=1).policy_version.tolist()) == {0, 1, 2, 3}
@@ -158,13 +160,12 @@ def _make_marker(bonus: float = 0.0):
 
 
 def test_relabel_sees_the_whole_trajectory_before_windowing(client, make_cfg, make_trajectory):
-    cfg = make_cfg(
-        max_seq_len=5, relabel="test_whole_trajectory_marker", relabel_kwargs={"bonus": 0.5}
-    )
+    cfg = make_cfg(relabel="test_whole_trajectory_marker", relabel_kwargs={"bonus": 0.5})
+    shape = SampleShape(batch_size=24, max_seq_len=5)
     store = ReplayStore(client, cfg)
     for tag, n in [(1, 30), (2, 17)]:
         store.insert(make_trajectory(n, tag=tag))
-    b = Sampler(client, cfg, seed=0).sample(16, timeout_s=1)
+    b = Sampler(client, cfg, shape, seed=0).sample(16, timeout_s=1)
     for row in range(16):
         tag = int(b.policy_version[row])
         n = {1: 30, 2: 17}[tag]
@@ -172,7 +173,7 @@ def test_relabel_sees_the_whole_trajectory_before_windowing(client, make_cfg, ma
         np.testing.assert_array_equal(b.obs["observation"][row, :, 0], tag * 1000 + n - 1)
     # the stored data is untouched: the identity relabeler gives the raw rewards back
     raw = Sampler(
-        client, dataclasses.replace(cfg, relabel="none", relabel_kwargs={}), seed=0
+        client, dataclasses.replace(cfg, relabel="none", relabel_kwargs={}), shape, seed=0
     ).sample(4, timeout_s=1)
     assert (raw.prev_reward == raw.time_idx).all()
 
@@ -181,14 +182,14 @@ def test_relabel_sees_the_whole_trajectory_before_windowing(client, make_cfg, ma
 
 
 def test_corrupt_blobs_are_skipped_dropped_and_counted(client, make_cfg, make_trajectory):
-    cfg = make_cfg(max_seq_len=4)
+    cfg = make_cfg()
     store = ReplayStore(client, cfg)
     for tag in range(6):
         store.insert(make_trajectory(10, tag=tag))
     client.set(store.keys.blob(2), b"\x93garbage")  # truncated msgpack
     good = client.get(store.keys.blob(4))
     client.set(store.keys.blob(4), good[:-3])  # cut payload
-    sampler = Sampler(client, cfg, seed=0)
+    sampler = Sampler(client, cfg, W4, seed=0)
     seen: set[int] = set()
     for _ in range(10):
         b = sampler.sample(12, timeout_s=1)
@@ -202,10 +203,10 @@ def test_corrupt_blobs_are_skipped_dropped_and_counted(client, make_cfg, make_tr
 
 
 def test_records_of_another_layout_are_skipped_not_dropped(client, make_cfg, make_trajectory):
-    cfg = make_cfg(max_seq_len=4)
+    cfg = make_cfg()
     store = ReplayStore(client, cfg)
     store.insert(make_trajectory(10, tag=1))
-    sampler = Sampler(client, cfg)
+    sampler = Sampler(client, cfg, W4)
     sampler.sample(2, timeout_s=1)  # the first row fixes the layout: obs (3,), action (2,)
     store.insert(make_trajectory(10, tag=2, obs_dim=5))
     versions = set()
@@ -221,11 +222,13 @@ def test_records_of_another_layout_are_skipped_not_dropped(client, make_cfg, mak
 # -- rate limiter end to end -------------------------------------------------------------
 
 
+#: What the learner samples in the rate-limiter tests: 2 windows of at most 5 timesteps.
+LIMITED = SampleShape(batch_size=2, max_seq_len=5)
+
+
 def _limited_cfg(make_cfg, spi: float, min_size: int, eb: float = -1.0, **kw) -> ReplayConfig:
     return make_cfg(
         max_traj_steps=10,
-        max_seq_len=5,
-        batch_size=2,
         rate_limit=RateLimitConfig(
             samples_per_insert=spi, min_size_steps=min_size, error_buffer=eb
         ),
@@ -238,8 +241,8 @@ def test_rate_limiter_matches_the_reference_rules(client, make_cfg, make_traject
     once (timeout 0), must follow the pure Reverb-style rules step by step, FIFO eviction
     (capacity 60 timesteps) included."""
     cfg = _limited_cfg(make_cfg, spi=2.0, min_size=20, eb=15.0, max_steps=60)
-    limits = RateLimits.from_config(cfg)
-    store, sampler = ReplayStore(client, cfg), Sampler(client, cfg)
+    limits = RateLimits.from_config(cfg, LIMITED)
+    store, sampler = ReplayStore(client, cfg, LIMITED), Sampler(client, cfg, LIMITED)
     rng = np.random.default_rng(0)
     n = k = 10  # every trajectory is 10 long; a sample is 2 windows of 5
     state = LimiterState()
@@ -286,7 +289,7 @@ def test_rate_limiter_matches_the_reference_rules(client, make_cfg, make_traject
 
 def test_sample_blocks_until_min_size_then_unblocks(client, make_cfg, make_trajectory):
     cfg = _limited_cfg(make_cfg, spi=1.0, min_size=30)
-    store, sampler = ReplayStore(client, cfg), Sampler(client, cfg)
+    store, sampler = ReplayStore(client, cfg, LIMITED), Sampler(client, cfg, LIMITED)
     with pytest.raises(RateLimitTimeout, match="empty"):
         sampler.sample(2, timeout_s=0.05)
     store.insert(make_trajectory(10))
@@ -306,7 +309,7 @@ def test_sample_blocks_until_min_size_then_unblocks(client, make_cfg, make_traje
 
 def test_insert_blocks_while_samples_lag_then_unblocks(client, make_cfg, make_trajectory):
     cfg = _limited_cfg(make_cfg, spi=1.0, min_size=10)  # auto buffer (10 + 10) / 2 = 10
-    store, sampler = ReplayStore(client, cfg), Sampler(client, cfg)
+    store, sampler = ReplayStore(client, cfg, LIMITED), Sampler(client, cfg, LIMITED)
     store.insert(make_trajectory(10))  # free: below min size
     store.insert(make_trajectory(10))  # (10 + 10) * 1 - 0 = 20 <= max_diff 20: allowed
     with pytest.raises(RateLimitTimeout, match="sampling lags"):  # 30 - 0 > 20
@@ -330,8 +333,8 @@ def test_sample_blocks_when_the_ratio_is_used_up_and_large_ratios_work(
 ):
     spi = 250.0  # AMAGO-like: 250 sampled sequence-timesteps per collected timestep
     cfg = _limited_cfg(make_cfg, spi=spi, min_size=10)
-    limits = RateLimits.from_config(cfg)
-    store, sampler = ReplayStore(client, cfg), Sampler(client, cfg)
+    limits = RateLimits.from_config(cfg, LIMITED)
+    store, sampler = ReplayStore(client, cfg, LIMITED), Sampler(client, cfg, LIMITED)
     store.insert(make_trajectory(10))
     # expected number of 10-step samples before the ratio is used up, from the pure rules
     state, expected = LimiterState(10, 0, 0, 1), 0
@@ -353,7 +356,7 @@ def test_sample_blocks_when_the_ratio_is_used_up_and_large_ratios_work(
 
 def test_large_batches_are_reserved_in_chunks(client, make_cfg, make_trajectory):
     cfg = _limited_cfg(make_cfg, spi=20.0, min_size=10)  # buffer (200 + 10) / 2 = 105
-    store, sampler = ReplayStore(client, cfg), Sampler(client, cfg)
+    store, sampler = ReplayStore(client, cfg, LIMITED), Sampler(client, cfg, LIMITED)
     store.insert(make_trajectory(10), timeout_s=0)
     b = sampler.sample(7, timeout_s=0)  # 7 windows > batch_size 2: reserved 2 + 2 + 2 + 1
     assert b.shape == (7, 5)
@@ -401,11 +404,11 @@ def _assert_totals(client, store) -> None:
 def test_records_that_break_relabel_or_collate_are_skipped_then_dropped(
     client, make_cfg, make_trajectory
 ):
-    cfg = make_cfg(max_seq_len=4, relabel="test_faulty")
+    cfg = make_cfg(relabel="test_faulty")
     store = ReplayStore(client, cfg)
     for tag in [0, 101, 1, 102, 2, 103, 3, 104, 105]:
         store.insert(make_trajectory(10, tag=tag))
-    sampler = Sampler(client, cfg, seed=0)
+    sampler = Sampler(client, cfg, W4, seed=0)
     rows = 0
     for _ in range(40):
         b = sampler.sample(6, timeout_s=1)  # never raises
@@ -433,11 +436,11 @@ def test_a_collation_failure_is_isolated_to_its_record(
         return real(windows, length)
 
     monkeypatch.setattr(sampler_module, "collate", picky)
-    cfg = make_cfg(max_seq_len=4)
+    cfg = make_cfg()
     store = ReplayStore(client, cfg)
     for tag in (1, 7, 2):
         store.insert(make_trajectory(10, tag=tag))
-    sampler = Sampler(client, cfg, seed=0)
+    sampler = Sampler(client, cfg, W4, seed=0)
     for _ in range(20):
         assert set(sampler.sample(4, timeout_s=1).policy_version.tolist()) <= {1, 2}
     s = store.stats()
@@ -448,14 +451,14 @@ def test_a_collation_failure_is_isolated_to_its_record(
 def test_a_version_beyond_int64_never_crashes_the_sampler(client, make_cfg, make_trajectory):
     import msgpack
 
-    cfg = make_cfg(max_seq_len=4)
+    cfg = make_cfg()
     store = ReplayStore(client, cfg)
     for tag in range(3):
         store.insert(make_trajectory(10, tag=tag))
     doc = msgpack.unpackb(client.get(store.keys.blob(1)), raw=False)
     doc["meta"]["policy_version"] = 2**63  # valid msgpack (uint64); the codec may refuse it
     client.set(store.keys.blob(1), msgpack.packb(doc, use_bin_type=True))
-    sampler = Sampler(client, cfg, seed=0)
+    sampler = Sampler(client, cfg, W4, seed=0)
     for _ in range(20):
         assert set(sampler.sample(4, timeout_s=1).policy_version.tolist()) <= {0, 2}
     s = store.stats()
@@ -476,10 +479,10 @@ def _spec(obs_dim: int = 3, action_dim: int = 2, extras=None):
 
 
 def test_the_env_spec_fixes_the_layout_not_the_first_row(client, make_cfg, make_trajectory):
-    cfg = make_cfg(max_seq_len=4)
+    cfg = make_cfg()
     store = ReplayStore(client, cfg)
     store.insert(make_trajectory(10, tag=9, obs_dim=5))  # odd record, drawn first
-    sampler = Sampler(client, cfg, seed=0, spec=_spec())
+    sampler = Sampler(client, cfg, W4, seed=0, spec=_spec())
     store.insert(make_trajectory(10, tag=1))
     store.insert(make_trajectory(10, tag=2, action_dim=3))  # odd action size
     versions = set()
@@ -496,7 +499,7 @@ def test_the_env_spec_fixes_the_layout_not_the_first_row(client, make_cfg, make_
 def test_the_env_spec_checks_extras(client, make_cfg, make_trajectory):
     from common.spec import ArraySpec
 
-    cfg = make_cfg(max_seq_len=4)
+    cfg = make_cfg()
     store = ReplayStore(client, cfg)
     good = make_trajectory(10, tag=1)
     good.extras = {"achieved": np.zeros((10, 1, 2), np.float32)}
@@ -506,7 +509,7 @@ def test_the_env_spec_checks_extras(client, make_cfg, make_trajectory):
     store.insert(zero_width)
     store.insert(make_trajectory(10, tag=3))  # no extras at all
     spec = _spec(extras={"achieved": ArraySpec((1, 2), "float32")})
-    sampler = Sampler(client, cfg, seed=0, spec=spec)
+    sampler = Sampler(client, cfg, W4, seed=0, spec=spec)
     for _ in range(20):
         assert set(sampler.sample(4, timeout_s=1).policy_version.tolist()) == {1}
     s = store.stats()
@@ -520,12 +523,12 @@ def test_the_env_spec_checks_extras(client, make_cfg, make_trajectory):
 def test_index_entries_without_their_blob_are_removed_and_totals_repaired(
     client, make_cfg, make_trajectory, cache_mb
 ):
-    cfg = make_cfg(max_seq_len=4, sample_cache_mb=cache_mb)
+    cfg = make_cfg(sample_cache_mb=cache_mb)
     store = ReplayStore(client, cfg)
     for tag in range(6):
         store.insert(make_trajectory(10 + tag, tag=tag))
     client.delete(store.keys.blob(2), store.keys.blob(4))  # e.g. an evicting external server
-    sampler = Sampler(client, cfg, seed=0)
+    sampler = Sampler(client, cfg, W4, seed=0)
     for _ in range(20):
         assert set(sampler.sample(6, timeout_s=1).policy_version.tolist()) <= {0, 1, 3, 5}
     s = store.stats()
@@ -566,14 +569,14 @@ def _rewind(client, prefix: str, snap: dict) -> None:
 def test_a_rewind_to_older_data_invalidates_the_sampler_cache(
     client, make_cfg, make_trajectory, reinsert
 ):
-    cfg = make_cfg(max_seq_len=4, sample_cache_mb=64)
+    cfg = make_cfg(sample_cache_mb=64)
     store = ReplayStore(client, cfg)
     for tag in range(5):
         store.insert(make_trajectory(10, tag=tag))
     snap = _snapshot(client, store.keys.prefix)
     for tag in range(5, 8):
         store.insert(make_trajectory(10, tag=tag))
-    sampler = Sampler(client, cfg, seed=0)
+    sampler = Sampler(client, cfg, W4, seed=0)
     assert set(sampler.sample(96, timeout_s=1).policy_version.tolist()) == set(range(8))
     assert all(i in sampler._cache for i in range(8))  # everything cached
     store.insert(make_trajectory(10, tag=8))  # a normal insert keeps the cache

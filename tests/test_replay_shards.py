@@ -22,6 +22,7 @@ from replay_service import (
     RedisConfig,
     ReplayConfig,
     ReplayUnavailable,
+    SampleShape,
     connect,
 )
 from replay_service.shards import ShardedSampler, ShardedStore, connect_shards, shard_of
@@ -73,7 +74,9 @@ def test_shard_config_splits_capacity_and_keeps_the_limiter_tolerance():
     assert s.redis.url == URLS[2] and s.redis.shards == [] and s.num_shards == 1
     assert (s.max_steps, s.max_bytes, s.rate_limit.min_size_steps) == (10_000, 2**20, 34)
     assert s.sample_cache_mb == cfg.sample_cache_mb // K  # one cache per shard sampler
-    assert s.rate_limit.error_buffer == cfg.effective_error_buffer()  # the global one
+    shape = SampleShape(batch_size=24, max_seq_len=16)
+    assert s.rate_limit.error_buffer == cfg.rate_limit.error_buffer  # as configured (auto)
+    assert s.effective_error_buffer(shape) == cfg.effective_error_buffer(shape)  # the global one
     assert s.redis.namespace == cfg.redis.namespace
     assert "shards=['redis://127.0.0.1:6401'" in repr(cfg.redis)
 
@@ -138,13 +141,13 @@ def test_each_shard_evicts_fifo_at_its_share_of_capacity(fake, make_trajectory):
 
 def test_samples_come_from_shards_in_proportion_to_their_content(fake, make_trajectory):
     _, clients = fake
-    cfg = sharded_cfg(max_traj_steps=50, max_seq_len=4, batch_size=30)
+    cfg = sharded_cfg(max_traj_steps=50)
     store = ShardedStore(clients, cfg)
     sizes = [10, 20, 40]  # trajectories per shard
     for k, n in enumerate(sizes):
         toks = shard_tokens(k, n, prefix=f"p{k}")
         store.insert_many([make_trajectory(8, tag=k) for _ in toks], tokens=toks)
-    sampler = ShardedSampler(clients, cfg, seed=1)
+    sampler = ShardedSampler(clients, cfg, SampleShape(batch_size=30, max_seq_len=4), seed=1)
     seen = np.zeros(K)
     for _ in range(60):
         batch = sampler.sample(30)
@@ -160,17 +163,18 @@ def test_samples_come_from_shards_in_proportion_to_their_content(fake, make_traj
 
 def test_a_refusing_shard_is_left_out_and_its_rows_drawn_elsewhere(fake, make_trajectory):
     _, clients = fake
-    cfg = sharded_cfg(max_traj_steps=50, max_seq_len=4, batch_size=12)
+    cfg = sharded_cfg(max_traj_steps=50)
+    shape = SampleShape(batch_size=12, max_seq_len=4)
     store = ShardedStore(clients, cfg)
     for k in (0, 1):  # shard 2 stays empty
         toks = shard_tokens(k, 5, prefix=f"r{k}")
         store.insert_many([make_trajectory(6, tag=k) for _ in toks], tokens=toks)
-    sampler = ShardedSampler(clients, cfg, seed=0)
+    sampler = ShardedSampler(clients, cfg, shape, seed=0)
     for _ in range(5):
         assert len(sampler.sample(12, timeout_s=0).mask) == 12
     assert sampler.rows[2] == 0 and sum(sampler.rows) == 60
     empty = ShardedSampler(
-        [fakeredis.FakeRedis(server=fakeredis.FakeServer()) for _ in range(K)], cfg
+        [fakeredis.FakeRedis(server=fakeredis.FakeServer()) for _ in range(K)], cfg, shape
     )
     with pytest.raises(RateLimitTimeout):
         empty.sample(4, timeout_s=0.05)
@@ -184,12 +188,12 @@ def test_rate_limiter_holds_globally_and_never_deadlocks(fake, make_trajectory):
     spi, L, n = 2.0, 4, 8
     cfg = sharded_cfg(
         max_traj_steps=n,
-        max_seq_len=L,
-        batch_size=6,
         rate_limit=RateLimitConfig(samples_per_insert=spi, min_size_steps=3 * n),
     )
-    eb = cfg.effective_error_buffer()
-    store, sampler = ShardedStore(clients, cfg), ShardedSampler(clients, cfg, seed=3)
+    shape = SampleShape(batch_size=6, max_seq_len=L)
+    eb = cfg.effective_error_buffer(shape)
+    store = ShardedStore(clients, cfg, shape)
+    sampler = ShardedSampler(clients, cfg, shape, seed=3)
     blocked_writes = 0
     for i in range(250):
         try:
@@ -227,9 +231,10 @@ def test_rate_limiter_holds_globally_and_never_deadlocks(fake, make_trajectory):
 def test_a_down_shard_parks_its_inserts_and_sampling_goes_on(fake, make_trajectory):
     servers, clients = fake
     t = [0.0]
-    cfg = sharded_cfg(max_traj_steps=50, max_seq_len=4, batch_size=9, shard_backlog=50)
+    cfg = sharded_cfg(max_traj_steps=50, shard_backlog=50)
+    shape = SampleShape(batch_size=9, max_seq_len=4)
     store = ShardedStore(clients, cfg, clock=lambda: t[0])
-    sampler = ShardedSampler(clients, cfg, seed=0, clock=lambda: t[0])
+    sampler = ShardedSampler(clients, cfg, shape, seed=0, clock=lambda: t[0])
     store.insert_many(
         [make_trajectory(6, tag=1) for _ in range(30)], tokens=[f"a{i}" for i in range(30)]
     )
@@ -295,9 +300,10 @@ def valkey_cfg(servers, **kw) -> ReplayConfig:
 
 
 def test_three_valkeys_end_to_end(valkeys, make_trajectory):
-    cfg = valkey_cfg(valkeys, max_steps=1_500, max_traj_steps=20, max_seq_len=8, batch_size=24)
+    cfg = valkey_cfg(valkeys, max_steps=1_500, max_traj_steps=20)
+    shape = SampleShape(batch_size=24, max_seq_len=8)
     clients = connect_shards(cfg)
-    store, sampler = ShardedStore(clients, cfg), ShardedSampler(clients, cfg, seed=0)
+    store, sampler = ShardedStore(clients, cfg), ShardedSampler(clients, cfg, shape, seed=0)
     tokens = [f"v{i}" for i in range(150)]
     ids = store.insert_many([make_trajectory(20, tag=i % 9) for i in range(150)], tokens=tokens)
     assert store.insert(make_trajectory(20), token="v3") == ids[3]  # idempotent retry
@@ -318,10 +324,11 @@ def test_one_shard_restarted_mid_run_costs_only_its_inserts(valkeys, make_trajec
     """Shard 1 stops while a writer inserts and a sampler samples: only shard 1's inserts
     wait (parked, then stored exactly once when it is back), sampling goes on from shards 0
     and 2, and nothing stored anywhere is lost (shard 1 persists)."""
-    cfg = valkey_cfg(valkeys, max_traj_steps=20, max_seq_len=8, batch_size=12)
+    cfg = valkey_cfg(valkeys, max_traj_steps=20)
+    shape = SampleShape(batch_size=12, max_seq_len=8)
     clients = connect_shards(cfg)
     store = ShardedStore(clients, cfg, retry_s=0.05, max_retry_s=0.2)
-    sampler = ShardedSampler(clients, cfg, seed=0, retry_s=0.05, max_retry_s=0.2)
+    sampler = ShardedSampler(clients, cfg, shape, seed=0, retry_s=0.05, max_retry_s=0.2)
     tokens = [f"f{i}" for i in range(240)]
     for i in range(80):
         store.insert(make_trajectory(10, tag=i % 9), token=tokens[i])
@@ -362,8 +369,6 @@ def test_prefill_partition_on_shard_0_mixes_with_sharded_fresh_data(valkeys, mak
     cfg = valkey_cfg(
         valkeys,
         max_traj_steps=20,
-        max_seq_len=8,
-        batch_size=20,
         prefill=PrefillConfig(paths=["unused"], mix=0.5),
     )
     clients = connect_shards(cfg)
@@ -371,7 +376,7 @@ def test_prefill_partition_on_shard_0_mixes_with_sharded_fresh_data(valkeys, mak
     assert pre.redis.shards == [] and pre.redis.url == cfg.redis.url  # on shard 0 only
     ReplayStore(clients[0], pre).insert_many([make_trajectory(10, tag=7) for _ in range(5)])
     ShardedStore(clients, cfg).insert_many([make_trajectory(10, tag=1) for _ in range(30)])
-    mixed = make_mixed_sampler(cfg, clients[0], seed=0)
+    mixed = make_mixed_sampler(cfg, SampleShape(batch_size=20, max_seq_len=8), clients[0], seed=0)
     assert isinstance(mixed.fresh, ShardedSampler)
     tags = mixed.sample(20).obs["observation"][:, 0, 0] // 1000
     assert sorted(set(tags.tolist())) == [1, 7] and (tags == 7).sum() == 10
@@ -385,7 +390,7 @@ def test_prefill_partition_on_shard_0_mixes_with_sharded_fresh_data(valkeys, mak
 
 def test_a_run_with_embedded_shards_gets_sharded_workers(make_trajectory):
     from deploy.config import compose
-    from deploy.run.builder import make_sampler, make_writer
+    from deploy.run.builder import make_sampler, make_writer, sample_shape
     from deploy.run.endpoint import replay_endpoint
 
     cfg = compose(["experiment=bandit", "deploy.embedded_shards=3", "replay.redis.namespace=k3"])
@@ -393,10 +398,12 @@ def test_a_run_with_embedded_shards_gets_sharded_workers(make_trajectory):
     with replay_endpoint(cfg) as run_cfg:
         r = run_cfg.replay
         assert r.num_shards == 3 and len(set(r.redis.urls)) == 3 and r.redis.password
-        writer, sampler = make_writer(r), make_sampler(r, seed=0)
+        shape = sample_shape(run_cfg.learner)
+        writer, sampler = make_writer(r, shape), make_sampler(r, shape, seed=0)
         assert isinstance(writer, ShardedStore) and isinstance(sampler, ShardedSampler)
+        assert sampler.shape == SampleShape(cfg.learner.batch_size, cfg.learner.max_seq_len)
         spi_free = dataclasses.replace(r, rate_limit=RateLimitConfig(min_size_steps=1))
-        writer, sampler = make_writer(spi_free), make_sampler(spi_free, seed=0)
+        writer, sampler = make_writer(spi_free, shape), make_sampler(spi_free, shape, seed=0)
         writer.insert_many([make_trajectory(6) for _ in range(30)])
         assert all(s.stats().trajectories > 0 for s in writer.stores)
         assert len(sampler.sample(4).mask) == 4
@@ -405,8 +412,9 @@ def test_a_run_with_embedded_shards_gets_sharded_workers(make_trajectory):
         from replay_service import ReplayStore, Sampler
 
         assert one.replay.num_shards == 1
-        assert type(make_writer(one.replay)) is ReplayStore
-        assert type(make_sampler(one.replay, seed=0)) is Sampler
+        shape = sample_shape(one.learner)
+        assert type(make_writer(one.replay, shape)) is ReplayStore
+        assert type(make_sampler(one.replay, shape, seed=0)) is Sampler
 
 
 @pytest.mark.parametrize(

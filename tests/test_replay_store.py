@@ -24,9 +24,14 @@ from replay_service import (
     ReplayStore,
     ReplayUnavailable,
     Sampler,
+    SampleShape,
     connect,
 )
 from replay_service.lua import Keys, parse_info
+
+#: The learner's batches: 24 windows of at most 8 (W8) or 64 timesteps (W64).
+W8 = SampleShape(batch_size=24, max_seq_len=8)
+W64 = SampleShape(batch_size=24, max_seq_len=64)
 
 
 def _cfg(url: str = "", namespace: str | None = None, **kw) -> ReplayConfig:
@@ -37,7 +42,7 @@ def _cfg(url: str = "", namespace: str | None = None, **kw) -> ReplayConfig:
 @pytest.fixture
 def cfg(redis_backend, client):
     """A fresh namespace per test, deleted afterwards."""
-    c = _cfg(redis_backend.url, max_steps=10_000, max_traj_steps=1000, max_seq_len=8)
+    c = _cfg(redis_backend.url, max_steps=10_000, max_traj_steps=1000)  # sampled as W8
     yield c
     ReplayStore(client, c).clear()
 
@@ -152,11 +157,9 @@ def test_insert_many_waits_for_the_rate_limiter_in_order(client, redis_backend, 
     cfg = _cfg(
         redis_backend.url,
         max_traj_steps=10,
-        max_seq_len=5,
-        batch_size=2,
         rate_limit=RateLimitConfig(samples_per_insert=1.0, min_size_steps=10),
     )
-    store = ReplayStore(client, cfg)
+    store = ReplayStore(client, cfg, SampleShape(batch_size=2, max_seq_len=5))
     try:
         # free below min size, then (20 - 0) <= max_diff 20 allowed, then 30 > 20 refused
         with pytest.raises(RateLimitTimeout):
@@ -166,6 +169,20 @@ def test_insert_many_waits_for_the_rate_limiter_in_order(client, redis_backend, 
         assert not list(client.scan_iter(match=store.keys.prefix + "p:*"))
     finally:
         store.clear()
+
+
+def test_an_automatic_error_buffer_needs_the_learners_sample_shape(client, redis_backend):
+    """The insert side of the limiter sizes its automatic tolerance by the largest sample
+    reservation (learner.batch_size * learner.max_seq_len): no shape, no store."""
+    limited = _cfg(redis_backend.url, rate_limit=RateLimitConfig(samples_per_insert=1.0))
+    with pytest.raises(ValueError, match="SampleShape"):
+        ReplayStore(client, limited)
+    ReplayStore(client, limited, W8)
+    explicit = dataclasses.replace(
+        limited, rate_limit=RateLimitConfig(samples_per_insert=1.0, error_buffer=1e9)
+    )
+    ReplayStore(client, explicit)  # an explicit tolerance, or the ratio off: none needed
+    ReplayStore(client, _cfg(redis_backend.url))
 
 
 # -- FIFO capacity -----------------------------------------------------------------------
@@ -326,7 +343,7 @@ def test_namespaces_isolate_two_stores(client, redis_backend, make_trajectory):
             a.insert(make_trajectory(5, tag=i))
         b.insert(make_trajectory(9, tag=7))
         assert (a.stats().trajectories, b.stats().trajectories) == (3, 1)
-        batch = Sampler(client, b.config).sample(4, timeout_s=1)
+        batch = Sampler(client, b.config, W64).sample(4, timeout_s=1)
         assert set(batch.policy_version.tolist()) == {7}
         a.clear()
         assert a.stats().trajectories == 0
@@ -343,7 +360,7 @@ def test_stats_counts_and_rates(client, cfg, make_trajectory):
     assert first.insert_rate == 0.0 and first.trajectories == 0
     for i in range(4):
         store.insert(make_trajectory(10, tag=i))
-    Sampler(client, cfg).sample(3, timeout_s=1)
+    Sampler(client, cfg, W8).sample(3, timeout_s=1)
     s = store.stats()
     assert (s.trajectories, s.timesteps, s.inserted_timesteps) == (4, 40, 40)
     assert s.bytes == s.inserted_bytes > 0
@@ -353,7 +370,7 @@ def test_stats_counts_and_rates(client, cfg, make_trajectory):
 
 
 def test_compressed_records_round_trip(client, redis_backend):
-    cfg = _cfg(redis_backend.url, compression="zstd", max_seq_len=16)
+    cfg = _cfg(redis_backend.url, compression="zstd")
     store = ReplayStore(client, cfg)
     try:
         n = 40
@@ -371,7 +388,9 @@ def test_compressed_records_round_trip(client, redis_backend):
         )
         store.insert(t)
         assert store.stats().bytes < img.nbytes / 4  # stored compressed
-        batch = Sampler(client, cfg).sample(2, timeout_s=1)
+        batch = Sampler(client, cfg, SampleShape(batch_size=24, max_seq_len=16)).sample(
+            2, timeout_s=1
+        )
         assert batch.obs["image"].dtype == np.uint8 and batch.obs["image"].shape == (
             2,
             16,
@@ -411,7 +430,7 @@ def test_maxmemory_is_backpressure_and_the_store_stays_consistent(make_trajector
         s = store.stats()
         assert (s.trajectories, s.backpressure_events) == (inserted, 2)
         # sampling still works while full
-        assert Sampler(client, cfg).sample(4, timeout_s=1).shape == (4, 64)
+        assert Sampler(client, cfg, W64).sample(4, timeout_s=1).shape == (4, 64)
         # evicting the oldest makes room again
         assert store.evict(4) == 4
         assert store.insert(_image_traj(make_trajectory)) == inserted
@@ -432,11 +451,10 @@ def test_restart_without_persistence_recovers_empty(make_trajectory):
     with EmbeddedServer() as server:
         cfg = ReplayConfig(
             redis=server.redis_config(namespace="restart", retries=1),
-            max_seq_len=8,
             rate_limit=RateLimitConfig(min_size_steps=1000),
         )
         client = connect(cfg.redis)
-        store, sampler = ReplayStore(client, cfg), Sampler(client, cfg)
+        store, sampler = ReplayStore(client, cfg), Sampler(client, cfg, W8)
         for i in range(3):
             store.insert(make_trajectory(10, tag=i))
         # an in-flight call (a sample waiting for min size) sees the server go away
@@ -460,16 +478,16 @@ def test_restart_without_persistence_recovers_empty(make_trajectory):
         assert store.insert(make_trajectory(10, tag=9)) == 0
         assert store.stats().trajectories == 1
         no_min = dataclasses.replace(cfg, rate_limit=RateLimitConfig())
-        batch = Sampler(client, no_min).sample(2, timeout_s=2)
+        batch = Sampler(client, no_min, W8).sample(2, timeout_s=2)
         assert set(batch.policy_version.tolist()) == {9}
         client.close()
 
 
 def test_restart_with_persistence_resumes(tmp_path, make_trajectory):
     with EmbeddedServer(data_dir=tmp_path / "valkey") as server:
-        cfg = ReplayConfig(redis=server.redis_config(namespace="persist", retries=1), max_seq_len=8)
+        cfg = ReplayConfig(redis=server.redis_config(namespace="persist", retries=1))
         client = connect(cfg.redis)
-        store, sampler = ReplayStore(client, cfg), Sampler(client, cfg)
+        store, sampler = ReplayStore(client, cfg), Sampler(client, cfg, W8)
         for i in range(5):
             store.insert(make_trajectory(10 + i, tag=i))
         sampler.sample(4, timeout_s=1)
@@ -480,7 +498,7 @@ def test_restart_with_persistence_resumes(tmp_path, make_trajectory):
         server.start()
         assert _contents(client, store.keys) == before
         # a brand-new process's objects (no local state) read it back
-        fresh = Sampler(connect(cfg.redis), cfg, seed=3)
+        fresh = Sampler(connect(cfg.redis), cfg, W8, seed=3)
         assert set(fresh.sample(64, timeout_s=1).policy_version.tolist()) == set(range(5))
         assert sampler.sample(4, timeout_s=1).shape == (4, 8)  # the old one's cache is valid
         assert store.insert(make_trajectory(10, tag=5)) == 5
@@ -539,7 +557,7 @@ def test_a_dropped_record_keeps_its_token(client, cfg, make_trajectory):
     store.insert(make_trajectory(10, tag=0), token="a")
     store.insert(make_trajectory(10, tag=1), token="b")
     client.set(store.keys.blob(0), b"\x93garbage")
-    sampler = Sampler(client, cfg, seed=0)
+    sampler = Sampler(client, cfg, W8, seed=0)
     for _ in range(5):
         sampler.sample(4, timeout_s=1)
     assert store.stats().dropped_trajectories == 1

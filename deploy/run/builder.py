@@ -25,7 +25,7 @@ from common.envs.config import EnvConfig, Task
 from common.spec import EnvSpec
 from deploy.config import TrainConfig, assign_tasks
 from learner.config import LearnerConfig
-from replay_service.config import ReplayConfig
+from replay_service.config import ReplayConfig, SampleShape
 
 
 # -- factories (module-level so Ray pickles them by reference) --------------------------------
@@ -46,17 +46,26 @@ def make_policy(learner: LearnerConfig, spec: EnvSpec, num_slots: int):
     )
 
 
-def make_writer(replay: ReplayConfig):
+def sample_shape(learner: LearnerConfig) -> SampleShape:
+    """What the learner samples (``learner.batch_size`` windows of at most
+    ``learner.max_seq_len`` timesteps): handed to the replay's samplers and writers, whose
+    config does not repeat it."""
+    return SampleShape(batch_size=learner.batch_size, max_seq_len=learner.max_seq_len)
+
+
+def make_writer(replay: ReplayConfig, shape: SampleShape):
     """Replay-writer factory: a store on the run's Redis (sharded over
-    ``replay.redis.shards`` when it names more servers)."""
+    ``replay.redis.shards`` when it names more servers); ``shape`` (the learner's) sizes the
+    rate limiter's automatic tolerance."""
     from replay_service.shards import make_writer as build
 
-    return build(replay)
+    return build(replay, shape)
 
 
-def make_sampler(replay: ReplayConfig, seed: int, spec: EnvSpec | None = None):
-    """Replay-sampler factory: windows with the configured relabeling; ``spec`` fixes the
-    batch layout (records that do not match it are skipped and counted as "schema")."""
+def make_sampler(replay: ReplayConfig, shape: SampleShape, seed: int, spec: EnvSpec | None = None):
+    """Replay-sampler factory: batches of the learner's ``shape`` with the configured
+    relabeling; ``spec`` fixes the batch layout (records that do not match it are skipped and
+    counted as "schema")."""
     from replay_service import connect, get_relabeler
     from replay_service.shards import make_sampler as build
 
@@ -64,8 +73,8 @@ def make_sampler(replay: ReplayConfig, seed: int, spec: EnvSpec | None = None):
     if replay.prefill.enabled:  # offline data: replay.prefill.mix of every batch from it
         from replay_service.prefill import make_mixed_sampler
 
-        return make_mixed_sampler(replay, connect(replay.redis), relabel, seed, spec)
-    return build(replay, relabel=relabel, seed=seed, spec=spec)  # sharded if several servers
+        return make_mixed_sampler(replay, shape, connect(replay.redis), relabel, seed, spec)
+    return build(replay, shape, relabel=relabel, seed=seed, spec=spec)  # sharded if several
 
 
 def make_learner(spec: EnvSpec, learner: LearnerConfig, group=None):
@@ -171,7 +180,9 @@ def learner_setup(cfg: TrainConfig, spec: EnvSpec, run_dir: Path, use_gpu: bool,
         spec=spec,
         # the device Ray placed it for: never "auto" (see learner_placement)
         learner=dataclasses.replace(cfg.learner, device="cuda" if use_gpu else "cpu"),
-        make_sampler=functools.partial(make_sampler, cfg.replay, cfg.learner.seed + rank, spec),
+        make_sampler=functools.partial(
+            make_sampler, cfg.replay, sample_shape(cfg.learner), cfg.learner.seed + rank, spec
+        ),
         make_learner=make_learner,
         run_dir=str(run_dir),
         resume_from=cfg.run.resume_from,
@@ -259,7 +270,9 @@ def start_rollout_actor(
         env_id=env.id,
         make_env=functools.partial(make_env, env),
         make_policy=functools.partial(make_policy, cfg.learner),
-        make_writer=None if evaluation else functools.partial(make_writer, cfg.replay),
+        make_writer=None
+        if evaluation
+        else functools.partial(make_writer, cfg.replay, sample_shape(cfg.learner)),
         metrics_host=cfg.deploy.metrics_host,
         serve_metrics=cfg.deploy.serve_metrics,
         eval_sample=evaluation and cfg.run.eval_sample,
@@ -342,5 +355,6 @@ __all__ = [
     "make_policy",
     "make_sampler",
     "make_writer",
+    "sample_shape",
     "start_rollout_actor",
 ]
