@@ -20,11 +20,33 @@ class ArraySpec:
 
 
 @dataclass(frozen=True)
+class TokenSpec(ArraySpec):
+    """An observation key of token ids (text: ``common.envs.text``): integer ids in
+    ``[0, vocab)``, ``0`` = padding, ``1`` = unknown; the learner embeds them.
+
+    A subclass (not a field of :class:`ArraySpec`) so that the specs of every other key, and
+    the dicts stored from them (``dataclasses.asdict``), stay what they were; a TokenSpec never
+    equals an ArraySpec, so a policy trained on another vocabulary does not match."""
+
+    vocab: int
+
+
+def array_spec_from_dict(d: dict) -> ArraySpec:
+    """Inverse of ``dataclasses.asdict`` of an :class:`ArraySpec` or :class:`TokenSpec` (a
+    stored spec's ``obs`` entries: a ``"vocab"`` entry makes it a TokenSpec)."""
+    shape, dtype = tuple(int(x) for x in d["shape"]), str(d["dtype"])
+    if d.get("vocab") is not None:
+        return TokenSpec(shape, dtype, int(d["vocab"]))
+    return ArraySpec(shape, dtype)
+
+
+@dataclass(frozen=True)
 class EnvSpec:
     """Observation keys, action space and episode horizon of an environment.
 
     ``obs`` maps each observation key to its spec (a plain Box observation is key
-    ``"observation"``). Discrete actions are ``action_dim``-way categorical, stored one-hot;
+    ``"observation"``; a text key's spec is a :class:`TokenSpec`, which gives the learner its
+    vocabulary size). Discrete actions are ``action_dim``-way categorical, stored one-hot;
     continuous actions are ``action_dim``-vectors in [-1, 1] (rescaled by the env wrapper).
     ``goal_keys`` names observation keys that hold a goal instruction (goal-conditioned tasks).
     ``extras`` gives the shape/dtype of each per-timestep array the env reports for
@@ -51,7 +73,11 @@ class EnvSpec:
             items = {"observation": observation_space}
         obs = {}
         for key, space in items.items():
-            if isinstance(space, gym.spaces.Box):
+            vocab = getattr(space, "vocab", None)  # common.envs.text.TokenBox
+            if isinstance(space, gym.spaces.Box) and isinstance(vocab, int):
+                shape = tuple(int(d) for d in space.shape)
+                obs[key] = TokenSpec(shape, np.dtype(space.dtype).name, vocab)
+            elif isinstance(space, gym.spaces.Box):
                 obs[key] = ArraySpec(tuple(int(d) for d in space.shape), np.dtype(space.dtype).name)
             elif isinstance(space, gym.spaces.Discrete):
                 obs[key] = ArraySpec((int(space.n),), "float32")  # one-hot by the env wrapper
@@ -78,4 +104,9 @@ def compatible(policy: EnvSpec, env: EnvSpec, whose: str = "the policy's") -> li
 
 
 def _obs_str(obs: dict[str, ArraySpec]) -> str:
-    return "{" + ", ".join(f"{k}: {list(v.shape)} {v.dtype}" for k, v in obs.items()) + "}"
+    return "{" + ", ".join(f"{k}: {_array_str(v)}" for k, v in obs.items()) + "}"
+
+
+def _array_str(a: ArraySpec) -> str:
+    vocab = f" vocab {a.vocab}" if isinstance(a, TokenSpec) else ""
+    return f"{list(a.shape)} {a.dtype}{vocab}"

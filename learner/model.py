@@ -3,8 +3,10 @@ training logic.
 
 * :class:`TimestepEncoder` turns one timestep (o_t, a_{t-1}, r_{t-1}) into a vector: vector
   observations go through a running mean/std normaliser, images (uint8 H x W x C) through a
-  CNN; the previous action (one-hot if discrete) and symlog(previous reward) are appended; an
-  MLP with a LayerNorm output follows.
+  CNN, token ids (text keys: a :class:`common.spec.TokenSpec`) through a learned embedding
+  mean-pooled over the non-padding tokens (:class:`TokenEmbedding`); the previous action
+  (one-hot if discrete) and symlog(previous reward) are appended; an MLP with a LayerNorm
+  output follows.
 * Trajectory encoders read the sequence of timestep vectors plus a time embedding of
   ``time_idx`` (added to every token; the only position information, so a KV cache may be
   a ring buffer): :class:`TransformerEncoder` (causal pre-norm, NormFormer norms,
@@ -43,9 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.spec import EnvSpec
+from common.spec import EnvSpec, TokenSpec
 from learner.config import ModelConfig
 from learner.losses import symlog
+
+#: Width of a text key's token embedding (:class:`TokenEmbedding`), before the timestep MLP.
+TOKEN_EMBED_DIM = 64
+#: The padding token id (``common.envs.text.PAD_ID``): excluded from the pooled embedding.
+PAD_TOKEN = 0
 
 #: Element-wise sums over data-parallel ranks (:meth:`learner.distributed.ProcessGroup.sum_`).
 Reduce = Callable[[list[torch.Tensor]], list[torch.Tensor]]
@@ -198,18 +205,53 @@ class CNN(nn.Module):
         return F.leaky_relu(self.out(self.convs(x))).view(*lead, -1)
 
 
+class TokenEmbedding(nn.Module):
+    """Token ids (..., T) -> (..., d): a learned table (``nn.Embedding(vocab, d)``), then the
+    mean over the non-padding tokens (id 0; an all-padding text gives zeros), so padding never
+    changes the result. Text constant over an episode costs one lookup and a mean per step."""
+
+    def __init__(self, vocab: int, d: int):
+        super().__init__()
+        self.vocab = int(vocab)
+        self.table = nn.Embedding(self.vocab, d, padding_idx=PAD_TOKEN)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        ids = tokens.long().clamp(0, self.vocab - 1)  # (..., T); an out-of-range id is clamped
+        keep = (ids != PAD_TOKEN).unsqueeze(-1)  # (..., T, 1)
+        emb = self.table(ids) * keep  # (..., T, d)
+        count = keep.sum(-2).clamp_min(1)  # (..., 1)
+        return emb.sum(-2) / count  # (..., d)
+
+
 class TimestepEncoder(nn.Module):
-    """(obs_t, a_{t-1}, r_{t-1}) -> (..., tstep_out). Leading dims are free ((B, L) or (n,))."""
+    """(obs_t, a_{t-1}, r_{t-1}) -> (..., tstep_out). Leading dims are free ((B, L) or (n,)).
+
+    Observation keys by kind, each in sorted order: vector keys (flattened, concatenated,
+    normalised), images (a CNN each), token ids (a :class:`TokenEmbedding` each)."""
 
     def __init__(self, spec: EnvSpec, cfg: ModelConfig):
         super().__init__()
         keys = sorted(spec.obs)
-        self.image_keys = [k for k in keys if is_image(spec.obs[k].shape, spec.obs[k].dtype)]
-        self.vector_keys = [k for k in keys if k not in self.image_keys]
+        self.token_keys = [k for k in keys if isinstance(spec.obs[k], TokenSpec)]
+        self.image_keys = [
+            k
+            for k in keys
+            if k not in self.token_keys and is_image(spec.obs[k].shape, spec.obs[k].dtype)
+        ]
+        self.vector_keys = [k for k in keys if k not in self.image_keys + self.token_keys]
         self.vector_dim = sum(math.prod(spec.obs[k].shape) for k in self.vector_keys)
         self.norm = RunningNorm(self.vector_dim, cfg.obs_clip) if cfg.normalize_obs else None
         self.cnns = nn.ModuleDict({k: CNN(spec.obs[k].shape, cfg) for k in self.image_keys})
-        d_in = self.vector_dim + cfg.cnn_out * len(self.image_keys) + spec.action_dim + 1
+        self.texts = nn.ModuleDict(
+            {k: TokenEmbedding(spec.obs[k].vocab, TOKEN_EMBED_DIM) for k in self.token_keys}
+        )
+        d_in = (
+            self.vector_dim
+            + cfg.cnn_out * len(self.image_keys)
+            + TOKEN_EMBED_DIM * len(self.token_keys)
+            + spec.action_dim
+            + 1
+        )
         self.net = mlp(d_in, cfg.tstep_hidden, cfg.tstep_layers, cfg.tstep_out)
         self.out_norm = nn.LayerNorm(cfg.tstep_out)
 
@@ -229,7 +271,8 @@ class TimestepEncoder(nn.Module):
         if self.vector_keys:
             x = self.flat_vector_obs(obs, lead)  # (*lead, F)
             feats.append(self.norm(x) if self.norm is not None else x)
-        feats += [self.cnns[k](obs[k]) for k in self.image_keys]
+        feats += [self.cnns[k](obs[k]) for k in self.image_keys]  # each (*lead, cnn_out)
+        feats += [self.texts[k](obs[k]) for k in self.token_keys]  # each (*lead, TOKEN_EMBED_DIM)
         feats += [prev_action.float(), symlog(prev_reward.float()).unsqueeze(-1)]
         return self.out_norm(self.net(torch.cat(feats, dim=-1)))  # (*lead, tstep_out)
 

@@ -58,18 +58,27 @@ class TaskSampler(Protocol):
     def set_task(self, task: Any | None) -> None: ...
 
 
-#: attributes of an unwrapped env that declare its own episode limit (in this order).
-HORIZON_ATTRS = ("max_episode_steps", "max_episode_length")
+#: attributes of an unwrapped env that declare its own episode limit (in this order):
+#: built-in envs, POPGym (``max_episode_length``), MiniGrid/BabyAI (``max_steps``: MiniGrid
+#: truncates there itself, without a TimeLimit wrapper), Meta-World (``max_path_length``).
+HORIZON_ATTRS = ("max_episode_steps", "max_episode_length", "max_steps", "max_path_length")
 
 
-def declared_horizon(env: gym.Env) -> int | None:
-    """The episode limit an env declares itself (built-in envs, POPGym), or None."""
+def declared_horizon_from(env: gym.Env) -> tuple[int, str] | None:
+    """The episode limit an env declares itself and the attribute it came from, or None
+    (the first of :data:`HORIZON_ATTRS` holding a positive int)."""
     base = env.unwrapped
     for name in HORIZON_ATTRS:
         value = getattr(base, name, None)
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
-            return int(value)
+            return int(value), name
     return None
+
+
+def declared_horizon(env: gym.Env) -> int | None:
+    """The episode limit an env declares itself (built-in envs, POPGym, MiniGrid), or None."""
+    found = declared_horizon_from(env)
+    return None if found is None else found[0]
 
 
 def find_wrapper(env: gym.Env, cls: type) -> gym.Env | None:

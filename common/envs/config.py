@@ -15,6 +15,7 @@ from gymnasium.envs.registration import load_env_creator
 
 import common.envs  # noqa: F401  (registers the built-in amago/ ids)
 from common.config_utils import ConfigError, prefixed, require
+from common.envs.minigrid_envs import import_minigrid, is_minigrid_id
 from common.envs.popgym_envs import import_popgym, is_popgym_id
 from common.records import TASK_NAME_RE
 
@@ -51,8 +52,9 @@ class EnvConfig:
     """Environment of a run; built by :func:`common.envs.make_env`."""
 
     # gymnasium id: a built-in "amago/..." task, any registered id ("CartPole-v1"),
-    # "some.module:Name-v0" (the module is imported first; it must register the id), or a
-    # POPGym task "popgym-..." (needs the optional popgym package)
+    # "some.module:Name-v0" (the module is imported first; it must register the id), a
+    # POPGym task "popgym-..." (needs the optional popgym package) or a MiniGrid/BabyAI task
+    # "MiniGrid-..."/"BabyAI-..." (needs the optional minigrid package)
     id: str = "amago/TMaze-v0"
     # keyword arguments passed to the env constructor (e.g. {"corridor_length": 10})
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -60,7 +62,8 @@ class EnvConfig:
     # implement common.envs.api.TaskSampler); 1: plain episodes
     trial_episodes: int = 1
     # time limit of one (inner) episode in steps; 0 = the env's own limit (its registered
-    # limit or the max_episode_steps it declares); an env with neither needs a value here
+    # limit or the one it declares: a max_episode_steps / max_episode_length / max_steps /
+    # max_path_length attribute); an env with neither needs a value here
     max_episode_steps: int = 0
     # Multi-task runs: several tasks in one run ([] = the single task above). Each entry runs
     # this section with its own id/kwargs (trial_episodes and max_episode_steps are shared);
@@ -184,9 +187,11 @@ def _creator(env_spec: gym.envs.registration.EnvSpec) -> Any:
 
 def resolve_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
     """The gymnasium registration of ``env_id`` (importing the module that registers it: the
-    ``module:`` prefix, or popgym), or ``ConfigError("id", ...)`` if it is unknown."""
+    ``module:`` prefix, popgym or minigrid), or ``ConfigError("id", ...)`` if it is unknown."""
     if is_popgym_id(env_id):
         import_popgym(env_id)
+    if is_minigrid_id(env_id):
+        import_minigrid(env_id)
     name = env_id
     if ":" in env_id:
         module, name = env_id.split(":", 1)

@@ -6,11 +6,14 @@
 2. :class:`common.envs.goal_wrapper.GoalConditioned` if the env implements ``GoalTask`` and
    is not wrapped yet (``amago/GoalGrid-v0`` comes wrapped);
 3. a time limit, always: ``cfg.max_episode_steps``, else the env's registered limit, else the
-   limit it declares (``max_episode_steps``/``max_episode_length`` attribute) — an env with none
-   of these is refused (``ConfigError`` naming ``max_episode_steps``): actors need a finite
-   horizon;
+   limit it declares (an attribute of the unwrapped env: ``max_episode_steps``,
+   ``max_episode_length``, MiniGrid's ``max_steps``, ``max_path_length``;
+   :data:`common.envs.api.HORIZON_ATTRS`) — an env with none of these is refused
+   (``ConfigError`` naming ``max_episode_steps``): actors need a finite horizon. A declared
+   limit also caps a TimeLimit's. :func:`env_spec` logs where an attribute's limit came from;
 4. :class:`~common.envs.standardize.Standardize` (dict float32/uint8 observations, one-hot
-   discrete observations, 0-based discrete or [-1, 1] continuous actions, seeding);
+   discrete observations, token ids for text (:mod:`common.envs.text`), 0-based discrete or
+   [-1, 1] continuous actions, seeding);
 5. :class:`~common.envs.trial.TrialWrapper` if ``cfg.trial_episodes > 1``.
 
 The env follows the conventions of :mod:`common.envs.api`. ``env_spec(cfg)`` describes it:
@@ -21,12 +24,13 @@ limit for meta-RL trials.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import gymnasium as gym
 from gymnasium.wrappers import TimeLimit
 
 from common.config_utils import ConfigError
-from common.envs.api import declared_horizon, find_wrapper
+from common.envs.api import declared_horizon_from, find_wrapper
 from common.envs.config import EnvConfig
 from common.envs.goal_wrapper import GoalConditioned
 from common.envs.standardize import Standardize
@@ -34,9 +38,18 @@ from common.envs.trial import TrialWrapper
 from common.goals import GoalTask
 from common.spec import EnvSpec
 
+log = logging.getLogger(__name__)
+
 
 def _build(cfg: EnvConfig, seed: int | None) -> tuple[gym.Env, int]:
     """The standardised env and the horizon (in steps) of one of its rollouts."""
+    env, horizon, _ = _build_with_source(cfg, seed)
+    return env, horizon
+
+
+def _build_with_source(cfg: EnvConfig, seed: int | None) -> tuple[gym.Env, int, str | None]:
+    """:func:`_build`, and the attribute of the unwrapped env that set the episode limit
+    (None: a TimeLimit wrapper, ``cfg.max_episode_steps`` or the registered limit, set it)."""
     cfg.validate()
     limit = cfg.max_episode_steps or None
     try:
@@ -47,21 +60,25 @@ def _build(cfg: EnvConfig, seed: int | None) -> tuple[gym.Env, int]:
         raise _construction_error(cfg, e) from e
     if isinstance(env.unwrapped, GoalTask) and find_wrapper(env, GoalConditioned) is None:
         env = GoalConditioned(env)
-    declared = declared_horizon(env)
+    found = declared_horizon_from(env)
+    declared, source = found if found is not None else (None, None)
     time_limit = find_wrapper(env, TimeLimit)
     if time_limit is None:
         if declared is None:
+            hint = _per_episode_hint(env)
             env.close()
             raise ConfigError(
                 "max_episode_steps",
-                f"{cfg.id!r} has no time limit of its own; set max_episode_steps > 0",
+                f"{cfg.id!r} has no time limit of its own{hint}; set max_episode_steps > 0",
             )
         env = TimeLimit(env, declared)
         horizon = declared
     else:
         horizon = int(time_limit._max_episode_steps)
-        if declared is not None:
-            horizon = min(horizon, declared)
+        if declared is not None and declared < horizon:
+            horizon = declared
+        else:
+            source = None
     try:
         env = Standardize(env, seed=seed)
     except TypeError as e:
@@ -74,7 +91,18 @@ def _build(cfg: EnvConfig, seed: int | None) -> tuple[gym.Env, int]:
             env.close()
             raise ConfigError("trial_episodes", str(e)) from e
         horizon *= cfg.trial_episodes
-    return env, horizon
+    return env, horizon, source
+
+
+def _per_episode_hint(env: gym.Env) -> str:
+    """Why an env with a ``max_steps`` attribute of 0 has no limit (BabyAI levels set it on
+    each reset, from the episode's instructions), for the "no time limit" error."""
+    if getattr(env.unwrapped, "max_steps", None) == 0:
+        return (
+            " (its max_steps is 0 until each reset sets one, as BabyAI levels do;"
+            " kwargs max_steps=N fixes it)"
+        )
+    return ""
 
 
 def _construction_error(cfg: EnvConfig, e: Exception) -> ConfigError:
@@ -105,12 +133,19 @@ def spec_of(env: gym.Env, horizon: int) -> EnvSpec:
 
 def env_spec(cfg: EnvConfig) -> EnvSpec:
     """Spaces and rollout horizon of ``make_env(cfg)`` (builds a throwaway copy)."""
-    env, horizon = _build(cfg, seed=0)
+    env, horizon, source = _build_with_source(cfg, seed=0)
     try:
         try:
             env.reset(seed=0)
         except Exception as e:  # a constructor that works but an env that cannot reset
             raise _construction_error(cfg, e) from e
+        if source is not None:
+            log.info(
+                "%r: episode limit %d steps from the env's own %s attribute",
+                cfg.id,
+                horizon // cfg.trial_episodes,
+                source,
+            )
         return spec_of(env, horizon)
     finally:
         env.close()

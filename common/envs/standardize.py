@@ -7,7 +7,9 @@ Observations become a dict of arrays (``gym.spaces.Dict`` of ``Box``):
 * ``Box``: float32 (any other dtype is cast; 0-d becomes shape ``(1,)``), except ``uint8`` with
   3 dims (an ``H x W x C`` image), which stays ``uint8``;
 * ``Discrete(n, start)``: a float32 one-hot ``(n,)``; ``MultiDiscrete(nvec)``: the one-hots of
-  its entries concatenated, ``(sum(nvec),)``; ``MultiBinary``: float32, flattened.
+  its entries concatenated, ``(sum(nvec),)``; ``MultiBinary``: float32, flattened;
+* text (gymnasium ``Text``, MiniGrid's ``MissionSpace``): a fixed-length array of token ids, a
+  :class:`~common.envs.text.TokenBox` (characters or words; :mod:`common.envs.text`).
 
 Actions become ``Discrete(n)`` (indices from 0, whatever the env's ``start``; a
 ``MultiDiscrete`` action space becomes one flat index over all combinations) or a float32
@@ -32,6 +34,7 @@ import gymnasium as gym
 import numpy as np
 
 from common.envs.api import INFO_EPISODE_START, OBS_DEFAULT
+from common.envs.text import TokenBox, text_converter
 
 Converter = Callable[[Any], np.ndarray]
 
@@ -75,6 +78,9 @@ def _multi_one_hot_converter(nvec: np.ndarray, start: np.ndarray) -> Converter:
 
 
 def _leaf(space: gym.Space) -> tuple[gym.spaces.Box, Converter]:
+    if isinstance(space, TokenBox):  # already token ids (an env standardised twice)
+        dtype = space.dtype
+        return space, lambda x: np.asarray(x, dtype=dtype)
     if isinstance(space, gym.spaces.Box):
         return _box_converter(space)
     if isinstance(space, gym.spaces.Discrete):
@@ -90,6 +96,9 @@ def _leaf(space: gym.Space) -> tuple[gym.spaces.Box, Converter]:
         return gym.spaces.Box(0.0, 1.0, (n,), np.float32), lambda x: np.asarray(
             x, dtype=np.float32
         ).reshape(n)
+    tokens = text_converter(space)
+    if tokens is not None:
+        return tokens
     raise TypeError(f"unsupported observation space {space}")
 
 
