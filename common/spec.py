@@ -34,10 +34,15 @@ class TokenSpec(ArraySpec):
 def array_spec_from_dict(d: dict) -> ArraySpec:
     """Inverse of ``dataclasses.asdict`` of an :class:`ArraySpec` or :class:`TokenSpec` (a
     stored spec's ``obs`` entries: a ``"vocab"`` entry makes it a TokenSpec)."""
-    shape, dtype = tuple(int(x) for x in d["shape"]), str(d["dtype"])
+    shape, dtype = tuple(int(x) for x in d["shape"]), np.dtype(str(d["dtype"])).name
     if d.get("vocab") is not None:
         return TokenSpec(shape, dtype, int(d["vocab"]))
     return ArraySpec(shape, dtype)
+
+
+def is_image(spec: ArraySpec) -> bool:
+    """Observations that go through the CNN: uint8 arrays of shape (H, W, C), not text."""
+    return len(spec.shape) == 3 and spec.dtype == "uint8" and not isinstance(spec, TokenSpec)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,10 @@ class EnvSpec:
     goal_keys: tuple[str, ...] = field(default_factory=tuple)
     #: per-timestep arrays the env reports in ``info["extras"]`` (stored in Trajectory.extras)
     extras: dict[str, ArraySpec] = field(default_factory=dict)
+
+    def image_keys(self) -> list[str]:
+        """The observation keys the learner reads as images (a CNN each), sorted."""
+        return sorted(k for k, v in self.obs.items() if is_image(v))
 
     @staticmethod
     def from_spaces(
@@ -110,3 +119,23 @@ def _obs_str(obs: dict[str, ArraySpec]) -> str:
 def _array_str(a: ArraySpec) -> str:
     vocab = f" vocab {a.vocab}" if isinstance(a, TokenSpec) else ""
     return f"{list(a.shape)} {a.dtype}{vocab}"
+
+
+def spec_from_dict(d) -> EnvSpec:
+    """Inverse of ``dataclasses.asdict`` of an :class:`EnvSpec` (as checkpoints, exported
+    policies and replay dumps store it, tuples as lists); ``KeyError`` / ``TypeError`` /
+    ``ValueError`` for anything malformed."""
+
+    def arrays(m) -> dict[str, ArraySpec]:
+        if not isinstance(m, dict):
+            raise TypeError(f"not a map: {m!r}")
+        return {str(k): array_spec_from_dict(v) for k, v in m.items()}
+
+    return EnvSpec(
+        obs=arrays(d["obs"]),
+        action_dim=int(d["action_dim"]),
+        discrete=bool(d["discrete"]),
+        max_episode_steps=int(d["max_episode_steps"]),
+        goal_keys=tuple(str(k) for k in d.get("goal_keys", ())),
+        extras=arrays(d.get("extras", {})),
+    )

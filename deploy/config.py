@@ -23,7 +23,7 @@ from actors.config import ActorConfig
 from common.config_utils import prefixed, require
 from common.envs.config import EnvConfig
 from common.spec import EnvSpec
-from learner.config import LearnerConfig
+from learner.config import SMALL_IMAGE_CNN, LearnerConfig, ModelConfig
 from learner.variants import LearnerVariant
 from replay_service.config import ReplayConfig
 
@@ -280,7 +280,10 @@ class Derived:
 
 
 def derive_defaults(
-    cfg: TrainConfig, horizon: int, reward_probe: float | None = None
+    cfg: TrainConfig,
+    horizon: int,
+    reward_probe: float | None = None,
+    spec: EnvSpec | None = None,
 ) -> tuple[TrainConfig, list[Derived]]:
     """``cfg`` with the fields it leaves to the run filled in from the env's rollout
     ``horizon`` (steps), and what was derived. Fields set explicitly are kept.
@@ -312,7 +315,33 @@ def derive_defaults(
         out.append(Derived("learner.bc_weight", learner.bc_weight, f"{learner.variant}'s own"))
     learner, notes = variant.derive(learner, horizon, reward_probe)
     out += [Derived(f"learner.{d.field}", d.value, d.reason) for d in notes]
+    if spec is not None:
+        learner, fitted = _fit_cnn(learner, spec)
+        out += fitted
     return dataclasses.replace(cfg, learner=learner), out
+
+
+def _fit_cnn(learner: LearnerConfig, spec: EnvSpec) -> tuple[LearnerConfig, list[Derived]]:
+    """A conv trunk every image observation fits: the default (Nature-DQN) one when they do;
+    :data:`learner.config.SMALL_IMAGE_CNN` for smaller images (MiniGrid's 7x7 views) unless
+    the trunk was set explicitly, in which case a too-small image fails here in one line
+    naming ``learner.model.cnn_kernels``."""
+    m = learner.model
+    small = [spec.obs[k].shape for k in spec.image_keys() if m.cnn_problem(spec.obs[k].shape)]
+    if not small:
+        return learner, []
+    trunk = lambda c: (c.cnn_channels, c.cnn_kernels, c.cnn_strides)  # noqa: E731
+    require(trunk(m) == trunk(ModelConfig()), "learner.model.cnn_kernels", m.cnn_problem(small[0]))
+    ch, k, s = SMALL_IMAGE_CNN
+    fitted = dataclasses.replace(m, cnn_channels=list(ch), cnn_kernels=list(k), cnn_strides=list(s))
+    problem = fitted.cnn_problem(small[0])
+    require(problem is None, "learner.model.cnn_kernels", problem or "")
+    h, w = small[0][:2]
+    why = f"a {h}x{w} image is too small for the default trunk"
+    value = f"{ch}/{k}/{s}"
+    return dataclasses.replace(learner, model=fitted), [
+        Derived("learner.model.cnn_channels/kernels/strides", value, why)
+    ]
 
 
 def _variant(cfg: TrainConfig) -> LearnerVariant:
@@ -355,7 +384,7 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, EnvSpec, list[Derived]]:
     prefixed("env", cfg.env.validate)
     spec = run_spec(cfg)
     horizon = spec.max_episode_steps
-    cfg, derived = derive_defaults(cfg, horizon, _reward_probe(cfg))
+    cfg, derived = derive_defaults(cfg, horizon, _reward_probe(cfg), spec)
     cfg.validate()
     tasks = cfg.env.task_list()
     require(

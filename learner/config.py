@@ -22,6 +22,9 @@ TIME_EMBEDDINGS = ("sinusoidal", "learned")
 CRITIC_LABELS = ("hlgauss", "twohot")
 CRITIC_WEIGHTINGS = ("error", "none")
 DEVICES = ("cpu", "cuda", "auto")
+#: The conv trunk derived for images too small for the default (Nature-DQN) one, such as
+#: MiniGrid's 7x7 views: 2x2 kernels, stride 1 (channels, kernels, strides).
+SMALL_IMAGE_CNN = ([16, 32, 64], [2, 2, 2], [1, 1, 1])
 BF16_MODES = ("auto", "on", "off")
 
 
@@ -76,6 +79,19 @@ class ModelConfig:
     # Tanh-Gaussian actor (continuous actions): bounds of the log standard deviation.
     log_std_min: float = -5.0
     log_std_max: float = 2.0
+
+    def cnn_problem(self, shape: tuple[int, ...]) -> str | None:
+        """Why the conv trunk cannot read an (H, W, C) image of ``shape`` (a kernel larger
+        than the feature map it meets), or None."""
+        h, w = shape[0], shape[1]
+        for k, s in zip(self.cnn_kernels, self.cnn_strides):
+            if h < k or w < k:
+                return (
+                    f"image of shape {tuple(shape)} is too small for the CNN (kernel {k} on a "
+                    f"{h}x{w} feature map): set learner.model.cnn_kernels / cnn_strides"
+                )
+            h, w = (h - k) // s + 1, (w - k) // s + 1
+        return None
 
     def validate(self) -> None:
         require(self.encoder in ENCODERS, "encoder", f"must be one of {ENCODERS}")

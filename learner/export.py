@@ -50,7 +50,7 @@ from common.envs.config import EnvConfig
 from common.envs.record import action_record
 from common.envs.standardize import Standardize
 from common.records import StepInput
-from common.spec import ArraySpec, EnvSpec, compatible
+from common.spec import EnvSpec, compatible, spec_from_dict
 from learner.checkpoint import CHECKPOINT_FORMAT, latest_checkpoint, spec_to_dict
 from learner.config import LearnerConfig, ModelConfig
 from learner.inference import InferencePolicy
@@ -96,20 +96,6 @@ class PolicyParts:
                 + " ".join(x.strip() for x in first[:3])
             ) from None
         return policy
-
-
-def spec_from_dict(d: Mapping[str, Any]) -> EnvSpec:
-    """Inverse of :func:`learner.checkpoint.spec_to_dict`."""
-    return EnvSpec(
-        obs={k: ArraySpec(tuple(v["shape"]), v["dtype"]) for k, v in d["obs"].items()},
-        action_dim=int(d["action_dim"]),
-        discrete=bool(d["discrete"]),
-        max_episode_steps=int(d["max_episode_steps"]),
-        goal_keys=tuple(d.get("goal_keys", ())),
-        extras={
-            k: ArraySpec(tuple(v["shape"]), v["dtype"]) for k, v in d.get("extras", {}).items()
-        },
-    )
 
 
 def learner_config(d: Mapping[str, Any]) -> LearnerConfig:

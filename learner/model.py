@@ -69,11 +69,6 @@ def mlp(d_in: int, d_hidden: int, n_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def is_image(shape: tuple[int, ...], dtype: str) -> bool:
-    """Observation keys that go through the CNN: uint8 arrays of shape (H, W, C)."""
-    return len(shape) == 3 and dtype == "uint8"
-
-
 class _SigmaScale(torch.autograd.Function):
     """``W_hat = gain * W / sigma`` with ``sigma = u^T W v`` (u, v constants), with a fused
     backward: ``dW = (gain / sigma) G - (gain <G, W> / sigma^2) u v^T``,
@@ -186,14 +181,12 @@ class CNN(nn.Module):
 
     def __init__(self, shape: tuple[int, ...], cfg: ModelConfig):
         super().__init__()
+        problem = cfg.cnn_problem(shape)
+        if problem:
+            raise ValueError(problem)
         h, w, c = shape
         layers: list[nn.Module] = []
         for ch, k, s in zip(cfg.cnn_channels, cfg.cnn_kernels, cfg.cnn_strides):
-            if h < k or w < k:
-                raise ValueError(
-                    f"image of shape {shape} is too small for the CNN (kernel {k} on a {h}x{w} "
-                    "feature map): adjust model.cnn_kernels / cnn_strides"
-                )
             layers += [nn.Conv2d(c, ch, k, s), nn.ReLU()]
             h, w, c = (h - k) // s + 1, (w - k) // s + 1, ch
         self.convs = nn.Sequential(*layers, nn.Flatten())
@@ -233,11 +226,7 @@ class TimestepEncoder(nn.Module):
         super().__init__()
         keys = sorted(spec.obs)
         self.token_keys = [k for k in keys if isinstance(spec.obs[k], TokenSpec)]
-        self.image_keys = [
-            k
-            for k in keys
-            if k not in self.token_keys and is_image(spec.obs[k].shape, spec.obs[k].dtype)
-        ]
+        self.image_keys = spec.image_keys()
         self.vector_keys = [k for k in keys if k not in self.image_keys + self.token_keys]
         self.vector_dim = sum(math.prod(spec.obs[k].shape) for k in self.vector_keys)
         self.norm = RunningNorm(self.vector_dim, cfg.obs_clip) if cfg.normalize_obs else None

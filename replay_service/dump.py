@@ -45,6 +45,7 @@ import redis
 from common.codec import Limits, RecordError, decode, encode
 from common.records import Trajectory
 from common.spec import ArraySpec, EnvSpec
+from common.spec import spec_from_dict as common_spec_from_dict
 from replay_service.lua import Keys
 
 DUMP_FORMAT = "amago-replay-dump"
@@ -101,24 +102,7 @@ def spec_to_dict(spec: EnvSpec) -> dict[str, Any]:
 def spec_from_dict(d: Any) -> EnvSpec:
     """Inverse of :func:`spec_to_dict`; ``DumpError`` for anything malformed."""
     try:
-
-        def arrays(m: Any) -> dict[str, ArraySpec]:
-            if not isinstance(m, dict):
-                raise TypeError("not a map")
-            out = {}
-            for k, v in m.items():
-                shape = tuple(int(x) for x in v["shape"])
-                out[str(k)] = ArraySpec(shape, str(np.dtype(str(v["dtype"])).name))
-            return out
-
-        return EnvSpec(
-            obs=arrays(d["obs"]),
-            action_dim=int(d["action_dim"]),
-            discrete=bool(d["discrete"]),
-            max_episode_steps=int(d["max_episode_steps"]),
-            goal_keys=tuple(str(k) for k in d.get("goal_keys", ())),
-            extras=arrays(d.get("extras", {})),
-        )
+        return common_spec_from_dict(d)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DumpError(f"malformed spec in manifest: {e!r}") from None
 

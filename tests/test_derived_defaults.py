@@ -112,3 +112,33 @@ def test_the_replay_limiter_is_checked_against_the_learners_batches():
     steps = 24 * cfg.learner.max_seq_len
     assert f"learner.batch_size * learner.max_seq_len={steps}" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def _image_spec(h: int, w: int):
+    from common.spec import ArraySpec, EnvSpec
+
+    obs = {"image": ArraySpec((h, w, 3), "uint8"), "direction": ArraySpec((4,), "float32")}
+    return EnvSpec(obs=obs, action_dim=3, discrete=True, max_episode_steps=50)
+
+
+def test_small_images_get_a_conv_trunk_they_fit_and_an_explicit_misfit_fails_in_one_line():
+    """MiniGrid's 7x7 views are too small for the default (Nature-DQN) trunk: start-up derives
+    the small one, which builds and encodes a 7x7 image; 84x84 frames keep the default; a
+    trunk set by hand that an image cannot pass fails naming learner.model.cnn_kernels."""
+    from common.config_utils import ConfigError
+    from deploy.config import TrainConfig, derive_defaults
+    from learner.config import SMALL_IMAGE_CNN
+    from learner.model import CNN
+
+    cfg, derived = derive_defaults(TrainConfig(), 50, None, _image_spec(7, 7))
+    m = cfg.learner.model
+    assert (m.cnn_channels, m.cnn_kernels, m.cnn_strides) == tuple(map(list, SMALL_IMAGE_CNN))
+    assert any(d.field == "learner.model.cnn_channels/kernels/strides" for d in derived)
+    assert CNN((7, 7, 3), m)(torch.zeros(2, 5, 7, 7, 3, dtype=torch.uint8)).shape == (2, 5, 256)
+    cfg, derived = derive_defaults(TrainConfig(), 50, None, _image_spec(84, 84))
+    assert cfg.learner.model.cnn_kernels == [8, 4, 3] and not any("cnn" in d.field for d in derived)
+    by_hand = TrainConfig()
+    by_hand.learner.model.cnn_kernels = [5, 3, 3]
+    with pytest.raises(ConfigError) as e:
+        derive_defaults(by_hand, 50, None, _image_spec(7, 7))
+    assert e.value.field == "learner.model.cnn_kernels" and "(7, 7, 3)" in str(e.value)
