@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import tempfile
@@ -101,6 +102,13 @@ def _f(v, width: int, places: int = 0) -> str:
     return f"{v:>{width}.{places}f}" if v is not None else f"{'-':>{width}}"
 
 
+def order_stat(values: list[float], q: float) -> float:
+    """The ``q`` quantile as an order statistic (the value at rank ceil(q n)): a seed that
+    never solved counts as infinite time, so p90 is infinite when more than 10 % fail."""
+    ranked = sorted(values)
+    return ranked[max(math.ceil(q * len(ranked)) - 1, 0)]
+
+
 def report(task: Task, rows: list[dict], ray_start: float) -> None:
     print(
         f"\n{task.name}: time to solve (greedy >= {task.target}), "
@@ -128,6 +136,12 @@ def report(task: Task, rows: list[dict], ray_start: float) -> None:
         print(
             f"median {np.median(secs):.1f} s (range {min(secs):.1f}-{max(secs):.1f}), "
             f"{np.median(steps):,.0f} env steps, {np.median(upd):,.0f} updates; {task.reference}"
+        )
+        every = [r["seconds_to_solve"] if r["solved"] else math.inf for r in rows]
+        p50, p90 = order_stat(every, 0.5), order_stat(every, 0.9)
+        ratio = "-" if math.isinf(p90) else f"{p90 / p50:.2f}"
+        print(
+            f"over all {len(rows)} seeds (unsolved = never): p50 {p50:.1f} s, p90 {p90:.1f} s, p90/p50 {ratio}"
         )
     mem = rows[-1]["memory_mb"]
     print(
