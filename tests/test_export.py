@@ -94,6 +94,7 @@ def test_export_writes_safetensors_weights_and_a_json_config(tmaze_run, tmaze_po
         "trial_episodes": 1,
         "max_episode_steps": 0,
         "tasks": [],  # multi-task runs list their tasks (env.tasks)
+        "atari_preprocessing": False,
     }
     assert doc["spec"]["obs"] == {"observation": {"shape": [3], "dtype": "float32"}}
     parts = read_artifact(tmaze_policy)

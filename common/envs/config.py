@@ -15,6 +15,8 @@ from gymnasium.envs.registration import load_env_creator
 
 import common.envs  # noqa: F401  (registers the built-in amago/ ids)
 from common.config_utils import ConfigError, prefixed, require
+from common.envs.atari import check_preprocessing, import_atari, is_atari_id
+from common.envs.metaworld_envs import import_metaworld, is_metaworld_id
 from common.envs.minigrid_envs import import_minigrid, is_minigrid_id
 from common.envs.popgym_envs import import_popgym, is_popgym_id
 from common.records import TASK_NAME_RE
@@ -53,8 +55,10 @@ class EnvConfig:
 
     # gymnasium id: a built-in "amago/..." task, any registered id ("CartPole-v1"),
     # "some.module:Name-v0" (the module is imported first; it must register the id), a
-    # POPGym task "popgym-..." (needs the optional popgym package) or a MiniGrid/BabyAI task
-    # "MiniGrid-..."/"BabyAI-..." (needs the optional minigrid package)
+    # POPGym task "popgym-..." (needs the optional popgym package), a MiniGrid/BabyAI task
+    # "MiniGrid-..."/"BabyAI-..." (needs the optional minigrid package), an Atari game
+    # "ALE/Pong-v5" (needs ale-py) or a Meta-World benchmark "metaworld/ML1-reach-v3",
+    # "metaworld/ML10", ... (needs metaworld; common/envs/metaworld_envs.py)
     id: str = "amago/TMaze-v0"
     # keyword arguments passed to the env constructor (e.g. {"corridor_length": 10})
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -65,6 +69,11 @@ class EnvConfig:
     # limit or the one it declares: a max_episode_steps / max_episode_length / max_steps /
     # max_path_length attribute); an env with neither needs a value here
     max_episode_steps: int = 0
+    # Atari (ALE ids) only: wrap the env in gymnasium's AtariPreprocessing (30 no-op resets,
+    # 4 frames per step max-pooled, grayscale, 84x84 uint8 (84, 84, 1) frames, no frame stack;
+    # needs opencv). The env is then built with frameskip=1 (the wrapper skips; a v5 id's own
+    # frameskip of 4 would make 16) and max_episode_steps counts agent steps, not frames.
+    atari_preprocessing: bool = False
     # Multi-task runs: several tasks in one run ([] = the single task above). Each entry runs
     # this section with its own id/kwargs (trial_episodes and max_episode_steps are shared);
     # their observation and action spaces must be the same (checked at start-up).
@@ -159,7 +168,14 @@ class EnvConfig:
             "max_episode_steps",
             f"must be an int >= 0 (0 = the env's own limit), got {self.max_episode_steps!r}",
         )
+        require(
+            isinstance(self.atari_preprocessing, bool),
+            "atari_preprocessing",
+            f"must be true or false, got {self.atari_preprocessing!r}",
+        )
         env_spec = resolve_env_id(self.id)
+        if self.atari_preprocessing:
+            check_preprocessing(self.id, env_spec)
         if self.trial_episodes > 1:
             creator = _creator(env_spec)
             if isinstance(creator, type) and not issubclass_task_sampler(creator):
@@ -187,11 +203,16 @@ def _creator(env_spec: gym.envs.registration.EnvSpec) -> Any:
 
 def resolve_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
     """The gymnasium registration of ``env_id`` (importing the module that registers it: the
-    ``module:`` prefix, popgym or minigrid), or ``ConfigError("id", ...)`` if it is unknown."""
+    ``module:`` prefix, popgym, minigrid, ale_py or Meta-World's ids), or
+    ``ConfigError("id", ...)`` if it is unknown."""
     if is_popgym_id(env_id):
         import_popgym(env_id)
     if is_minigrid_id(env_id):
         import_minigrid(env_id)
+    if is_atari_id(env_id):
+        import_atari(env_id)
+    if is_metaworld_id(env_id):
+        import_metaworld(env_id)
     name = env_id
     if ":" in env_id:
         module, name = env_id.split(":", 1)

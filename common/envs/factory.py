@@ -3,12 +3,16 @@
 ``make_env(cfg, seed)`` stacks, from the inside out:
 
 1. ``gym.make(cfg.id, **cfg.kwargs)`` without gymnasium's env checker (no per-step overhead);
+   with ``cfg.atari_preprocessing``, built with ``frameskip=1`` and wrapped in gymnasium's
+   ``AtariPreprocessing`` (:mod:`common.envs.atari`), the time limit then counting agent steps
+   outside it, not emulator frames;
 2. :class:`common.envs.goal_wrapper.GoalConditioned` if the env implements ``GoalTask`` and
    is not wrapped yet (``amago/GoalGrid-v0`` comes wrapped);
 3. a time limit, always: ``cfg.max_episode_steps``, else the env's registered limit, else the
    limit it declares (an attribute of the unwrapped env: ``max_episode_steps``,
-   ``max_episode_length``, MiniGrid's ``max_steps``, ``max_path_length``;
-   :data:`common.envs.api.HORIZON_ATTRS`) — an env with none of these is refused
+   ``max_episode_length``, MiniGrid's ``max_steps``, Meta-World's ``max_path_length``;
+   :data:`common.envs.api.HORIZON_ATTRS`; an ALE env's ``max_num_frames_per_episode`` in agent
+   steps, :func:`common.envs.atari.ale_horizon`) — an env with none of these is refused
    (``ConfigError`` naming ``max_episode_steps``): actors need a finite horizon. A declared
    limit also caps a TimeLimit's. :func:`env_spec` logs where an attribute's limit came from;
 4. :class:`~common.envs.standardize.Standardize` (dict float32/uint8 observations, one-hot
@@ -30,6 +34,7 @@ import gymnasium as gym
 from gymnasium.wrappers import TimeLimit
 
 from common.config_utils import ConfigError
+from common.envs import atari
 from common.envs.api import declared_horizon_from, find_wrapper
 from common.envs.config import EnvConfig
 from common.envs.goal_wrapper import GoalConditioned
@@ -48,19 +53,31 @@ def _build(cfg: EnvConfig, seed: int | None) -> tuple[gym.Env, int]:
 
 
 def _build_with_source(cfg: EnvConfig, seed: int | None) -> tuple[gym.Env, int, str | None]:
-    """:func:`_build`, and the attribute of the unwrapped env that set the episode limit
-    (None: a TimeLimit wrapper, ``cfg.max_episode_steps`` or the registered limit, set it)."""
+    """:func:`_build`, and what of the unwrapped env set the episode limit (``"max_steps
+    attribute"``, an ALE's frame limit; None: a TimeLimit wrapper, ``cfg.max_episode_steps``
+    or the registered limit, set it)."""
     cfg.validate()
     limit = cfg.max_episode_steps or None
+    kwargs = dict(cfg.kwargs)
+    if cfg.atari_preprocessing:
+        kwargs = atari.preprocessing_kwargs(kwargs)
     try:
-        env = gym.make(
-            cfg.id, max_episode_steps=limit, disable_env_checker=True, **dict(cfg.kwargs)
-        )
+        # preprocessed Atari: the time limit goes outside the frame-skipping wrapper (below)
+        inner_limit = None if cfg.atari_preprocessing else limit
+        env = gym.make(cfg.id, max_episode_steps=inner_limit, disable_env_checker=True, **kwargs)
+        if cfg.atari_preprocessing:
+            env = atari.preprocess(env)
+            if limit is not None:
+                env = TimeLimit(env, limit)
     except Exception as e:  # the env's own constructor: any error is a config error here
         raise _construction_error(cfg, e) from e
     if isinstance(env.unwrapped, GoalTask) and find_wrapper(env, GoalConditioned) is None:
         env = GoalConditioned(env)
     found = declared_horizon_from(env)
+    if found is not None:
+        found = (found[0], f"{found[1]} attribute")
+    else:
+        found = atari.ale_horizon(env)
     declared, source = found if found is not None else (None, None)
     time_limit = find_wrapper(env, TimeLimit)
     if time_limit is None:
@@ -141,7 +158,7 @@ def env_spec(cfg: EnvConfig) -> EnvSpec:
             raise _construction_error(cfg, e) from e
         if source is not None:
             log.info(
-                "%r: episode limit %d steps from the env's own %s attribute",
+                "%r: episode limit %d steps from the env's own %s",
                 cfg.id,
                 horizon // cfg.trial_episodes,
                 source,
