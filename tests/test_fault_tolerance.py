@@ -243,7 +243,8 @@ def test_training_survives_killed_actors_learner_and_a_replay_restart(
     """T-Maze through the real driver: every rollout process (actors and the evaluator)
     SIGKILLed, the replay server restarted, and the learner SIGKILLed once it has written a
     checkpoint, all mid-run; it still solves the task, the learner resuming from the
-    checkpoint. Budget 12,000 updates (it stops when solved); max_seconds a hang guard."""
+    checkpoint. Budget 12,000 updates (it stops when solved); max_seconds a hang guard.
+    10 repeats: 10/10, final return 1.0."""
     from learner.checkpoint import latest_checkpoint
 
     faults: dict = {}

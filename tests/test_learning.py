@@ -87,7 +87,7 @@ def test_tmaze_reaches_the_optimal_return(tmp_path, learning_seed, figure):
 def test_tmaze_with_two_data_parallel_learners(tmp_path, learning_seed, figure):
     """The same T-Maze threshold with ``learner.num_learners=2``: two learner ranks (gloo)
     averaging gradients, each sampling its own batches from the shared replay. Stops at the
-    first greedy evaluation at the optimum."""
+    first greedy evaluation at the optimum. 10 repeats: 10/10, final return 1.0 each."""
     cfg = load_config(
         "experiment=tmaze",
         "learner.num_learners=2",
@@ -107,7 +107,7 @@ def test_tmaze_with_two_data_parallel_learners(tmp_path, learning_seed, figure):
 def test_meta_bandit_explores_in_context(tmp_path, learning_seed, figure):
     """5-armed meta-bandit, 20-pull trials: late-trial reward per pull clearly above the best
     any memoryless policy can get (0.26 = mean arm payoff: it cannot tell tasks apart).
-    1,800 updates; 3 repeats + the baseline run: 0.85-0.88 against the bar 0.56."""
+    1,800 updates; 10 repeats: 10/10, 0.850-0.914 (median 0.891) against the bar 0.56."""
     cfg = load_config(
         "experiment=bandit", *budget(BANDIT_UPDATES), *COMMON, *seed_overrides(learning_seed)
     )
@@ -149,7 +149,8 @@ def test_popgym_repeat_previous_learns_through_a_sliding_window(tmp_path, learni
     memoryless policy guesses (return about -0.5); the threshold is far above it. Stops as soon
     as a greedy evaluation reaches 0.8: stopping at the bar itself left the final evaluation
     (50 fresh rollouts) a coin flip away from it (a repeat stopped at an evaluation just over
-    0.5 and scored 0.569 in the final one)."""
+    0.5 and scored 0.569 in the final one). 10 repeats with the stop at 0.8: 10/10, final
+    return 0.861-0.982 (median 0.951)."""
     threshold = 0.5
     cfg = load_config(
         "env=popgym",
