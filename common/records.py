@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -188,6 +188,31 @@ def collate(windows: Sequence[Window], length: int) -> Batch:
         truncated=truncated,
         mask=mask,
         policy_version=version,
+    )
+
+
+def trim_padding(batch: Batch, multiple: int = 8) -> Batch:
+    """``batch`` without its trailing all-padding columns: cut to its longest real row,
+    rounded up to a multiple of ``multiple`` (fewer distinct shapes), never longer than it
+    was and at least 2. Sampled windows of short rollouts are mostly padding; the learner's
+    model is causal and every loss and statistic is masked, so the columns cut carry nothing
+    a real timestep sees, only their compute."""
+    b, length = batch.mask.shape
+    real = np.flatnonzero(batch.mask.any(axis=0))
+    keep = int(real[-1]) + 1 if real.size else 2
+    keep = min(length, max(2, -(-keep // multiple) * multiple))
+    if keep == length:
+        return batch
+    cut = lambda x: x[:, :keep]  # noqa: E731
+    return replace(
+        batch,
+        obs={k: cut(v) for k, v in batch.obs.items()},
+        prev_action=cut(batch.prev_action),
+        prev_reward=cut(batch.prev_reward),
+        time_idx=cut(batch.time_idx),
+        terminated=cut(batch.terminated),
+        truncated=cut(batch.truncated),
+        mask=cut(batch.mask),
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from actors.config import ActorConfig
 from common.config_utils import prefixed, require
-from common.envs.config import EnvConfig
+from common.envs.config import EnvConfig, RewardProbe
 from common.spec import EnvSpec
 from learner.config import SMALL_IMAGE_CNN, LearnerConfig, ModelConfig
 from learner.variants import LearnerVariant
@@ -282,24 +282,33 @@ class Derived:
 def derive_defaults(
     cfg: TrainConfig,
     horizon: int,
-    reward_probe: float | None = None,
+    reward_probe: RewardProbe | None = None,
     spec: EnvSpec | None = None,
 ) -> tuple[TrainConfig, list[Derived]]:
     """``cfg`` with the fields it leaves to the run filled in from the env's rollout
     ``horizon`` (steps), and what was derived. Fields set explicitly are kept.
 
+    * ``learner.seq_len_cap = 0``: by the learner's device (:func:`window_cap`): a CPU
+      learner pays for every timestep of its window in every update, a GPU much less;
     * ``learner.max_seq_len = 0``: whole rollouts, ``horizon + 1`` timesteps, capped at
       ``learner.seq_len_cap`` (longer rollouts are trained, and acted on, through a sliding
       window of that many timesteps);
+    * ``learner.gammas = null`` / ``learner.reward_scale = null``: by the env's rewards
+      (:func:`reward_regime`): AMAGO's seven discounts up to 0.999 and scale 10 for sparse
+      rewards, discounts up to 0.99 and scale 1 for dense ones;
     * ``learner.bc_weight = null``: the variant's own;
     * what the variant derives (:meth:`learner.variants.LearnerVariant.derive`): ``amago2``'s
       two-hot bounds left null, +- :func:`learner.variants.amago2.twohot_bound`, with
-      ``learner.reward_bound`` raised to ``reward_probe`` (largest |reward| a random-action
-      probe of the env saw) when that is larger.
+      ``learner.reward_bound`` raised to the largest |reward| a random-action probe of the
+      env saw (``reward_probe``) when that is larger.
     """
     variant = _variant(cfg)
     out: list[Derived] = []
     learner = cfg.learner
+    if learner.max_seq_len == 0 and learner.seq_len_cap == 0:
+        cap, why = window_cap(learner.device)
+        learner = dataclasses.replace(learner, seq_len_cap=cap)
+        out.append(Derived("learner.seq_len_cap", cap, why))
     if learner.max_seq_len == 0:
         whole = horizon + 1
         value = min(whole, learner.seq_len_cap)
@@ -310,15 +319,78 @@ def derive_defaults(
         )
         learner = dataclasses.replace(learner, max_seq_len=value)
         out.append(Derived("learner.max_seq_len", value, why))
+    learner, notes = _reward_defaults(learner, reward_probe)
+    out += notes
     if learner.bc_weight is None:
         learner = dataclasses.replace(learner, bc_weight=learner.bc_weight_value)
         out.append(Derived("learner.bc_weight", learner.bc_weight, f"{learner.variant}'s own"))
-    learner, notes = variant.derive(learner, horizon, reward_probe)
+    largest = None if reward_probe is None else reward_probe.largest
+    learner, notes = variant.derive(learner, horizon, largest)
     out += [Derived(f"learner.{d.field}", d.value, d.reason) for d in notes]
     if spec is not None:
         learner, fitted = _fit_cnn(learner, spec)
         out += fitted
     return dataclasses.replace(cfg, learner=learner), out
+
+
+#: Derived window caps (timesteps) by where the learner runs. On CPU an update's cost grows
+#: with its window (default model, batch 24, one thread, this project's 2-vCPU VM: about 0.1 s
+#: at 64 timesteps, 0.35-0.47 s at 256; docs/configuration.md), and for a Markov env a longer
+#: window buys nothing; a GPU runs the 256-step window of AMAGO's long-horizon examples at a
+#: fraction of that.
+WINDOW_CAP_CPU = 64
+WINDOW_CAP_GPU = 256
+
+
+def window_cap(device: str) -> tuple[int, str]:
+    """The derived ``learner.seq_len_cap`` for ``learner.device`` and why: ``cuda`` ->
+    :data:`WINDOW_CAP_GPU`, ``cpu`` -> :data:`WINDOW_CAP_CPU`; ``auto`` follows whether this
+    machine's torch sees a GPU (the learner itself is placed later, by the Ray cluster: on a
+    cluster whose GPUs this machine lacks, say ``learner.device=cuda`` or set the cap)."""
+    if device == "cuda":
+        return WINDOW_CAP_GPU, "learner.device=cuda"
+    if device == "cpu":
+        return WINDOW_CAP_CPU, "learner.device=cpu: an update costs every timestep of the window"
+    import torch
+
+    if torch.cuda.is_available():
+        return WINDOW_CAP_GPU, "learner.device=auto and this machine has a GPU"
+    return WINDOW_CAP_CPU, "learner.device=auto and no GPU here: a CPU update costs every timestep"
+
+
+#: Discounts (the last one acts) and reward scale for sparse and for dense rewards.
+#: Sparse: AMAGO's own. Dense: the acting discount 0.99 and scale 1 of AMAGO's gym example
+#: and of this project's Pendulum, point-goal and Meta-World presets. With a reward at every
+#: step and a 1,000-step effective horizon (0.999), values are so much larger than one
+#: action's effect on them that the critics cannot rank actions (docs/configuration.md).
+SPARSE_REWARDS = ([0.1, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999], 10.0)
+DENSE_REWARDS = ([0.1, 0.9, 0.95, 0.97, 0.99], 1.0)
+
+
+def reward_regime(probe: RewardProbe | None) -> tuple[list[float], float, str]:
+    """``(gammas, reward_scale, why)`` for an env whose random-action probe saw ``probe``
+    (None: not probed, taken as sparse)."""
+    if probe is None:
+        return (*SPARSE_REWARDS, "env not probed: AMAGO's own")
+    seen = f"a random-action probe saw rewards on {probe.rewarded:.0%} of steps"
+    return (*(DENSE_REWARDS if probe.dense else SPARSE_REWARDS), seen)
+
+
+def _reward_defaults(
+    learner: LearnerConfig, probe: RewardProbe | None
+) -> tuple[LearnerConfig, list[Derived]]:
+    """Null ``gammas`` / ``reward_scale`` filled in by :func:`reward_regime`."""
+    if learner.gammas is not None and learner.reward_scale is not None:
+        return learner, []
+    gammas, scale, why = reward_regime(probe)
+    out = []
+    if learner.gammas is None:
+        learner = dataclasses.replace(learner, gammas=gammas)
+        out.append(Derived("learner.gammas", gammas, why))
+    if learner.reward_scale is None:
+        learner = dataclasses.replace(learner, reward_scale=scale)
+        out.append(Derived("learner.reward_scale", scale, why))
+    return learner, out
 
 
 def _fit_cnn(learner: LearnerConfig, spec: EnvSpec) -> tuple[LearnerConfig, list[Derived]]:
@@ -347,7 +419,11 @@ def _fit_cnn(learner: LearnerConfig, spec: EnvSpec) -> tuple[LearnerConfig, list
 def _variant(cfg: TrainConfig) -> LearnerVariant:
     """The learner's variant (a ``ConfigError`` naming ``learner.variant`` if none is
     registered under its name)."""
-    return prefixed("learner", cfg.learner.variant_impl)
+    return _variant_of(cfg.learner)
+
+
+def _variant_of(learner: LearnerConfig) -> LearnerVariant:
+    return prefixed("learner", learner.variant_impl)
 
 
 def resolve_environment(cfg: TrainConfig, environ: Mapping[str, str] | None = None) -> TrainConfig:
@@ -517,14 +593,25 @@ def eval_env_configs(cfg: TrainConfig) -> list[EnvConfig]:
     return [eval_env_config(cfg, t.env) for t in cfg.env.task_list()]
 
 
-def _reward_probe(cfg: TrainConfig) -> float | None:
-    """What :func:`derive_defaults` needs of the env's reward scale (only variants whose
-    derived defaults read the env do: amago2's bins)."""
-    if not _variant(cfg).derive_needs_env(cfg.learner):
+def _needs_probe(learner: LearnerConfig) -> bool:
+    """Whether deriving ``learner``'s defaults reads the env's rewards."""
+    return (
+        learner.gammas is None
+        or learner.reward_scale is None
+        or _variant_of(learner).derive_needs_env(learner)
+    )
+
+
+def _reward_probe(cfg: TrainConfig) -> RewardProbe | None:
+    """What :func:`derive_defaults` needs of the env's rewards (None when nothing derived
+    reads them); a multi-task run's: the largest reward of any task, and dense only if every
+    task's rewards are."""
+    if not _needs_probe(cfg.learner):
         return None
     from common.envs.factory import reward_probe
 
-    return max(reward_probe(t.env) for t in cfg.env.task_list())
+    probes = [reward_probe(t.env) for t in cfg.env.task_list()]
+    return RewardProbe(max(p.largest for p in probes), min(p.rewarded for p in probes))
 
 
 def compose(overrides: Sequence[str] = (), resolved: bool = True):
@@ -546,7 +633,7 @@ def compose(overrides: Sequence[str] = (), resolved: bool = True):
         return dcfg
     cfg = OmegaConf.to_object(dcfg)
     learner = cfg.learner
-    needs_env = not learner.max_seq_len or _variant(cfg).derive_needs_env(learner)
+    needs_env = not learner.max_seq_len or _needs_probe(learner)
     if not needs_env:  # nothing to derive needs the env's horizon: do not build it
         return derive_defaults(cfg, 0)[0]
     horizon = run_spec(cfg).max_episode_steps

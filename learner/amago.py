@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.records import Batch
+from common.records import Batch, trim_padding
 from common.spec import EnvSpec
 from learner.agent import (
     AmagoAgent,
@@ -138,7 +138,10 @@ class AmagoLearner:
     def train_step_deferred(self, batch: Batch) -> PendingMetrics:
         """:meth:`train_step` without reading its metrics back: nothing in the update waits
         for the device, so a loop of updates queues kernels back to back and reads every
-        metric at once with :meth:`resolve` (on CUDA: no host sync per update)."""
+        metric at once with :meth:`resolve` (on CUDA: no host sync per update). Trailing
+        all-padding columns are cut first (:func:`common.records.trim_padding`): they cost
+        compute and change no loss."""
+        batch = trim_padding(batch)
         t = self._to_tensors(batch)
         cfg = self.cfg
         with self._own_rng():

@@ -143,13 +143,18 @@ class LearnerConfig:
     # then derives whole rollouts (the env's horizon + 1) capped at seq_len_cap
     # (deploy.config.derive_defaults); the learner itself needs a concrete value.
     max_seq_len: int = 256
-    # Largest window a derived max_seq_len may take (long-horizon envs get a sliding window).
-    seq_len_cap: int = 256
+    # Largest window a derived max_seq_len may take (long-horizon envs get a sliding window);
+    # 0 = by the learner's device: 256 on a GPU, 64 on CPU (deploy.config.window_cap).
+    seq_len_cap: int = 0
     # Windows per update (the replay sampler draws this many per batch).
     batch_size: int = 24
     # Discount factors trained at once (multi-gamma); the LAST entry is the main discount,
-    # the only one whose actor acts.
-    gammas: list[float] = field(default_factory=lambda: [0.1, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999])
+    # the only one whose actor acts. A run's config may leave it null: derived from a
+    # random-action probe of the env's rewards (deploy.config.reward_regime): these seven
+    # for sparse rewards, up to 0.99 for dense ones.
+    gammas: list[float] | None = field(
+        default_factory=lambda: [0.1, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999]
+    )
     # Critic ensemble size C (per discount).
     num_critics: int = 4
     # Critics drawn at random (per target element) for the clipped TD target.
@@ -162,8 +167,9 @@ class LearnerConfig:
     # variant's own: 0.1 for "amago" (next to the online term), 1.0 for "amago2" (where BC is
     # the only actor term, as in AMAGO-2).
     bc_weight: float | None = None
-    # Reward scale c_r applied inside the TD target.
-    reward_scale: float = 10.0
+    # Reward scale c_r applied inside the TD target; null in a run's config: derived with
+    # gammas (10 for sparse rewards, 1 for dense ones).
+    reward_scale: float | None = 10.0
     # PopArt value normalisation (variant "amago"; the two-hot critic needs none).
     popart: bool = True
     # PopArt statistics step size (debiased exponential moving average).
@@ -236,8 +242,11 @@ class LearnerConfig:
             "max_seq_len",
             "must be >= 2 (a transition needs two); 0 is derived by the entrypoint only",
         )
-        require(self.seq_len_cap >= 2, "seq_len_cap", "must be >= 2")
+        require(self.seq_len_cap == 0 or self.seq_len_cap >= 2, "seq_len_cap", "must be 0 or >= 2")
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        derived = "null is only for a run's config (the entrypoint derives it from the env)"
+        require(self.gammas is not None, "gammas", derived)
+        require(self.reward_scale is not None, "reward_scale", derived)
         require(len(self.gammas) >= 1, "gammas", "needs at least one discount")
         require(
             all(0.0 <= float(g) < 1.0 for g in self.gammas),

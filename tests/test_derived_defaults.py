@@ -71,14 +71,52 @@ def test_amago2_bins_cover_the_tasks_returns_tightly():
 
 def test_reward_probe_raises_the_bound_for_large_rewards():
     """Pendulum's rewards reach about -16 a step: the probe sees it and the bins widen."""
-    big = reward_probe(EnvConfig(id="Pendulum-v1"), max_steps=400)
+    big = reward_probe(EnvConfig(id="Pendulum-v1"), max_steps=400).largest
     assert 5.0 < big <= 16.3
     cfg, derived = _prepared("env.id=Pendulum-v1", "learner.variant=amago2")
     assert cfg.learner.reward_bound == pytest.approx(big, rel=0.5)
-    assert cfg.learner.twohot_max > 2 * 10 * 10 * (1 - 0.999**200) / 0.001
-    # scalar critics do not probe
+    lr = cfg.learner  # dense rewards: acting discount 0.99, scale 1 (derived too)
+    assert (lr.gammas[-1], lr.reward_scale) == (0.99, 1.0)
+    assert lr.twohot_max == pytest.approx(twohot_bound(1.0, lr.reward_bound, 0.99, 200))
+    assert lr.twohot_max > 2 * 1 * 5 * (1 - 0.99**200) / 0.01
+    # scalar critics do not widen bins (the probe still sets the discounts)
     cfg, derived = _prepared("env.id=Pendulum-v1")
     assert "learner.reward_bound" not in derived and cfg.learner.twohot_min is None
+    assert "learner.gammas" in derived
+
+
+def test_reward_probe_measures_density():
+    """CartPole pays 1 every step; the goal grid pays only at a goal."""
+    assert reward_probe(EnvConfig(id="CartPole-v1"), max_steps=200).rewarded == 1.0
+    sparse = reward_probe(EnvConfig(id="amago/GoalGrid-v0"), max_steps=200)
+    assert sparse.rewarded < 0.5 and not sparse.dense
+
+
+def test_discounts_and_reward_scale_follow_the_env_rewards_unless_set():
+    """Dense rewards: acting discount 0.99 and scale 1; sparse: AMAGO's 0.999 and 10; each
+    value set explicitly is kept; every derived one is said."""
+    cfg, derived = _prepared("env.id=CartPole-v1")
+    assert cfg.learner.gammas == [0.1, 0.9, 0.95, 0.97, 0.99] and cfg.learner.reward_scale == 1
+    assert "100% of steps" in derived["learner.gammas"].reason
+    cfg, derived = _prepared("env=goal_grid")
+    assert cfg.learner.gammas[-1] == 0.999 and cfg.learner.reward_scale == 10
+    assert "learner.reward_scale" in derived
+    cfg, derived = _prepared("env.id=CartPole-v1", "learner.reward_scale=3")
+    assert cfg.learner.reward_scale == 3 and "learner.reward_scale" not in derived
+    assert cfg.learner.gammas[-1] == 0.99
+    cfg, derived = _prepared("env.id=CartPole-v1", "learner.gammas=[0.5,0.999]")
+    assert cfg.learner.gammas == [0.5, 0.999] and "learner.gammas" not in derived
+
+
+@pytest.mark.parametrize("device, cap", [("cpu", 64), ("cuda", 256)])
+def test_window_cap_follows_the_learner_device_unless_set(device, cap):
+    cfg, derived = _prepared("env.id=CartPole-v1", f"learner.device={device}")
+    assert cfg.learner.seq_len_cap == cfg.learner.max_seq_len == cap
+    assert derived["learner.seq_len_cap"].value == cap
+    cfg, derived = _prepared("env.id=CartPole-v1", "learner.seq_len_cap=100")
+    assert cfg.learner.max_seq_len == 100 and "learner.seq_len_cap" not in derived
+    cfg, derived = _prepared("env.id=CartPole-v1", "learner.max_seq_len=20")
+    assert "learner.seq_len_cap" not in derived  # nothing derived: the window is set
 
 
 def test_direct_learner_derives_bins_from_the_spec_horizon():

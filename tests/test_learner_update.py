@@ -255,3 +255,31 @@ def test_config_coerced_from_omegaconf_node():
     assert learner.cfg.model.d_model == 32
     policy = learner.make_policy(2)
     assert policy.cfg == learner.cfg
+
+
+@pytest.mark.parametrize("variant,encoder", [("amago", "transformer"), ("amago2", "gru")])
+def test_trailing_padding_is_cut_and_changes_no_loss(variant, encoder):
+    """Rows of at most 9 real steps in a 24-step window: the update runs on 16 columns
+    (the longest row rounded up to 8) and computes the same losses and gradients as on
+    the whole window (critic subsets fixed: every critic in every target)."""
+    from common.records import trim_padding
+
+    spec = spec_for(True)
+    model = {"encoder": encoder, "dropout": 0.0}
+    cfg = small_cfg(variant=variant, num_critics_td=3, max_seq_len=24, model=model)
+    batch = random_batch(spec, 5, 24, np.random.default_rng(3), min_len=3)
+    batch.mask[:, 9:] = False
+    cut = trim_padding(batch)
+    assert cut.shape == (5, 16) and trim_padding(cut) is cut
+    assert np.array_equal(cut.mask, batch.mask[:, :16]) and cut.obs.keys() == batch.obs.keys()
+    out1, g1 = losses_and_grads(AmagoLearner(spec, cfg), batch)
+    out2, g2 = losses_and_grads(AmagoLearner(spec, cfg), cut)
+    for k in out1:
+        assert out1[k] == pytest.approx(out2[k], rel=1e-5, abs=1e-6), k
+    assert g1.keys() == g2.keys() and len(g1) > 10
+    for n in g1:
+        assert torch.allclose(g1[n], g2[n], rtol=1e-4, atol=1e-6), n
+    m = AmagoLearner(spec, cfg).train_step(batch)
+    assert m["seq_timesteps"] == 5 * 16 and m["valid_timesteps"] == batch.mask.sum()
+    full = random_batch(spec, 2, 24, np.random.default_rng(4))
+    assert trim_padding(full) is full

@@ -148,7 +148,10 @@ def test_env_id_alone_inherits_no_preset():
     assert cfg.env.kwargs == {} and cfg.run.stop_at_return is None
     assert cfg.learner.model == generic.learner.model and cfg.learner.lr == generic.learner.lr
     assert cfg.replay.rate_limit == generic.replay.rate_limit
-    assert cfg.learner.max_seq_len == 256  # CartPole's 500-step limit + 1, capped
+    # CartPole's 500-step limit + 1, capped for where the learner runs (no GPU here)
+    assert cfg.learner.max_seq_len == cfg.learner.seq_len_cap == 64
+    on_gpu, _, _ = prepare(compose(["env.id=CartPole-v1", "learner.device=cuda"]))
+    assert on_gpu.learner.max_seq_len == on_gpu.learner.seq_len_cap == 256
 
 
 # -- "Evaluate and export": the commands run for real on a run directory built here ---------

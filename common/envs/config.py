@@ -230,3 +230,17 @@ def resolve_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
 
 
 __all__ = ["TASK_NAME_RE", "EnvConfig", "Task", "TaskConfig", "resolve_env_id"]
+
+
+@dataclass(frozen=True)
+class RewardProbe:
+    """What uniformly random actions saw of an env's rewards (:func:`reward_probe`)."""
+
+    largest: float  # largest |reward|
+    rewarded: float  # fraction of the steps taken that paid a nonzero reward
+
+    @property
+    def dense(self) -> bool:
+        """Rewards on at least half of the steps (CartPole, Pendulum, POPGym), as opposed to
+        sparse ones (a goal, a trial's end)."""
+        return self.rewarded >= 0.5

@@ -36,7 +36,7 @@ from gymnasium.wrappers import TimeLimit
 from common.config_utils import ConfigError
 from common.envs import atari
 from common.envs.api import declared_horizon_from, find_wrapper
-from common.envs.config import EnvConfig
+from common.envs.config import EnvConfig, RewardProbe
 from common.envs.goal_wrapper import GoalConditioned
 from common.envs.standardize import Standardize
 from common.envs.trial import TrialWrapper
@@ -168,20 +168,23 @@ def env_spec(cfg: EnvConfig) -> EnvSpec:
         env.close()
 
 
-def reward_probe(cfg: EnvConfig, max_steps: int = 1000, seed: int = 0) -> float:
-    """Largest |reward| of ``make_env(cfg)`` under uniformly random actions over up to
-    ``max_steps`` steps (a scale hint for value bins; an env that raises ends the probe)."""
+def reward_probe(cfg: EnvConfig, max_steps: int = 1000, seed: int = 0) -> RewardProbe:
+    """The rewards of ``make_env(cfg)`` under uniformly random actions over up to
+    ``max_steps`` steps: a scale and density hint for derived defaults (an env that raises
+    ends the probe; what it saw so far stands)."""
     env = make_env(cfg, seed=seed)
-    biggest = 0.0
+    biggest, steps, rewarded = 0.0, 0, 0
     try:
         env.reset(seed=seed)
         for _ in range(max_steps):
             _, r, terminated, truncated, _ = env.step(env.action_space.sample())
             biggest = max(biggest, abs(float(r)))
+            steps += 1
+            rewarded += float(r) != 0.0
             if terminated or truncated:
                 env.reset()
     except Exception:  # the probe is a hint: what it saw so far stands
         pass
     finally:
         env.close()
-    return biggest
+    return RewardProbe(biggest, rewarded / steps if steps else 0.0)
