@@ -35,6 +35,23 @@ def test_scores_follow_the_metric():
     assert "multitask" in suite.SUITES["cpu"]
 
 
+def test_a_task_with_a_versus_row_must_beat_its_median_by_a_margin():
+    """The external suite's POPGym rows are scored against their memoryless ablation."""
+    t = suite.TASKS["ext_PositionOnlyCartPoleEasy"]
+    assert t.versus == "ext_PositionOnlyCartPoleEasy_memoryless" and t.versus in suite.TASKS
+    assert "learner.model.encoder=mlp" in suite.TASKS[t.versus].overrides
+    mlp = [suite.Result(t.versus, s, v, 0.0, [], 10, 1, 1.0) for s, v in enumerate([0.1, 0.3, 0.2])]
+    good = suite.Result(t.name, 0, 0.26, 0.0, [], 10, 1, 1.0)
+    bad = suite.Result(t.name, 1, 0.24, 0.0, [], 10, 1, 1.0)
+    results = {t.name: [good, bad], t.versus: mlp}
+    assert suite.solved(t, good, results) and not suite.solved(t, bad, results)
+    assert not suite.solved(t, good, {t.name: [good]})  # no baseline run: not solved
+    assert "1/2" in suite.table(results) and "(0.250)" in suite.table(results)
+    ext = suite.SUITES["external"]
+    assert sum(n.startswith("ext_") and n.endswith("_memoryless") for n in ext) >= 8
+    assert {"ext_cartpole", "ext_acrobot", "ext_pendulum_plain", "ext_lunarlander"} <= set(ext)
+
+
 def test_table_and_plot_rebuild_from_a_runs_output(tmp_path):
     """``--from-log``: the JSON lines a run printed give back its results (other lines
     ignored), and the table and PNG are written from them."""
