@@ -91,9 +91,17 @@ class ActorConfig:
     # copies the Ray worker with its threads: avoid)
     vector_env_context: str = "forkserver"
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    # Stream each long rollout to the replay in chunks of this many new env steps (each
+    # record repeats the learner.max_seq_len - 1 steps before them, so every training window
+    # lies whole in one record), so the learner trains on a rollout while it goes on instead
+    # of after its end. 0 = derived at start-up (deploy.config.derive_defaults): 2 x the
+    # window when a rollout is longer than that and no hindsight relabeling needs whole
+    # rollouts, else -1; -1 = whole rollouts only.
+    chunk_steps: int = 0
 
     def validate(self) -> None:
         require(self.num_actors >= 1, "num_actors", "need at least one actor")
+        require(self.chunk_steps >= -1, "chunk_steps", "must be -1 (off), 0 (derived) or > 0")
         require(
             self.max_num_actors >= self.num_actors,
             "max_num_actors",

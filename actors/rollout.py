@@ -69,7 +69,8 @@ class _Slot(TrajectoryRecorder):
     def __init__(self, obs: dict[str, np.ndarray], info: dict, spec: EnvSpec, version: int):
         super().__init__(spec, obs, info)
         self.success = 0.0
-        self.version = version
+        self.version = version  # of the policy when the record in progress began
+        self.sent = 0  # timesteps [0, sent) already handed to the sink in chunks
 
     def append(self, action, obs, reward, terminated, truncated, info: dict) -> None:
         super().append(action, obs, reward, terminated, truncated, info)
@@ -88,6 +89,13 @@ class RolloutLoop:
     The policy acts greedily when ``greedy`` (evaluation) or when ``exploration`` says not to
     sample (``sample_actions: false``); ``exploration`` then perturbs its actions. ``task``
     (multi-task runs) goes into every rollout's ``meta.info["task"]``.
+
+    ``chunk`` = ``(steps, overlap)`` streams long rollouts: every ``steps`` env steps a
+    rollout in progress hands the sink a record of its new timesteps with the ``overlap``
+    timesteps before them in front (``overlap`` = the training window - 1: every window of
+    the rollout then lies whole in one record, and the timestep that ends a chunk starts the
+    next), and its last chunk when it ends. The learner then trains on a long rollout while
+    it is still going, not only after its end. Statistics are always of whole rollouts.
     """
 
     def __init__(
@@ -102,7 +110,11 @@ class RolloutLoop:
         seed: int = 0,
         greedy: bool = False,
         task: str = "",
+        chunk: tuple[int, int] | None = None,
     ):
+        if chunk is not None and not (chunk[0] >= 1 and chunk[1] >= 1):
+            raise ValueError(f"chunk needs steps >= 1 and overlap >= 1, got {chunk}")
+        self.chunk = chunk
         self.batch: EnvBatch = SyncEnvBatch(envs) if isinstance(envs, list) else envs
         self.num_envs = self.batch.num_envs
         self.spec, self.policy, self.sink = spec, policy, sink
@@ -234,16 +246,27 @@ class RolloutLoop:
         obs, reward, terminated, truncated, info = res
         st.env_steps += 1
         slot.append(action, obs, reward, terminated, truncated, info)
-        if not (terminated or truncated):
+        done = terminated or truncated
+        due = self.chunk is not None and len(slot) - slot.sent >= self.chunk[0]
+        if not (done or due):
             return False
         traj = slot.to_trajectory(self.env_id, self.actor_id, slot.version)
         if self.task:
             traj.meta.info["task"] = self.task
-        st.returns.append(traj.total_return)
-        st.lengths.append(len(traj))
-        st.successes.append(slot.success)
-        st.finished_slots.append(i)
-        st.episode_returns.append(episode_returns(traj))
+        if done:
+            st.returns.append(traj.total_return)
+            st.lengths.append(len(traj))
+            st.successes.append(slot.success)
+            st.finished_slots.append(i)
+            st.episode_returns.append(episode_returns(traj))
         if self.sink is not None:
-            self.sink(traj)
-        return True
+            self.sink(traj if slot.sent == 0 and done else self._chunk_of(slot, traj))
+        if not done:
+            slot.sent, slot.version = len(slot), self.policy.version
+        return done
+
+    def _chunk_of(self, slot: _Slot, traj: Trajectory) -> Trajectory:
+        """The record a chunk hands the sink: the timesteps not sent yet, with the overlap
+        before them."""
+        assert self.chunk is not None
+        return traj.window(max(0, slot.sent - self.chunk[1]), len(traj))

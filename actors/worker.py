@@ -62,6 +62,9 @@ class ActorSetup:
     # the task of a multi-task run this actor steps ("" = a single-task run): recorded as
     # meta.info["task"] of every rollout, and the ``task`` label of its return metrics
     task: str = ""
+    # (new steps, overlap): stream long rollouts in chunks (actors.rollout.RolloutLoop); None
+    # = whole rollouts at their end
+    chunk: tuple[int, int] | None = None
 
 
 class RolloutActor:
@@ -104,6 +107,7 @@ class RolloutActor:
             task=setup.task,
             seed=seed,
             greedy=self.evaluating and not setup.eval_sample,
+            chunk=setup.chunk,
         )
         self.metrics = Metrics()
         self.metrics_port = self.metrics.serve(setup.metrics_host) if setup.serve_metrics else 0

@@ -330,7 +330,28 @@ def derive_defaults(
     if spec is not None:
         learner, fitted = _fit_cnn(learner, spec)
         out += fitted
-    return dataclasses.replace(cfg, learner=learner), out
+    cfg = dataclasses.replace(cfg, learner=learner)
+    if cfg.actors.chunk_steps == 0:
+        steps, why = chunk_steps(horizon + 1, learner.max_seq_len, cfg.replay.relabel)
+        cfg = dataclasses.replace(cfg, actors=dataclasses.replace(cfg.actors, chunk_steps=steps))
+        if steps > 0:
+            out.append(Derived("actors.chunk_steps", steps, why))
+    return cfg, out
+
+
+def chunk_steps(rollout: int, window: int, relabel: str) -> tuple[int, str]:
+    """The derived ``actors.chunk_steps`` for rollouts of ``rollout`` timesteps trained in
+    windows of ``window``, and why: a rollout longer than two windows streams in chunks of
+    two windows of new steps (each record then repeats at most a third of its length);
+    shorter ones, and any run whose relabeling needs whole rollouts, insert whole rollouts."""
+    if relabel != "none":
+        return -1, f"replay.relabel={relabel} needs whole rollouts"
+    if rollout <= 2 * window:
+        return -1, "a rollout fits two windows"
+    return 2 * window, (
+        f"rollouts of {rollout} timesteps, window {window}: the learner trains on a rollout "
+        "while it goes on"
+    )
 
 
 #: Derived window caps (timesteps) by where the learner runs. On CPU an update's cost grows
@@ -633,7 +654,7 @@ def compose(overrides: Sequence[str] = (), resolved: bool = True):
         return dcfg
     cfg = OmegaConf.to_object(dcfg)
     learner = cfg.learner
-    needs_env = not learner.max_seq_len or _needs_probe(learner)
+    needs_env = not learner.max_seq_len or _needs_probe(learner) or not cfg.actors.chunk_steps
     if not needs_env:  # nothing to derive needs the env's horizon: do not build it
         return derive_defaults(cfg, 0)[0]
     horizon = run_spec(cfg).max_episode_steps

@@ -180,3 +180,18 @@ def test_small_images_get_a_conv_trunk_they_fit_and_an_explicit_misfit_fails_in_
     with pytest.raises(ConfigError) as e:
         derive_defaults(by_hand, 50, None, _image_spec(7, 7))
     assert e.value.field == "learner.model.cnn_kernels" and "(7, 7, 3)" in str(e.value)
+
+
+def test_long_rollouts_stream_in_chunks_of_two_windows_unless_set():
+    cfg, derived = _prepared("env.id=CartPole-v1", "learner.device=cpu")
+    assert cfg.actors.chunk_steps == 128 and derived["actors.chunk_steps"].value == 128
+    cfg, derived = _prepared("experiment=tmaze")  # a rollout fits the window: whole rollouts
+    assert cfg.actors.chunk_steps == -1 and "actors.chunk_steps" not in derived
+    cfg, derived = _prepared("env=goal_grid", "replay.relabel=hindsight", "learner.max_seq_len=8")
+    assert cfg.actors.chunk_steps == -1  # relabeling reads whole rollouts
+    cfg, derived = _prepared("env.id=CartPole-v1", "actors.chunk_steps=50")
+    assert cfg.actors.chunk_steps == 50 and "actors.chunk_steps" not in derived
+    from deploy.run.builder import rollout_chunks
+
+    assert rollout_chunks(cfg) == (50, cfg.learner.max_seq_len - 1)
+    assert rollout_chunks(_prepared("experiment=tmaze")[0]) is None

@@ -218,3 +218,39 @@ def test_episode_returns_split_a_trial_at_its_episode_starts():
         assert len(per_ep) == 5
         np.testing.assert_allclose(per_ep, t.prev_reward[1:])  # one pull per episode
         assert sum(per_ep) == pytest.approx(t.total_return)
+
+
+def test_long_rollouts_stream_in_overlapping_chunks():
+    """chunk=(steps, overlap): a rollout in progress hands the sink a record of its new
+    timesteps every ``steps`` env steps, the ``overlap`` timesteps before them in front; the
+    records put back together are exactly the whole rollout a loop without chunks records
+    (same seeds), and statistics count whole rollouts only, once."""
+    cfg = EnvConfig(id="Pendulum-v1")  # 200-step episodes: 201 timesteps
+    spec = env_spec(cfg)
+
+    def loop(chunk):
+        out: list[Trajectory] = []
+        policy = RandomPolicy(spec, seed=1)
+        envs = [make_env(cfg, seed=i) for i in range(2)]
+        w = RolloutLoop(envs, spec, policy, out.append, None, env_id=cfg.id, chunk=chunk)
+        return w.run(200), out, policy
+
+    whole_st, whole, _ = loop(None)
+    st, parts, policy = loop((32, 7))
+    assert st.returns == whole_st.returns and st.lengths == whole_st.lengths == [201, 201]
+    assert len(whole) == 2 and len(parts) == 2 * 7  # 32 new timesteps a chunk, 201 in all
+    for slot, ref in enumerate(whole):
+        mine = parts[slot::2]  # the slots hit each chunk boundary at the same step
+        sent = 0
+        for p in mine:
+            validate(p)
+            start = max(0, sent - 7)
+            assert p.time_idx[0] == start and p.time_idx[-1] == min(sent + 32, 201) - 1
+            for k, v in p.arrays().items():
+                np.testing.assert_array_equal(v, ref.arrays()[k][start : start + len(p)], k)
+            sent = int(p.time_idx[-1]) + 1
+        assert sent == 201 and mine[-1].truncated[-1]
+        assert not any(p.truncated.any() or p.terminated.any() for p in mine[:-1])
+    assert all(p.meta.policy_version == 3 for p in parts)
+    with pytest.raises(ValueError, match="overlap"):
+        RolloutLoop([make_env(cfg)], spec, policy, None, None, chunk=(8, 0))

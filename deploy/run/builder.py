@@ -277,6 +277,7 @@ def start_rollout_actor(
         serve_metrics=cfg.deploy.serve_metrics,
         eval_sample=evaluation and cfg.run.eval_sample,
         task="" if task is None else task.name,
+        chunk=None if evaluation else rollout_chunks(cfg),
     )
     return (
         ray.remote(RolloutActor)
@@ -289,6 +290,13 @@ def start_rollout_actor(
         )
         .remote(setup, broker)
     )
+
+
+def rollout_chunks(cfg: TrainConfig) -> tuple[int, int] | None:
+    """How rollout actors stream long rollouts (``actors.chunk_steps`` new steps per record,
+    the training window - 1 before them repeated), or None: whole rollouts."""
+    steps = cfg.actors.chunk_steps
+    return (steps, cfg.learner.max_seq_len - 1) if steps > 0 else None
 
 
 def _fleet_actor(start: Callable, tasks: list[Task], index: int, task: int):
