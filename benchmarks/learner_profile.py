@@ -50,7 +50,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmarks.learner_throughput import update_flops
-from common.records import Trajectory
+from common.records import Trajectory, trim_padding
 from common.spec import ArraySpec, EnvSpec
 from learner.amago import AmagoLearner, PendingMetrics
 from learner.synthetic import collate, random_batch, tiny_model
@@ -80,6 +80,9 @@ def default_learner_cfg(**overrides) -> dict:
     """configs/learner/default.yaml as a dict (worker settings dropped), with ``overrides``."""
     d = OmegaConf.to_container(OmegaConf.load(CONFIGS / "learner" / "default.yaml"))
     d.pop("worker", None)
+    for k in ("gammas", "reward_scale"):  # null = by the env's rewards at a run's start:
+        if d.get(k) is None:  # here the dataclass's own (AMAGO's, the sparse-reward values)
+            d.pop(k, None)
     d.update(device="cpu", num_threads=1)
     for k, v in overrides.items():
         if k == "model":
@@ -142,7 +145,7 @@ def profiled_step(learner: AmagoLearner, batch, timer: Timer) -> dict[str, float
     t_start = time.perf_counter()
     inner: dict[str, float] = {}
     with timer.part("to_device"):
-        t = learner._to_tensors(batch)
+        t = learner._to_tensors(trim_padding(batch))
     popart = learner.agent.popart
     original = popart.update
 
