@@ -250,7 +250,10 @@ class RolloutLoop:
         due = self.chunk is not None and len(slot) - slot.sent >= self.chunk[0]
         if not (done or due):
             return False
-        traj = slot.to_trajectory(self.env_id, self.actor_id, slot.version)
+        # a chunk stacks only its own timesteps (the ones not sent yet, after the overlap);
+        # a finished rollout is stacked whole once (its stats read every episode)
+        first = max(0, slot.sent - self.chunk[1]) if slot.sent else 0
+        traj = slot.to_trajectory(self.env_id, self.actor_id, slot.version, 0 if done else first)
         if self.task:
             traj.meta.info["task"] = self.task
         if done:
@@ -260,13 +263,7 @@ class RolloutLoop:
             st.finished_slots.append(i)
             st.episode_returns.append(episode_returns(traj))
         if self.sink is not None:
-            self.sink(traj if slot.sent == 0 and done else self._chunk_of(slot, traj))
+            self.sink(traj.window(first, len(traj)) if done and first else traj)
         if not done:
             slot.sent, slot.version = len(slot), self.policy.version
         return done
-
-    def _chunk_of(self, slot: _Slot, traj: Trajectory) -> Trajectory:
-        """The record a chunk hands the sink: the timesteps not sent yet, with the overlap
-        before them."""
-        assert self.chunk is not None
-        return traj.window(max(0, slot.sent - self.chunk[1]), len(traj))

@@ -295,14 +295,15 @@ def derive_defaults(
       window of that many timesteps);
     * ``learner.gammas = null`` / ``learner.reward_scale = null``: by the env's rewards
       (:func:`reward_regime`): AMAGO's seven discounts up to 0.999 and scale 10 for sparse
-      rewards, discounts up to 0.99 and scale 1 for dense ones;
+      rewards; discounts up to 0.99 for dense ones, scaled by 1 / their largest size within
+      [1, 10];
     * ``learner.bc_weight = null``: the variant's own;
     * what the variant derives (:meth:`learner.variants.LearnerVariant.derive`): ``amago2``'s
       two-hot bounds left null, +- :func:`learner.variants.amago2.twohot_bound`, with
       ``learner.reward_bound`` raised to the largest |reward| a random-action probe of the
       env saw (``reward_probe``) when that is larger.
     """
-    variant = _variant(cfg)
+    variant = _variant(cfg.learner)
     out: list[Derived] = []
     learner = cfg.learner
     if learner.max_seq_len == 0 and learner.seq_len_cap == 0:
@@ -380,12 +381,16 @@ def window_cap(device: str) -> tuple[int, str]:
 
 
 #: Discounts (the last one acts) and reward scale for sparse and for dense rewards.
-#: Sparse: AMAGO's own. Dense: the acting discount 0.99 and scale 1 of AMAGO's gym example
-#: and of this project's Pendulum, point-goal and Meta-World presets. With a reward at every
-#: step and a 1,000-step effective horizon (0.999), values are so much larger than one
-#: action's effect on them that the critics cannot rank actions (docs/configuration.md).
-SPARSE_REWARDS = ([0.1, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999], 10.0)
-DENSE_REWARDS = ([0.1, 0.9, 0.95, 0.97, 0.99], 1.0)
+#: Sparse: AMAGO's own (``LearnerConfig``'s defaults). Dense: the acting discount 0.99 of
+#: AMAGO's gym example and of this project's Pendulum, point-goal and Meta-World presets. With
+#: a reward at every step and a 1,000-step effective horizon (0.999), values are so much larger
+#: than one action's effect on them that the critics cannot rank actions
+#: (docs/configuration.md). Dense rewards are scaled by ``1 / largest |reward|`` within
+#: [1, the sparse scale]: 1 for CartPole's, Acrobot's or Pendulum's, the sparse scale for
+#: rewards of a hundredth (POPGym's +-1/episode length), measured: POPGym RepeatPreviousEasy
+#: solved in ~180 s at scale 1, ~48 s at 10 (docs/results.md).
+SPARSE_REWARDS = (list(LearnerConfig().gammas or ()), float(LearnerConfig().reward_scale or 0))
+DENSE_GAMMAS = [0.1, 0.9, 0.95, 0.97, 0.99]
 
 
 def reward_regime(probe: RewardProbe | None) -> tuple[list[float], float, str]:
@@ -394,7 +399,11 @@ def reward_regime(probe: RewardProbe | None) -> tuple[list[float], float, str]:
     if probe is None:
         return (*SPARSE_REWARDS, "env not probed: AMAGO's own")
     seen = f"a random-action probe saw rewards on {probe.rewarded:.0%} of steps"
-    return (*(DENSE_REWARDS if probe.dense else SPARSE_REWARDS), seen)
+    if not probe.dense:
+        return (*SPARSE_REWARDS, seen)
+    top = SPARSE_REWARDS[1]
+    scale = top if probe.largest <= 1 / top else max(1.0, round(1 / probe.largest, 2))
+    return DENSE_GAMMAS, scale, f"{seen}, |reward| <= {probe.largest:.3g}"
 
 
 def _reward_defaults(
@@ -437,13 +446,9 @@ def _fit_cnn(learner: LearnerConfig, spec: EnvSpec) -> tuple[LearnerConfig, list
     ]
 
 
-def _variant(cfg: TrainConfig) -> LearnerVariant:
+def _variant(learner: LearnerConfig) -> LearnerVariant:
     """The learner's variant (a ``ConfigError`` naming ``learner.variant`` if none is
     registered under its name)."""
-    return _variant_of(cfg.learner)
-
-
-def _variant_of(learner: LearnerConfig) -> LearnerVariant:
     return prefixed("learner", learner.variant_impl)
 
 
@@ -619,7 +624,7 @@ def _needs_probe(learner: LearnerConfig) -> bool:
     return (
         learner.gammas is None
         or learner.reward_scale is None
-        or _variant_of(learner).derive_needs_env(learner)
+        or _variant(learner).derive_needs_env(learner)
     )
 
 

@@ -254,3 +254,24 @@ def test_long_rollouts_stream_in_overlapping_chunks():
     assert all(p.meta.policy_version == 3 for p in parts)
     with pytest.raises(ValueError, match="overlap"):
         RolloutLoop([make_env(cfg)], spec, policy, None, None, chunk=(8, 0))
+
+
+def test_recorder_stacks_a_suffix_as_the_whole_record_windowed():
+    """``to_trajectory(start=k)`` (what a chunk stacks) is the whole record's ``window(k, n)``:
+    same arrays, absolute time_idx, episode starts shifted and those before k dropped."""
+    from common.envs.record import TrajectoryRecorder
+
+    cfg = EnvConfig(id="amago/MetaBandit-v0", trial_episodes=6)
+    spec, env = env_spec(cfg), make_env(cfg, seed=0)
+    obs, info = env.reset(seed=0)
+    rec = TrajectoryRecorder(spec, obs, info)
+    rng = np.random.default_rng(0)
+    while not rec.done:
+        a = int(rng.integers(spec.action_dim))
+        rec.append(a, *env.step(a))
+    whole = rec.to_trajectory("x", 1, 2)
+    for k in (0, 2, 3, len(rec) - 1):
+        part, ref = rec.to_trajectory("x", 1, 2, start=k), whole.window(k, len(rec))
+        assert part.meta.episode_starts == ref.meta.episode_starts
+        for key, v in ref.arrays().items():
+            np.testing.assert_array_equal(part.arrays()[key], v, err_msg=key)

@@ -92,26 +92,28 @@ class TrajectoryRecorder:
             self.episode_starts.append(len(self.prev_reward) - 1)
 
     def to_trajectory(
-        self, env_id: str = "", actor_id: int = 0, policy_version: int = 0
+        self, env_id: str = "", actor_id: int = 0, policy_version: int = 0, start: int = 0
     ) -> Trajectory:
-        """The recorded timesteps as a :class:`Trajectory` (``time_idx = t``)."""
+        """Timesteps ``[start, len)`` as a :class:`Trajectory` (``time_idx = t``; the same
+        record as ``to_trajectory(...).window(start, len)``, stacking only those timesteps)."""
         n = len(self)
+        starts = [s - start for s in self.episode_starts if s >= start]
         meta = TrajectoryMeta(
             env_id=env_id,
             actor_id=actor_id,
             policy_version=policy_version,
-            episode_starts=list(self.episode_starts),
+            episode_starts=starts or [0],
             info=dict(self.info),
         )
         return Trajectory(
-            obs={k: np.stack(v) for k, v in self.obs.items()},
-            prev_action=np.stack(self.prev_action).astype(np.float32, copy=False),
-            prev_reward=np.asarray(self.prev_reward, dtype=np.float32),
-            time_idx=np.arange(n, dtype=np.int32),
-            terminated=np.asarray(self.terminated, dtype=bool),
-            truncated=np.asarray(self.truncated, dtype=bool),
+            obs={k: np.stack(v[start:]) for k, v in self.obs.items()},
+            prev_action=np.stack(self.prev_action[start:]).astype(np.float32, copy=False),
+            prev_reward=np.asarray(self.prev_reward[start:], dtype=np.float32),
+            time_idx=np.arange(start, n, dtype=np.int32),
+            terminated=np.asarray(self.terminated[start:], dtype=bool),
+            truncated=np.asarray(self.truncated[start:], dtype=bool),
             extras={
-                k: np.stack(v).astype(self.spec.extras[k].dtype, copy=False)
+                k: np.stack(v[start:]).astype(self.spec.extras[k].dtype, copy=False)
                 for k, v in self.extras.items()
             },
             meta=meta,
