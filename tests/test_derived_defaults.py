@@ -93,11 +93,11 @@ def test_reward_probe_measures_density():
 
 
 def test_discounts_and_reward_scale_follow_the_env_rewards_unless_set():
-    """Dense rewards: acting discount 0.99 and scale 1 / their size within [1, 10]; sparse:
+    """Dense rewards: acting discount 0.99 and scale 10 / their size within [1, 10]; sparse:
     AMAGO's 0.999 and 10; each
     value set explicitly is kept; every derived one is said."""
-    cfg, derived = _prepared("env.id=CartPole-v1")
-    assert cfg.learner.gammas == [0.1, 0.9, 0.95, 0.97, 0.99] and cfg.learner.reward_scale == 1
+    cfg, derived = _prepared("env.id=CartPole-v1")  # 1 a step: scaled to 10
+    assert cfg.learner.gammas == [0.1, 0.9, 0.95, 0.97, 0.99] and cfg.learner.reward_scale == 10
     assert "100% of steps" in derived["learner.gammas"].reason
     # dense but small (POPGym's +-1/episode length): the discounts of dense rewards, scale 10
     cfg, derived = _prepared("env=popgym", "env.id=popgym-RepeatPreviousEasy-v0")
