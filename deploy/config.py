@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import ipaddress
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -386,27 +387,32 @@ def window_cap(device: str) -> tuple[int, str]:
 #: a reward at every step and a 1,000-step effective horizon (0.999), values are so much larger
 #: than one action's effect on them that the critics cannot rank actions
 #: (docs/configuration.md). Dense rewards are scaled so the largest is at least 10 (scale
-#: ``10 / largest |reward|`` within [1, the sparse scale 10]): 10 for CartPole's, Acrobot's or
-#: POPGym's +-1/episode length, 1 for Pendulum's (-16) or LunarLander's. Why 10: the first TD
-#: targets bootstrap from the critics' random outputs times PopArt's initial sigma, 10, and
-#: that noise lingers for thousands of updates; smaller rewards learn slowly under it
+#: ``sigma / largest |reward|`` within [1, sigma], sigma = PopArt's initial scale
+#: ``sqrt(learner.popart_init_nu)``, 10 by default): 10 for CartPole's, Acrobot's or POPGym's
+#: +-1/episode length, 1 for Pendulum's (-16) or LunarLander's. Why sigma: the first TD
+#: targets bootstrap from the critics' random outputs times PopArt's initial sigma, and that
+#: noise lingers for thousands of updates; smaller rewards learn slowly under it
 #: (POPGym RepeatPreviousEasy: ~1,960 updates to solve at scale 1, ~440 at 10; CartPole's
 #: final greedy return at 300 s: 299.5 / 227.4 at 10 on seeds 0 / 1, 156.1 at 1 on seed 1;
 #: docs/results.md).
 SPARSE_REWARDS = (list(LearnerConfig().gammas or ()), float(LearnerConfig().reward_scale or 0))
-DENSE_GAMMAS = [0.1, 0.9, 0.95, 0.97, 0.99]
+#: Dense rewards keep AMAGO's discounts up to a 100-step effective horizon.
+DENSE_GAMMAS = [g for g in SPARSE_REWARDS[0] if g <= 0.99]
 
 
-def reward_regime(probe: RewardProbe | None) -> tuple[list[float], float, str]:
+def reward_regime(
+    probe: RewardProbe | None, popart_init_nu: float = LearnerConfig().popart_init_nu
+) -> tuple[list[float], float, str]:
     """``(gammas, reward_scale, why)`` for an env whose random-action probe saw ``probe``
-    (None: not probed, taken as sparse)."""
+    (None: not probed, taken as sparse); dense rewards are scaled towards PopArt's initial
+    sigma ``sqrt(popart_init_nu)``."""
     if probe is None:
         return (*SPARSE_REWARDS, "env not probed: AMAGO's own")
     seen = f"a random-action probe saw rewards on {probe.rewarded:.0%} of steps"
     if not probe.dense:
         return (*SPARSE_REWARDS, seen)
-    top = SPARSE_REWARDS[1]
-    scale = min(top, max(1.0, round(top / probe.largest, 2)))
+    sigma = math.sqrt(popart_init_nu)
+    scale = min(sigma, max(1.0, round(sigma / probe.largest, 2)))
     return DENSE_GAMMAS, scale, f"{seen}, |reward| <= {probe.largest:.3g}"
 
 
@@ -416,7 +422,7 @@ def _reward_defaults(
     """Null ``gammas`` / ``reward_scale`` filled in by :func:`reward_regime`."""
     if learner.gammas is not None and learner.reward_scale is not None:
         return learner, []
-    gammas, scale, why = reward_regime(probe)
+    gammas, scale, why = reward_regime(probe, learner.popart_init_nu)
     out = []
     if learner.gammas is None:
         learner = dataclasses.replace(learner, gammas=gammas)

@@ -168,7 +168,8 @@ class LearnerConfig:
     # the only actor term, as in AMAGO-2).
     bc_weight: float | None = None
     # Reward scale c_r applied inside the TD target; null in a run's config: derived with
-    # gammas (10 for sparse rewards; 10 / their largest size within [1, 10] for dense ones).
+    # gammas (10 for sparse rewards; for dense ones sigma / their largest size within
+    # [1, sigma], sigma = sqrt(popart_init_nu) = 10 by default).
     reward_scale: float | None = 10.0
     # PopArt value normalisation (variant "amago"; the two-hot critic needs none).
     popart: bool = True

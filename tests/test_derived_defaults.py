@@ -93,9 +93,9 @@ def test_reward_probe_measures_density():
 
 
 def test_discounts_and_reward_scale_follow_the_env_rewards_unless_set():
-    """Dense rewards: acting discount 0.99 and scale 10 / their size within [1, 10]; sparse:
-    AMAGO's 0.999 and 10; each
-    value set explicitly is kept; every derived one is said."""
+    """Dense rewards: acting discount 0.99 and scale sigma / their size within [1, sigma],
+    sigma = PopArt's initial scale sqrt(popart_init_nu) (10); sparse: AMAGO's 0.999 and 10;
+    each value set explicitly is kept; every derived one is said."""
     cfg, derived = _prepared("env.id=CartPole-v1")  # 1 a step: scaled to 10
     assert cfg.learner.gammas == [0.1, 0.9, 0.95, 0.97, 0.99] and cfg.learner.reward_scale == 10
     assert "100% of steps" in derived["learner.gammas"].reason
@@ -103,6 +103,9 @@ def test_discounts_and_reward_scale_follow_the_env_rewards_unless_set():
     cfg, derived = _prepared("env=popgym", "env.id=popgym-RepeatPreviousEasy-v0")
     assert cfg.learner.gammas[-1] == 0.99 and cfg.learner.reward_scale == 10
     assert "|reward| <= 0.0" in derived["learner.reward_scale"].reason
+    # the target follows PopArt's initial sigma: sqrt(4) = 2 for CartPole's 1 a step
+    cfg, _ = _prepared("env.id=CartPole-v1", "learner.popart_init_nu=4")
+    assert cfg.learner.reward_scale == 2
     cfg, derived = _prepared("env=goal_grid")
     assert cfg.learner.gammas[-1] == 0.999 and cfg.learner.reward_scale == 10
     assert "learner.reward_scale" in derived
