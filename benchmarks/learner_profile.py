@@ -32,7 +32,12 @@ profiler overhead; an overlapping view, not a part of the sum), and achieved FLO
 (:func:`benchmarks.learner_throughput.update_flops`) against a large fp32 matmul timed on one
 thread in the same run.
 
-    python -m benchmarks.learner_profile                  # the three models
+The ``minigrid`` model (MiniGrid-MemoryS7-v0's observations: a 7x7x3 uint8 image, the
+direction, the mission's word ids; the small conv trunk start-up derives for 7x7 images) adds
+a row, not in the sum: its image encoder (the CNN, forward + backward on one update's B x L
+frames, timed alone on the same batch) as a share of the sum of parts.
+
+    python -m benchmarks.learner_profile                  # the four models
     python -m benchmarks.learner_profile --models tmaze --steps 10 --rounds 2
 """
 
@@ -51,14 +56,26 @@ from omegaconf import OmegaConf
 
 from benchmarks.learner_throughput import update_flops
 from common.records import Trajectory, trim_padding
-from common.spec import ArraySpec, EnvSpec
+from common.spec import ArraySpec, EnvSpec, TokenSpec
 from learner.amago import AmagoLearner, PendingMetrics
+from learner.config import SMALL_IMAGE_CNN
 from learner.synthetic import collate, random_batch, tiny_model
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 #: amago/TMaze-v0 (H=10) and popgym-RepeatPreviousEasy-v0 specs (common.envs.factory.env_spec)
 TMAZE_SPEC = EnvSpec({"observation": ArraySpec((3,), "float32")}, 4, True, 11)
 POPGYM_SPEC = EnvSpec({"observation": ArraySpec((4,), "float32")}, 4, True, 51)
+#: MiniGrid-MemoryS7-v0 through the plain env.id (common.envs.factory.env_spec)
+MINIGRID_SPEC = EnvSpec(
+    {
+        "direction": ArraySpec((4,), "float32"),
+        "image": ArraySpec((7, 7, 3), "uint8"),
+        "mission": TokenSpec((64,), "uint8", vocab=61),
+    },
+    7,
+    True,
+    245,
+)
 PARTS = (
     "batch",
     "to_device",
@@ -104,7 +121,16 @@ def models() -> dict[str, tuple[EnvSpec, dict]]:
         "tmaze (d64, L12)": (TMAZE_SPEC, tmaze_cfg()),
         "popgym default (d128, L52)": (POPGYM_SPEC, default_learner_cfg(max_seq_len=52)),
         "default (d128, L64)": (POPGYM_SPEC, default_learner_cfg(max_seq_len=64)),
+        "minigrid (d128, L64, small CNN)": (MINIGRID_SPEC, minigrid_cfg()),
     }
+
+
+def minigrid_cfg() -> dict:
+    """The plain command's learner for MiniGrid-MemoryS7-v0: the CPU window cap (64) and the
+    small conv trunk derived for 7x7 images."""
+    channels, kernels, strides = SMALL_IMAGE_CNN
+    model = {"cnn_channels": channels, "cnn_kernels": kernels, "cnn_strides": strides}
+    return default_learner_cfg(max_seq_len=64, model=model)
 
 
 def tiny_cfg() -> dict:
@@ -284,6 +310,23 @@ def outside_aten_fraction(learner: AmagoLearner, batches: list, steps: int) -> t
     return max(0.0, 1.0 - aten_us * 1e-6 / wall), calls
 
 
+def image_encoder_seconds(learner: AmagoLearner, batch, repeats: int = 5) -> float | None:
+    """Median seconds of the timestep encoder's CNNs, forward + backward (a sum of their
+    outputs as the loss), on one update's images, timed alone; None without image keys."""
+    tstep = learner.agent.policy.tstep
+    if not tstep.image_keys:
+        return None
+    obs = learner._to_tensors(batch)["obs"]
+    times = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        t0 = time.perf_counter()
+        out = sum(tstep.cnns[k](obs[k]).sum() for k in tstep.image_keys)
+        out.backward()
+        times.append(time.perf_counter() - t0)
+    learner.agent.zero_grad(set_to_none=True)
+    return statistics.median(times[1:])
+
+
 def profile_model(spec: EnvSpec, cfg: dict, steps: int, rounds: int, prof_steps: int) -> dict:
     """Median seconds per part over ``rounds`` rounds of ``steps`` updates, the plain
     train_step total, the outside-aten estimate and FLOPs per update."""
@@ -332,6 +375,7 @@ def profile_model(spec: EnvSpec, cfg: dict, steps: int, rounds: int, prof_steps:
         "aten_calls": calls,
         "sampler": sampler_seconds(spec, c.batch_size, c.max_seq_len),
         "flops": flops,
+        "cnn": image_encoder_seconds(plain, make()),
     }
 
 
@@ -378,6 +422,14 @@ def table(results: dict[str, dict], peak: float) -> str:
         "replay Sampler.sample, fakeredis (not in the sum)",
         lambda r: "-" if r["sampler"] is None else f"{1e3 * r['sampler']:.2f} ms",
     )
+    row(
+        "image encoder (CNN) fwd+bwd, timed alone (in forward/backward)",
+        lambda r: (
+            "-"
+            if r.get("cnn") is None
+            else f"{1e3 * r['cnn']:.2f} ms ({100 * r['cnn'] / r['total']:.1f}% of the sum)"
+        ),
+    )
     row("aten op calls / update (nested incl.)", lambda r: f"{r['aten_calls']:.0f}")
     row("GFLOP / update", lambda r: f"{r['flops'] / 1e9:.3f}")
     row(
@@ -395,7 +447,9 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     all_models = models()
-    ap.add_argument("--models", nargs="+", default=["all"], help="tmaze, popgym, default, tiny")
+    ap.add_argument(
+        "--models", nargs="+", default=["all"], help="tmaze, popgym, default, minigrid, tiny"
+    )
     ap.add_argument("--steps", type=int, default=20, help="updates per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prof-steps", type=int, default=5, help="updates under torch.profiler")
