@@ -32,7 +32,7 @@ profiler overhead; an overlapping view, not a part of the sum), and achieved FLO
 (:func:`benchmarks.learner_throughput.update_flops`) against a large fp32 matmul timed on one
 thread in the same run.
 
-The ``minigrid`` model (MiniGrid-MemoryS7-v0's observations: a 7x7x3 uint8 image, the
+The ``minigrid`` model (MiniGrid-MemoryS7-v0's observations: a 7x7x20 uint8 image, the
 direction, the mission's word ids; the small conv trunk start-up derives for 7x7 images) adds
 a row, not in the sum: its image encoder (the CNN, forward + backward on one update's B x L
 frames, timed alone on the same batch) as a share of the sum of parts.
@@ -69,7 +69,7 @@ POPGYM_SPEC = EnvSpec({"observation": ArraySpec((4,), "float32")}, 4, True, 51)
 MINIGRID_SPEC = EnvSpec(
     {
         "direction": ArraySpec((4,), "float32"),
-        "image": ArraySpec((7, 7, 3), "uint8"),
+        "image": ArraySpec((7, 7, 20), "uint8"),  # one-hot cell codes (OneHotCells)
         "mission": TokenSpec((64,), "uint8", vocab=61),
     },
     7,

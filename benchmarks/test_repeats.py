@@ -39,6 +39,7 @@ LEARNING_TESTS = {
     "hindsight": "tests/test_learning.py::test_hindsight_relabeling_solves_the_sparse_goal_task",
     "popgym": "tests/test_learning.py::test_popgym_repeat_previous_learns_through_a_sliding_window",
     "multitask": "tests/test_learning.py::test_two_tmazes_in_one_run",
+    "minigrid": "tests/test_learning.py::test_minigrid_learns_from_pixels_with_the_plain_env_id",
     "prefill": "tests/test_learning_prefill.py::"
     "test_prefilled_scripted_tmaze_alone_learns_through_the_distributed_path",
     "byo_env": "tests/test_byo_env.py::test_own_module_env_learns_with_the_generic_defaults",

@@ -192,6 +192,36 @@ def test_mission_placeholders_join_the_vocabulary_and_unknown_words_map_to_unk()
     assert (ids[6:] == PAD_ID).all()
 
 
+def test_minigrid_cells_become_one_hot_planes_and_rgb_views_stay_pixels():
+    """The symbolic 7x7x3 view becomes 7x7x20 planes of 0/255: one plane per object type,
+    colour and door state, exactly one of each set per cell (so a key and a ball differ by a
+    whole plane, not by 1/255); an RGB view (minigrid's own wrapper) is left as pixels."""
+    pytest.importorskip("minigrid")
+    import gymnasium as gym
+    from minigrid.core.constants import OBJECT_TO_IDX
+    from minigrid.wrappers import RGBImgPartialObsWrapper
+
+    from common.envs.minigrid_envs import OneHotCells, has_symbolic_image
+
+    spec = env_spec(EnvConfig(id="MiniGrid-MemoryS7-v0"))
+    assert spec.obs["image"].shape == (7, 7, 20) and spec.obs["image"].dtype == "uint8"
+    raw = gym.make("MiniGrid-MemoryS7-v0")
+    codes = raw.reset(seed=5)[0]["image"]
+    env = OneHotCells(gym.make("MiniGrid-MemoryS7-v0"))
+    planes = env.reset(seed=5)[0]["image"]
+    assert planes.shape == (7, 7, 20) and set(np.unique(planes)) <= {0, 255}
+    for first, size, channel in ((0, 11, 0), (11, 6, 1), (17, 3, 2)):
+        hot = planes[..., first : first + size] == 255
+        assert (hot.sum(-1) == 1).all()  # one object / colour / state per cell
+        np.testing.assert_array_equal(hot.argmax(-1), codes[..., channel])
+    assert (planes[..., OBJECT_TO_IDX["wall"]] == 255).any()
+    env.close()
+    raw.close()
+    rgb = RGBImgPartialObsWrapper(gym.make("MiniGrid-MemoryS7-v0"))
+    assert not has_symbolic_image(rgb) and has_symbolic_image(gym.make("MiniGrid-Empty-5x5-v0"))
+    assert not has_symbolic_image(gym.make("CartPole-v1"))
+
+
 def test_minigrid_max_steps_is_the_time_limit():
     pytest.importorskip("minigrid")
     spec = env_spec(EnvConfig(id="minigrid:MiniGrid-MemoryS7-v0"))

@@ -5,7 +5,8 @@
 1. ``gym.make(cfg.id, **cfg.kwargs)`` without gymnasium's env checker (no per-step overhead);
    with ``cfg.atari_preprocessing``, built with ``frameskip=1`` and wrapped in gymnasium's
    ``AtariPreprocessing`` (:mod:`common.envs.atari`), the time limit then counting agent steps
-   outside it, not emulator frames;
+   outside it, not emulator frames; a MiniGrid env's symbolic ``image`` one-hot per cell code
+   (:class:`common.envs.minigrid_envs.OneHotCells`);
 2. :class:`common.envs.goal_wrapper.GoalConditioned` if the env implements ``GoalTask`` and
    is not wrapped yet (``amago/GoalGrid-v0`` comes wrapped);
 3. a time limit, always: ``cfg.max_episode_steps``, else the env's registered limit, else the
@@ -38,6 +39,7 @@ from common.envs import atari
 from common.envs.api import declared_horizon_from, find_wrapper
 from common.envs.config import EnvConfig, RewardProbe
 from common.envs.goal_wrapper import GoalConditioned
+from common.envs.minigrid_envs import OneHotCells, has_symbolic_image
 from common.envs.standardize import Standardize
 from common.envs.trial import TrialWrapper
 from common.goals import GoalTask
@@ -71,6 +73,8 @@ def _build_with_source(cfg: EnvConfig, seed: int | None) -> tuple[gym.Env, int, 
                 env = TimeLimit(env, limit)
     except Exception as e:  # the env's own constructor: any error is a config error here
         raise _construction_error(cfg, e) from e
+    if has_symbolic_image(env):
+        env = OneHotCells(env)
     if isinstance(env.unwrapped, GoalTask) and find_wrapper(env, GoalConditioned) is None:
         env = GoalConditioned(env)
     found = declared_horizon_from(env)
