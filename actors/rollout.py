@@ -33,7 +33,7 @@ class RolloutStats:
     env_steps: int = 0
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
-    successes: list[float] = field(default_factory=list)
+    successes: list[float | None] = field(default_factory=list)  # None: env reports none
     env_faults: int = 0
     act_seconds: float = 0.0
     act_calls: int = 0
@@ -68,14 +68,14 @@ class _Slot(TrajectoryRecorder):
 
     def __init__(self, obs: dict[str, np.ndarray], info: dict, spec: EnvSpec, version: int):
         super().__init__(spec, obs, info)
-        self.success = 0.0
+        self.success: float | None = None  # until the env's info reports a "success"
         self.version = version  # of the policy when the record in progress began
         self.sent = 0  # timesteps [0, sent) already handed to the sink in chunks
 
     def append(self, action, obs, reward, terminated, truncated, info: dict) -> None:
         super().append(action, obs, reward, terminated, truncated, info)
         if "success" in info:
-            self.success = max(self.success, float(info["success"]))
+            self.success = max(self.success or 0.0, float(info["success"]))
 
 
 class RolloutLoop:

@@ -28,7 +28,7 @@ class ActorReport:
     incarnation: str
     env_steps: int
     returns: list[float]  # of each rollout finished during the call
-    successes: list[float]
+    successes: list[float | None]  # None: the env's info reported no "success"
     lengths: list[int]
     env_faults: int  # env exceptions (that env was reset)
     act_ms: float  # mean wall-clock of one batched act call
@@ -49,7 +49,7 @@ class EvalReport:
     incarnation: str
     policy_version: int
     returns: list[float]  # one per finished rollout
-    successes: list[float]
+    successes: list[float | None]  # None: the env's info reported no "success"
     lengths: list[int]
     episode_returns: list[list[float]]  # per rollout, the return of each inner episode
     task: str = ""  # the task evaluated (multi-task runs; "" = single task)
@@ -58,7 +58,9 @@ class EvalReport:
         return float(np.mean(self.returns)) if self.returns else None
 
     def success_rate(self) -> float | None:
-        return float(np.mean(self.successes)) if self.successes else None
+        """Mean over the rollouts whose env reported a success; None if none did."""
+        known = [s for s in self.successes if s is not None]
+        return float(np.mean(known)) if known else None
 
     def by_episode(self) -> list[float] | None:
         """Mean return of the k-th inner episode (meta-RL trials), over rollouts."""

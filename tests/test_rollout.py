@@ -212,6 +212,20 @@ def test_evaluation_takes_the_same_number_of_rollouts_from_every_slot():
     assert sum(st.lengths) - 12 < st.env_steps  # later rollouts of fast slots were not counted
 
 
+def test_success_is_none_where_the_env_reports_none():
+    """CartPole's info has no "success": its rollouts' successes are None and a report's
+    success rate is None (not 0.0); T-Maze reports one: a float per rollout."""
+    from common.reports import EvalReport
+
+    st, _, _, _ = run(EnvConfig(id="CartPole-v1"), n_envs=2, steps=200)
+    assert st.successes and all(s is None for s in st.successes)
+    st_t, _, _, _ = run(EnvConfig(id="amago/TMaze-v0"), n_envs=2, steps=60)
+    assert st_t.successes and all(s in (0.0, 1.0) for s in st_t.successes)
+    report = lambda succ: EvalReport("i", 0, [0.0] * len(succ), succ, [1] * len(succ), [])  # noqa: E731
+    assert report(st.successes).success_rate() is None
+    assert report([None, 1.0, 0.0]).success_rate() == 0.5
+
+
 def test_episode_returns_split_a_trial_at_its_episode_starts():
     st, trajs, _, _ = run(EnvConfig(id="amago/MetaBandit-v0", trial_episodes=5), steps=12)
     for t, per_ep in zip(trajs, st.episode_returns):
