@@ -34,8 +34,9 @@ thread in the same run.
 
 The ``minigrid`` model (MiniGrid-MemoryS7-v0's observations: a 7x7x20 uint8 image, the
 direction, the mission's word ids; the small conv trunk start-up derives for 7x7 images) adds
-a row, not in the sum: its image encoder (the CNN, forward + backward on one update's B x L
-frames, timed alone on the same batch) as a share of the sum of parts.
+rows, not in the sum: its image encoder (the CNN) and its text encoder (the mission's token
+embedding), each forward + backward on one update's B x L observations, timed alone on the
+same batch, as a share of the sum of parts.
 
     python -m benchmarks.learner_profile                  # the four models
     python -m benchmarks.learner_profile --models tmaze --steps 10 --rounds 2
@@ -310,17 +311,24 @@ def outside_aten_fraction(learner: AmagoLearner, batches: list, steps: int) -> t
     return max(0.0, 1.0 - aten_us * 1e-6 / wall), calls
 
 
-def image_encoder_seconds(learner: AmagoLearner, batch, repeats: int = 5) -> float | None:
-    """Median seconds of the timestep encoder's CNNs, forward + backward (a sum of their
-    outputs as the loss), on one update's images, timed alone; None without image keys."""
+def obs_encoder_seconds(
+    learner: AmagoLearner, batch, kind: str = "image", repeats: int = 5
+) -> float | None:
+    """Median seconds of the timestep encoder's per-key encoders of one ``kind`` ("image":
+    the CNNs; "text": the token embeddings), forward + backward (a sum of their outputs as the
+    loss), on one update's observations, timed alone; None without keys of that kind."""
     tstep = learner.agent.policy.tstep
-    if not tstep.image_keys:
+    keys, encoders = {
+        "image": (tstep.image_keys, tstep.cnns),
+        "text": (tstep.token_keys, tstep.texts),
+    }[kind]
+    if not keys:
         return None
     obs = learner._to_tensors(batch)["obs"]
     times = []
     for _ in range(repeats + 1):  # the first is a warm-up
         t0 = time.perf_counter()
-        out = sum(tstep.cnns[k](obs[k]).sum() for k in tstep.image_keys)
+        out = sum(encoders[k](obs[k]).sum() for k in keys)
         out.backward()
         times.append(time.perf_counter() - t0)
     learner.agent.zero_grad(set_to_none=True)
@@ -375,7 +383,8 @@ def profile_model(spec: EnvSpec, cfg: dict, steps: int, rounds: int, prof_steps:
         "aten_calls": calls,
         "sampler": sampler_seconds(spec, c.batch_size, c.max_seq_len),
         "flops": flops,
-        "cnn": image_encoder_seconds(plain, make()),
+        "cnn": obs_encoder_seconds(plain, make(), "image"),
+        "text": obs_encoder_seconds(plain, make(), "text"),
     }
 
 
@@ -422,14 +431,15 @@ def table(results: dict[str, dict], peak: float) -> str:
         "replay Sampler.sample, fakeredis (not in the sum)",
         lambda r: "-" if r["sampler"] is None else f"{1e3 * r['sampler']:.2f} ms",
     )
-    row(
-        "image encoder (CNN) fwd+bwd, timed alone (in forward/backward)",
-        lambda r: (
-            "-"
-            if r.get("cnn") is None
-            else f"{1e3 * r['cnn']:.2f} ms ({100 * r['cnn'] / r['total']:.1f}% of the sum)"
-        ),
-    )
+    for key, label in (("cnn", "image encoder (CNN)"), ("text", "text encoder (tokens)")):
+        row(
+            f"{label} fwd+bwd, timed alone (in forward/backward)",
+            lambda r, key=key: (
+                "-"
+                if r.get(key) is None
+                else f"{1e3 * r[key]:.2f} ms ({100 * r[key] / r['total']:.1f}% of the sum)"
+            ),
+        )
     row("aten op calls / update (nested incl.)", lambda r: f"{r['aten_calls']:.0f}")
     row("GFLOP / update", lambda r: f"{r['flops'] / 1e9:.3f}")
     row(

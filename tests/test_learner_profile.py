@@ -54,16 +54,19 @@ def test_profile_table_parts_sum_to_total(capsys):
     assert len(pct) == len(lp.PARTS) and abs(sum(pct) - 100) < 25
 
 
-def test_image_encoder_share_is_timed_for_image_specs_only():
-    """The minigrid model's CNN row: its forward + backward on one update's frames is timed
-    (and leaves no gradients behind); a spec without images has no such row."""
+def test_image_and_text_encoder_shares_are_timed_where_the_spec_has_them():
+    """The minigrid model's CNN and text rows: their forward + backward on one update's
+    observations is timed (and leaves no gradients behind); a spec without such keys has none."""
     cfg = lp.tiny_cfg()
     channels, kernels, strides = lp.SMALL_IMAGE_CNN
     cfg["model"].update(cnn_channels=channels, cnn_kernels=kernels, cnn_strides=strides)
     learner = AmagoLearner(lp.MINIGRID_SPEC, cfg)
     batch = lp.batch_maker(lp.MINIGRID_SPEC, 4, 8, seed=0)()
-    seconds = lp.image_encoder_seconds(learner, batch, repeats=2)
-    assert seconds is not None and seconds > 0
+    for kind in ("image", "text"):
+        seconds = lp.obs_encoder_seconds(learner, batch, kind, repeats=2)
+        assert seconds is not None and seconds > 0
     assert all(p.grad is None for p in learner.agent.parameters())
     tmaze = AmagoLearner(lp.TMAZE_SPEC, lp.tiny_cfg())
-    assert lp.image_encoder_seconds(tmaze, lp.batch_maker(lp.TMAZE_SPEC, 4, 8, seed=0)()) is None
+    tmaze_batch = lp.batch_maker(lp.TMAZE_SPEC, 4, 8, seed=0)()
+    assert lp.obs_encoder_seconds(tmaze, tmaze_batch, "image") is None
+    assert lp.obs_encoder_seconds(tmaze, tmaze_batch, "text") is None
