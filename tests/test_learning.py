@@ -174,14 +174,15 @@ MINIGRID_UPDATES = 3000
 
 def test_minigrid_learns_from_pixels_with_the_plain_env_id(tmp_path, learning_seed, figure):
     """MiniGrid-Empty-Random-5x5-v0 through the plain ``env.id`` and the generic defaults:
-    the 7x7x3 image (the derived small CNN), direction and mission words, a random start
+    the 7x7 view (one-hot cells, the derived small CNN), direction and mission words, a random start
     position and heading, so only the image says where the goal is. A random policy returns
     0.325 (300 episodes, all 7 actions); the optimum is about 0.95 (reward 1 - 0.9 x steps /
     100). Stops once a greedy evaluation reaches 0.93; the final one (56 fresh rollouts) must
-    clear 0.8. A plain run (seed 0, 2026-12-08, shared with another job): greedy 0.44 at
-    250 updates, 0.94 at 470. Stopping at 0.9 was too early: a seed stopped at an evaluation
-    of 0.90 scored 0.68 in the final one. 5 repeats with the stop at 0.93 (seeds 0-4,
-    2026-12-08): 5/5, final 0.945-0.955 (median 0.946), 121-169 s a run."""
+    clear 0.7. Stopping at 0.9 was too early: a seed stopped at an evaluation of 0.90 scored
+    0.68 in the final one. 5 repeats (seeds 0-4, 2026-12-08), the view as codes / 255: 5/5,
+    final 0.945-0.955; with the one-hot cells (OneHotCells, what runs now): 5/5, final 0.832,
+    0.863, 0.964, 0.964, 0.969, 107-268 s a run (three shared the cores with another test),
+    so the bar is 0.7, not 0.8."""
     pytest.importorskip("minigrid")
     cfg = load_config(
         "env.id=MiniGrid-Empty-Random-5x5-v0",
@@ -192,7 +193,7 @@ def test_minigrid_learns_from_pixels_with_the_plain_env_id(tmp_path, learning_se
     )
     summary = run_training(cfg, tmp_path)
     show(summary)
-    figure("final_eval_return", summary["final_eval_return"], ">=", 0.8)  # random 0.325
+    figure("final_eval_return", summary["final_eval_return"], ">=", 0.7)  # random 0.325
 
 
 def test_two_tmazes_in_one_run(tmp_path, learning_seed, figure):
